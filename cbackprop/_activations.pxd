@@ -1,0 +1,149 @@
+# Hidden-layer activations: nogil point functions f, f', f'' (one table,
+# fused over float/double) and the row-major loops built on them.
+from cython cimport floating
+
+cdef extern from "_vmath.h" nogil:
+    double cb_exp(double x)
+    double cb_expm1(double x)
+    double cb_log1p(double x)
+    float cb_expf(float x)
+    float cb_expm1f(float x)
+    float cb_log1pf(float x)
+
+cpdef enum Activation:
+    IDENTITY = 0
+    LOGISTIC = 1
+    TANH = 2
+    RELU = 3
+    SOFTPLUS = 4
+    SWISH = 5
+    MISH = 6
+
+
+cdef inline floating _exp(floating x) noexcept nogil:
+    if floating is float:
+        return cb_expf(x)
+    else:
+        return cb_exp(x)
+
+
+cdef inline floating _expm1(floating x) noexcept nogil:
+    if floating is float:
+        return cb_expm1f(x)
+    else:
+        return cb_expm1(x)
+
+
+cdef inline floating _log1p(floating x) noexcept nogil:
+    if floating is float:
+        return cb_log1pf(x)
+    else:
+        return cb_log1p(x)
+
+
+cdef inline floating _fabs(floating x) noexcept nogil:
+    return x if x >= 0 else -x
+
+
+# Every exponential below is exp(-|z|) <= 1: nothing overflows for any finite
+# z, and the two branches of a logistic are selected, not divided by inf.
+cdef inline floating _sigmoid(floating z) noexcept nogil:
+    cdef floating e = _exp(-_fabs(z))
+    return (1 if z >= 0 else e) / (1 + e)
+
+
+cdef inline floating _sigmoid_neg(floating z) noexcept nogil:
+    """1 - sigmoid(z) without cancellation."""
+    cdef floating e = _exp(-_fabs(z))
+    return (e if z >= 0 else 1) / (1 + e)
+
+
+cdef inline floating _tanh(floating z) noexcept nogil:
+    # tanh|z| = -expm1(-2|z|) / (2 + expm1(-2|z|)): exact for tiny z too.
+    cdef floating t = _expm1(-2 * _fabs(z))
+    cdef floating r = -t / (2 + t)
+    return r if z >= 0 else -r
+
+
+cdef inline floating _softplus(floating z) noexcept nogil:
+    return (z if z > 0 else 0) + _log1p(_exp(-_fabs(z)))
+
+
+cdef inline floating _tanh_softplus_c(floating z) noexcept nogil:
+    """1 - tanh(softplus(z)), without cancellation.
+
+    With n = e^z, tanh(softplus z) = n(n+2) / (n(n+2) + 2); written in
+    m = e^{-|z|} on each side so that nothing overflows.
+    """
+    cdef floating m = _exp(-_fabs(z))
+    cdef floating q = m * (m + 2)
+    return (2 * m * m / (1 + 2 * m + 2 * m * m)) if z > 0 else 2 / (q + 2)
+
+
+cdef inline floating f_value(Activation act, floating z) noexcept nogil:
+    if act == LOGISTIC:
+        return _sigmoid(z)
+    elif act == TANH:
+        return _tanh(z)
+    elif act == RELU:
+        return z if z > 0 else 0
+    elif act == SOFTPLUS:
+        return _softplus(z)
+    elif act == SWISH:
+        return z * _sigmoid(z)
+    elif act == MISH:
+        return z * (1 - _tanh_softplus_c(z))
+    return z
+
+
+cdef inline floating f_deriv(Activation act, floating z, floating a) noexcept nogil:
+    """f'(z) given a = f(z) (reused where it makes f' cheaper)."""
+    cdef floating s, c
+    if act == LOGISTIC:
+        return a * (1 - a)
+    elif act == TANH:
+        return 1 - a * a
+    elif act == RELU:
+        return 1 if z > 0 else 0
+    elif act == SOFTPLUS:
+        return _sigmoid(z)
+    elif act == SWISH:
+        s = _sigmoid(z)
+        return s * (1 + z * _sigmoid_neg(z))
+    elif act == MISH:
+        c = _tanh_softplus_c(z)
+        return (1 - c) + z * c * (2 - c) * _sigmoid(z)
+    return 1
+
+
+cdef inline floating f_deriv2(Activation act, floating z, floating a) noexcept nogil:
+    """f''(z) given a = f(z)."""
+    cdef floating s, sn, c
+    if act == LOGISTIC:
+        return a * (1 - a) * (1 - 2 * a)
+    elif act == TANH:
+        return -2 * a * (1 - a * a)
+    elif act == SOFTPLUS:
+        return _sigmoid(z) * _sigmoid_neg(z)
+    elif act == SWISH:
+        s = _sigmoid(z)
+        sn = _sigmoid_neg(z)
+        return s * sn * (2 + z * (sn - s))
+    elif act == MISH:
+        # f = z T, T = tanh(softplus z), T' = (1 - T^2) s:
+        # f'' = (1 - T^2) s (2 + z (1 - s - 2 T s)), with 1 - T^2 = c (2 - c).
+        c = _tanh_softplus_c(z)
+        s = _sigmoid(z)
+        sn = _sigmoid_neg(z)
+        return c * (2 - c) * s * (2 + z * (sn - 2 * (1 - c) * s))
+    return 0
+
+
+cdef void act_forward(Activation act, floating* Z, floating* A,
+                      const floating* b, Py_ssize_t rows,
+                      Py_ssize_t cols) noexcept nogil
+cdef void act_backward(Activation act, const floating* Z, const floating* A,
+                       floating* D, Py_ssize_t rows, Py_ssize_t cols,
+                       Py_ssize_t k) noexcept nogil
+cdef void act_derivs(Activation act, const floating* Z, const floating* A,
+                     floating* D1, floating* D2, Py_ssize_t n) noexcept nogil

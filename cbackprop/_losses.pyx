@@ -1,0 +1,227 @@
+"""Loss kernels on raw predictions, one sample (row) at a time.
+
+For every pair the gradient with respect to the raw prediction is
+``mu - y`` up to the normalization of y (log_loss uses ``sum(y) p - y``,
+exact for rows of y that do not sum to one). Row i is weighted by
+``scale * w_i`` (``w_i = 1`` when ``sw`` is NULL).
+"""
+import numpy as np
+from libc.math cimport exp, log, log1p, fabs, sqrt
+
+
+cdef inline double _sigmoid(double z) noexcept nogil:
+    cdef double e = exp(-fabs(z))
+    return (1.0 if z >= 0 else e) / (1.0 + e)
+
+
+cdef inline double _log_softmax_norm(const floating* z, Py_ssize_t C) noexcept nogil:
+    """log sum_k exp(z_k), shifted by the max so exp never overflows."""
+    cdef Py_ssize_t k
+    cdef double m = z[0], s = 0.0
+    for k in range(1, C):
+        if z[k] > m:
+            m = z[k]
+    for k in range(C):
+        s += exp(z[k] - m)
+    return m + log(s)
+
+
+cdef inline double _row_sum(const floating* y, Py_ssize_t C) noexcept nogil:
+    cdef Py_ssize_t k
+    cdef double s = 0.0
+    for k in range(C):
+        s += y[k]
+    return s
+
+
+cdef double _row_loss_grad(Loss loss, const floating* z, const floating* y,
+                           Py_ssize_t C, double gs, floating* g) noexcept nogil:
+    """Per-sample loss l(z, y); if g is not NULL, g = gs * dl/dz."""
+    cdef Py_ssize_t k
+    cdef double l = 0.0, lse, sy, mu, zk, yk
+    if loss == LOG_LOSS:
+        lse = _log_softmax_norm(z, C)
+        sy = _row_sum(y, C)
+        for k in range(C):
+            # sum_k y_k (lse - z_k): each term >= 0, no log(0) anywhere.
+            l += y[k] * (lse - z[k])
+            if g != NULL:
+                g[k] = <floating>(gs * (sy * exp(z[k] - lse) - y[k]))
+        return l
+    for k in range(C):
+        zk = z[k]
+        yk = y[k]
+        if loss == SQUARED_ERROR:
+            l += 0.5 * (zk - yk) * (zk - yk)
+            mu = zk
+        elif loss == POISSON:
+            mu = exp(zk)
+            # y log(y / mu) - y + mu with 0 log 0 = 0, mu never divided by.
+            l += (yk * log(yk) if yk > 0 else 0.0) - yk * zk - yk + mu
+        else:
+            # softplus(z) - y z, softplus written without overflow.
+            l += (zk if zk > 0 else 0.0) + log1p(exp(-fabs(zk))) - yk * zk
+            mu = _sigmoid(zk)
+        if g != NULL:
+            g[k] = <floating>(gs * (mu - yk))
+    return l
+
+
+cdef double loss_grad_rows(Loss loss, const floating* Z, const floating* Y,
+                           const floating* sw, Py_ssize_t N, Py_ssize_t C,
+                           double scale, floating* G) noexcept nogil:
+    """Return sum_i w_i l_i; write G[i] = scale * w_i * dl_i/dz_i if G."""
+    cdef Py_ssize_t i
+    cdef double w, total = 0.0
+    for i in range(N):
+        w = 1.0 if sw == NULL else sw[i]
+        total += w * _row_loss_grad(loss, Z + i * C, Y + i * C, C, scale * w,
+                                    NULL if G == NULL else G + i * C)
+    return total
+
+
+cdef void link_rows(Loss loss, const floating* Z, floating* P,
+                    Py_ssize_t N, Py_ssize_t C) noexcept nogil:
+    """P = link(Z) row by row: identity, exp, softmax or logistic."""
+    cdef Py_ssize_t i, k
+    cdef double lse
+    for i in range(N):
+        if loss == LOG_LOSS:
+            lse = _log_softmax_norm(Z + i * C, C)
+        for k in range(C):
+            if loss == SQUARED_ERROR:
+                P[i * C + k] = Z[i * C + k]
+            elif loss == POISSON:
+                P[i * C + k] = <floating>exp(Z[i * C + k])
+            elif loss == LOG_LOSS:
+                P[i * C + k] = <floating>exp(Z[i * C + k] - lse)
+            else:
+                P[i * C + k] = <floating>_sigmoid(Z[i * C + k])
+
+
+cdef inline double _diag_curv(Loss loss, double z) noexcept nogil:
+    """Diagonal loss Hessian entry of the elementwise pairs."""
+    cdef double s
+    if loss == POISSON:
+        return exp(z)
+    elif loss == BINARY_LOG_LOSS:
+        s = _sigmoid(z)
+        return s * (1.0 - s)
+    return 1.0
+
+
+cdef void hess_prod_rows(Loss loss, const floating* Z, const floating* Y,
+                         const floating* sw, Py_ssize_t N, Py_ssize_t C,
+                         double scale, const floating* V, floating* HV,
+                         Py_ssize_t k) noexcept nogil:
+    """HV[r, i] = scale * w_i * H_i V[r, i] for the k stacked (N, C) blocks.
+
+    H_i is the output-space loss Hessian of sample i: I, diag(mu),
+    sum(y) (diag(p) - p p^T) or diag(s (1 - s)).
+    """
+    cdef Py_ssize_t i, r, c
+    cdef double w, lse, pv, sy
+    cdef const floating* v
+    cdef floating* h
+    for i in range(N):
+        w = scale * (1.0 if sw == NULL else sw[i])
+        if loss == LOG_LOSS:
+            lse = _log_softmax_norm(Z + i * C, C)
+            sy = _row_sum(Y + i * C, C)
+        for r in range(k):
+            v = V + (r * N + i) * C
+            h = HV + (r * N + i) * C
+            if loss == LOG_LOSS:
+                # p is written into h first, then h = w sy p (v - p.v) in place.
+                pv = 0.0
+                for c in range(C):
+                    h[c] = <floating>exp(Z[i * C + c] - lse)
+                    pv += h[c] * v[c]
+                for c in range(C):
+                    h[c] = <floating>(w * sy * h[c] * (v[c] - pv))
+            else:
+                for c in range(C):
+                    h[c] = <floating>(w * _diag_curv(loss, Z[i * C + c]) * v[c])
+
+
+cdef void sqrt_hess_rows(Loss loss, const floating* Z, const floating* Y,
+                         const floating* sw, Py_ssize_t N, Py_ssize_t C,
+                         double scale, floating* S) noexcept nogil:
+    """Loss-Hessian factor, one "virtual output" c per (N, C) block of S.
+
+    S (C, N, C): S[c, i, :] = sqrt(scale * w_i) * F_i[:, c] with
+    F_i F_i^T = H_i. For softmax F = sqrt(sum y) (diag(sqrt p) - p sqrt(p)^T),
+    whose column c is sqrt(sum(y) p_c) (e_c - p); F is not symmetric. For the
+    elementwise pairs F is the diagonal sqrt(diag H).
+    """
+    cdef Py_ssize_t i, c, j
+    cdef double w, lse, sy, pc
+    cdef floating* last
+    for i in range(N):
+        w = scale * (1.0 if sw == NULL else sw[i])
+        for c in range(C):
+            for j in range(C):
+                S[(c * N + i) * C + j] = 0
+        if loss != LOG_LOSS:
+            for c in range(C):
+                S[(c * N + i) * C + c] = <floating>sqrt(w * _diag_curv(loss, Z[i * C + c]))
+            continue
+        # p goes into the last block's row, read by the others, then that
+        # row is transformed in place last.
+        lse = _log_softmax_norm(Z + i * C, C)
+        sy = _row_sum(Y + i * C, C)
+        last = S + ((C - 1) * N + i) * C
+        for j in range(C):
+            last[j] = <floating>exp(Z[i * C + j] - lse)
+        for c in range(C - 1):
+            pc = sqrt(w * sy * last[c])
+            for j in range(C):
+                S[(c * N + i) * C + j] = <floating>(pc * ((1.0 if j == c else 0.0) - last[j]))
+        pc = sqrt(w * sy * last[C - 1])
+        for j in range(C):
+            last[j] = <floating>(pc * ((1.0 if j == C - 1 else 0.0) - last[j]))
+
+
+# ---------------------------------------------------------------- test twins
+def loss_grad_memview(Loss loss, const floating[:, ::1] Z, const floating[:, ::1] Y,
+                      sample_weight=None, double scale=1.0):
+    """Return (sum_i w_i l_i, G) with G[i] = scale * w_i * dl_i/dz_i."""
+    cdef Py_ssize_t N = Z.shape[0], C = Z.shape[1]
+    G = np.zeros((N, C), dtype=np.asarray(Z).dtype)
+    cdef floating[:, ::1] Gv = G
+    cdef const floating[::1] swv
+    cdef const floating* swp = NULL
+    if sample_weight is not None:
+        swv = np.ascontiguousarray(sample_weight, dtype=G.dtype)
+        swp = &swv[0]
+    total = loss_grad_rows(loss, &Z[0, 0], &Y[0, 0], swp, N, C, scale, &Gv[0, 0])
+    return total, G
+
+
+def link_memview(Loss loss, const floating[:, ::1] Z):
+    """Return link(Z): the predictions after the output link."""
+    P = np.empty_like(np.asarray(Z))
+    cdef floating[:, ::1] Pv = P
+    link_rows(loss, &Z[0, 0], &Pv[0, 0], Z.shape[0], Z.shape[1])
+    return P
+
+
+def hess_prod_memview(Loss loss, const floating[:, ::1] Z, const floating[:, ::1] Y,
+                      const floating[:, :, ::1] V, double scale=1.0):
+    """Return HV (k, N, C): per-sample output Hessians applied to V."""
+    HV = np.empty_like(np.asarray(V))
+    cdef floating[:, :, ::1] Hv = HV
+    hess_prod_rows(loss, &Z[0, 0], &Y[0, 0], <const floating*>NULL, Z.shape[0],
+                   Z.shape[1], scale, &V[0, 0, 0], &Hv[0, 0, 0], V.shape[0])
+    return HV
+
+
+def sqrt_hess_memview(Loss loss, const floating[:, ::1] Z, const floating[:, ::1] Y,
+                      double scale=1.0):
+    """Return S (C, N, C) with sum_c S[c, i][:, None] S[c, i][None, :] = H_i."""
+    cdef Py_ssize_t N = Z.shape[0], C = Z.shape[1]
+    S = np.empty((C, N, C), dtype=np.asarray(Z).dtype)
+    cdef floating[:, :, ::1] Sv = S
+    sqrt_hess_rows(loss, &Z[0, 0], &Y[0, 0], <const floating*>NULL, N, C, scale,
+                   &Sv[0, 0, 0])
+    return S

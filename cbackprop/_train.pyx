@@ -1,0 +1,153 @@
+"""Whole-epoch minibatch training loops (SGD with momentum, Adam).
+
+One call runs a full epoch with the GIL released: gather the batch rows in
+the epoch's order, forward, backward, parameter update, loss accumulation.
+Python runs once per epoch (shuffling, verbose output, stopping tests).
+The updates reproduce scikit-learn's SGDOptimizer and AdamOptimizer
+operation for operation, on the flat parameter vector.
+"""
+from cython cimport floating
+from libc.math cimport sqrt, pow, isfinite
+from libc.string cimport memcpy
+
+from cbackprop._network cimport NetPlan, NetSpec, loss_grad_kernel
+
+cdef struct Optim:
+    bint adam
+    double lr           # SGD learning rate, or Adam's learning_rate_init
+    double momentum
+    bint nesterov
+    double beta1
+    double beta2
+    double eps
+    long t              # Adam time step: updates done so far
+
+
+cdef void _sgd_update(const Optim* o, floating* theta, const floating* g,
+                      floating* vel, Py_ssize_t P) noexcept nogil:
+    """vel = momentum vel - lr g; theta += vel, or Nesterov's look-ahead."""
+    cdef Py_ssize_t j
+    cdef floating mom = <floating>o.momentum, lr = <floating>o.lr, u
+    for j in range(P):
+        u = mom * vel[j] - lr * g[j]
+        vel[j] = u
+        if o.nesterov:
+            u = mom * u - lr * g[j]
+        theta[j] += u
+
+
+cdef void _adam_update(Optim* o, floating* theta, const floating* g,
+                       floating* m, floating* v, Py_ssize_t P) noexcept nogil:
+    """Adam with the bias corrections folded into the step size."""
+    cdef Py_ssize_t j
+    cdef floating b1 = <floating>o.beta1, b2 = <floating>o.beta2
+    cdef floating c1 = <floating>(1 - o.beta1), c2 = <floating>(1 - o.beta2)
+    cdef floating eps = <floating>o.eps, lr
+    o.t += 1
+    lr = <floating>(o.lr * sqrt(1 - pow(o.beta2, o.t)) / (1 - pow(o.beta1, o.t)))
+    for j in range(P):
+        m[j] = b1 * m[j] + c1 * g[j]
+        v[j] = b2 * v[j] + c2 * (g[j] * g[j])
+        theta[j] += -lr * m[j] / (sqrt(v[j]) + eps)
+
+
+cdef void _gather_rows(const floating* src, const Py_ssize_t* idx,
+                       Py_ssize_t n, Py_ssize_t d, floating* dst) noexcept nogil:
+    cdef Py_ssize_t i
+    for i in range(n):
+        memcpy(dst + i * d, src + idx[i] * d, d * sizeof(floating))
+
+
+cdef double _epoch(const NetSpec* s, floating* theta, const floating* X,
+                   const floating* Y, const floating* sw,
+                   const Py_ssize_t* order, Py_ssize_t N, Py_ssize_t batch,
+                   double alpha, Optim* o, floating* s1, floating* s2,
+                   floating* Z, floating* A, floating* D, floating* work,
+                   floating* Xb, floating* Yb, floating* swb,
+                   floating* grad) noexcept nogil:
+    """Sum over batches of batch objective * batch size; NaN on divergence."""
+    cdef Py_ssize_t n0 = s.sizes[0], nL = s.sizes[s.n_layers]
+    cdef Py_ssize_t start, nb, i
+    cdef const floating* xp
+    cdef const floating* yp
+    cdef const floating* wp
+    cdef double wsum, loss, total = 0.0
+    start = 0
+    while start < N:
+        nb = batch if start + batch <= N else N - start
+        if order != NULL:
+            _gather_rows(X, order + start, nb, n0, Xb)
+            _gather_rows(Y, order + start, nb, nL, Yb)
+            if sw != NULL:
+                _gather_rows(sw, order + start, nb, 1, swb)
+            xp = Xb
+            yp = Yb
+            wp = swb if sw != NULL else NULL
+        else:
+            xp = X + start * n0
+            yp = Y + start * nL
+            wp = sw + start if sw != NULL else NULL
+        wsum = nb
+        if wp != NULL:
+            wsum = 0.0
+            for i in range(nb):
+                wsum += wp[i]
+        loss = loss_grad_kernel(s, theta, xp, yp, wp, nb, wsum, alpha,
+                                Z, A, D, work, grad)
+        if not isfinite(loss):
+            return loss
+        total += loss * nb
+        if o.adam:
+            _adam_update(o, theta, grad, s1, s2, s.n_params)
+        else:
+            _sgd_update(o, theta, grad, s1, s.n_params)
+        start += nb
+    return total
+
+
+def run_epoch(NetPlan plan, floating[::1] theta, const floating[:, ::1] X,
+              const floating[:, ::1] Y, const floating[::1] sw,
+              const Py_ssize_t[::1] order, Py_ssize_t batch_size, double alpha,
+              dict opt, floating[::1] state1, floating[::1] state2, buffers):
+    """Run one epoch in place on theta and the optimizer state.
+
+    Parameters
+    ----------
+    plan : NetPlan
+    theta : (P,) parameters, updated in place
+    X, Y : (N, n_0), (N, n_L) training data; sw : (N,) or None
+    order : (N,) visiting order, or None for the stored order (no gather)
+    batch_size : rows per update
+    alpha : L2 penalty of the objective
+    opt : dict with 'solver' ('sgd' or 'adam'), 'learning_rate', 'momentum',
+        'nesterov', 'beta_1', 'beta_2', 'epsilon', 't'
+    state1, state2 : (P,) SGD velocity (state2 unused) or Adam m, v
+    buffers : (Z, A, D, work, Xb, Yb, swb, grad) sized for batch_size
+
+    Returns
+    -------
+    accumulated : float, sum of batch objective times batch size (NaN or
+        inf as soon as a batch diverges; the epoch stops there)
+    t : int, Adam's time step after the epoch
+    """
+    cdef Optim o
+    o.adam = opt["solver"] == "adam"
+    o.lr = opt["learning_rate"]
+    o.momentum = opt.get("momentum", 0.0)
+    o.nesterov = opt.get("nesterov", False)
+    o.beta1 = opt.get("beta_1", 0.9)
+    o.beta2 = opt.get("beta_2", 0.999)
+    o.eps = opt.get("epsilon", 1e-8)
+    o.t = opt.get("t", 0)
+    cdef floating[::1] Z, A, D, work, Xb, Yb, swb, grad
+    Z, A, D, work, Xb, Yb, swb, grad = buffers
+    cdef const floating* swp = NULL if sw is None else &sw[0]
+    cdef const Py_ssize_t* op = NULL if order is None else &order[0]
+    cdef floating* s2 = &state2[0] if o.adam else NULL
+    cdef double total
+    with nogil:
+        total = _epoch(&plan.spec, &theta[0], &X[0, 0], &Y[0, 0], swp, op,
+                       X.shape[0], batch_size, alpha, &o, &state1[0], s2,
+                       &Z[0], &A[0], &D[0], &work[0], &Xb[0], &Yb[0], &swb[0],
+                       &grad[0])
+    return total, o.t
