@@ -69,12 +69,19 @@ cdef inline floating _softplus(floating z) noexcept nogil:
     return (z if z > 0 else 0) + _log1p(_exp(-_fabs(z)))
 
 
-cdef inline floating _tanh_softplus_c(floating z) noexcept nogil:
-    """1 - tanh(softplus(z)), without cancellation.
+cdef inline floating _tanh_softplus(floating z) noexcept nogil:
+    """tanh(softplus(z)), accurate relative to itself for z << 0 too.
 
     With n = e^z, tanh(softplus z) = n(n+2) / (n(n+2) + 2); written in
-    m = e^{-|z|} on each side so that nothing overflows.
+    m = e^{-|z|} on each side so that nothing overflows or cancels.
     """
+    cdef floating m = _exp(-_fabs(z))
+    cdef floating q = m * (m + 2)
+    return ((1 + 2 * m) / (1 + 2 * m + 2 * m * m)) if z > 0 else q / (q + 2)
+
+
+cdef inline floating _tanh_softplus_c(floating z) noexcept nogil:
+    """1 - tanh(softplus(z)), without cancellation (see _tanh_softplus)."""
     cdef floating m = _exp(-_fabs(z))
     cdef floating q = m * (m + 2)
     return (2 * m * m / (1 + 2 * m + 2 * m * m)) if z > 0 else 2 / (q + 2)
@@ -92,7 +99,7 @@ cdef inline floating f_value(Activation act, floating z) noexcept nogil:
     elif act == SWISH:
         return z * _sigmoid(z)
     elif act == MISH:
-        return z * (1 - _tanh_softplus_c(z))
+        return z * _tanh_softplus(z)
     return z
 
 
@@ -112,7 +119,7 @@ cdef inline floating f_deriv(Activation act, floating z, floating a) noexcept no
         return s * (1 + z * _sigmoid_neg(z))
     elif act == MISH:
         c = _tanh_softplus_c(z)
-        return (1 - c) + z * c * (2 - c) * _sigmoid(z)
+        return _tanh_softplus(z) + z * c * (2 - c) * _sigmoid(z)
     return 1
 
 
@@ -135,7 +142,7 @@ cdef inline floating f_deriv2(Activation act, floating z, floating a) noexcept n
         c = _tanh_softplus_c(z)
         s = _sigmoid(z)
         sn = _sigmoid_neg(z)
-        return c * (2 - c) * s * (2 + z * (sn - 2 * (1 - c) * s))
+        return c * (2 - c) * s * (2 + z * (sn - 2 * _tanh_softplus(z) * s))
     return 0
 
 

@@ -20,6 +20,7 @@ cdef struct NetSpec:
 cpdef enum Reduce:
     GRAD = 0          # out[r] = sum_i (a_i d_ri^T, d_ri): one gradient per block
     PER_SAMPLE = 1    # out[i * k + r] = (a_i d_ri^T, d_ri): one row per sample
+    NO_REDUCE = 2     # deltas only (kept in `store`)
 
 cdef class NetPlan:
     cdef NetSpec spec
@@ -29,8 +30,8 @@ cdef void forward(const NetSpec* s, const floating* theta, const floating* X,
                   Py_ssize_t N, floating* Z, floating* A) noexcept nogil
 cdef void backward(const NetSpec* s, const floating* theta, const floating* X,
                    Py_ssize_t N, const floating* Z, const floating* A,
-                   floating* D, Py_ssize_t k, floating* work, Reduce mode,
-                   floating* out) noexcept nogil
+                   const floating* D, Py_ssize_t k, floating* work,
+                   Reduce mode, floating* out) noexcept nogil
 cdef double add_l2(const NetSpec* s, const floating* theta, double coef,
                    floating* grad) noexcept nogil
 cdef double loss_grad_kernel(const NetSpec* s, const floating* theta,

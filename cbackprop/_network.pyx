@@ -124,12 +124,14 @@ cdef void _reduce_layer(const NetSpec* s, int l, Reduce mode,
 
 cdef void backward(const NetSpec* s, const floating* theta, const floating* X,
                    Py_ssize_t N, const floating* Z, const floating* A,
-                   floating* D, Py_ssize_t k, floating* work, Reduce mode,
-                   floating* out) noexcept nogil:
+                   const floating* D, Py_ssize_t k, floating* work,
+                   Reduce mode, floating* out) noexcept nogil:
     """Backpropagate k stacked output deltas D (k*N, n_L) and reduce.
 
-    ``work`` holds two ping-pong delta buffers of k * N * max_hidden.
-    D is read, not modified.
+    With mode GRAD or PER_SAMPLE, ``work`` holds two ping-pong delta
+    buffers of k * N * max_hidden. With NO_REDUCE, ``work`` is a store of
+    k * N * width: layer l's deltas (k*N, n_l) are kept at k * N * h_off[l]
+    (the output layer's block is left alone: D holds it). D is read only.
     """
     cdef int l, L = s.n_layers
     cdef Py_ssize_t nin, nout, half = k * N * s.max_hidden
@@ -140,10 +142,14 @@ cdef void backward(const NetSpec* s, const floating* theta, const floating* X,
         nin = s.sizes[l]
         nout = s.sizes[l + 1]
         a_in = X if l == 0 else A + N * s.h_off[l - 1]
-        _reduce_layer(s, l, mode, a_in, cur, N, k, out)
+        if mode != NO_REDUCE:
+            _reduce_layer(s, l, mode, a_in, cur, N, k, out)
         if l == 0:
             break
-        nxt = work + ((L - 1 - l) % 2) * half
+        if mode == NO_REDUCE:
+            nxt = work + k * N * s.h_off[l - 1]
+        else:
+            nxt = work + ((L - 1 - l) % 2) * half
         # delta_{l-1} = (delta_l W_l^T) * f'(z_{l-1}), all k blocks at once.
         _gemm(NoTrans, Trans, <int>(k * N), <int>nin, <int>nout,
               <floating>1.0, cur, <int>nout, theta + s.w_off[l], <int>nout,

@@ -18,9 +18,10 @@
  * the 0x1.8p52 "shift" trick and turned back into doubles with the 0x1p52
  * "magic" trick instead.
  *
- * Accuracy (measured against glibc, see the test harness numbers in the
- * commit/PR message): cb_exp, cb_expm1, cb_log1p < 2 ulp; the float versions
- * compute in double and are within 1 ulp of float.  Special values follow C99
+ * Accuracy (max error vs an 80-bit long double reference over 10^7 random
+ * points plus special points): cb_exp 1.05 ulp, cb_expm1 1.35 ulp,
+ * cb_log1p 0.95 ulp; cb_expf / cb_expm1f / cb_log1pf compute in double and
+ * are <= 0.51 ulp of float.  Special values follow C99
  * Annex F (+-inf, NaN in -> NaN out, signed zeros, overflow to +inf,
  * gradual underflow to subnormals and then 0).  No floating-point exception
  * flags are guaranteed (callers do not inspect them).
@@ -29,6 +30,9 @@
  *     t = cb_expm1(-2.0 * fabs(z));  tanh(z) = copysign(-t / (2.0 + t), z);
  * (exact for tiny z, no cancellation, saturates to +-1, NaN propagates.)
  * Softplus: max(z, 0) + cb_log1p(cb_exp(-fabs(z))).
+ * Callers beware (see the note on selects below): writing a clamp or ReLU
+ * as "c ? CONSTANT : x" and then doing foldable arithmetic on the result in
+ * the same loop can itself stop gcc from vectorizing that loop.
  *
  * Polynomial coefficients are near-minimax (Chebyshev fits computed with
  * mpmath, rounded to double); the approximation error of each polynomial is
@@ -70,11 +74,14 @@ CB_VM_INLINE double cb__u2d(uint64_t u) { double d; memcpy(&d, &u, 8); return d;
  * special results are made to fall out of the arithmetic (or fixed with
  * copysign, which is bit arithmetic).
  */
-/* |x| > bound ? +-bound(+1ulp) with the sign of x : x.  NaN passes through. */
+/* Clamp x to [-b, b], b = bound or bound + 1 ulp (data-dependent, see
+   above).  NaN passes through.  These two ternaries compile to maxpd/minpd
+   (their IEEE NaN semantics match the C expressions exactly). */
 CB_VM_INLINE double cb__clamp_abs(double x, uint64_t bound_bits)
 {
-    double b = cb__u2d((cb__d2u(x) & UINT64_C(0x8000000000000001)) | bound_bits);
-    return fabs(x) > cb__u2d(bound_bits) ? b : x;
+    double b = cb__u2d((cb__d2u(x) & 1u) | bound_bits);
+    x = x > b ? b : x;
+    return x < -b ? -b : x;
 }
 
 /* ---- constants ---- */
@@ -133,7 +140,7 @@ CB_VM_INLINE double cb__expm1_kernel(double x, uint64_t *ub)
 }
 
 /*
- * cb_exp(x): e^x, max error < 1 ulp measured (bound ~1 ulp), all x.
+ * cb_exp(x): e^x, all x; max error 1.05 ulp measured.
  *   |x| is clamped to 746 first (NaN passes through): that keeps k in
  *   [-1077, 1077], so e^746 -> +inf and e^-746 -> 0 come out of the ordinary
  *   arithmetic, and the shift trick stays in range for +-inf / huge x.
@@ -157,7 +164,7 @@ CB_VM_INLINE double cb_exp(double x)
 }
 
 /*
- * cb_expm1(x): e^x - 1, max error < 2 ulp (relative), all x, including tiny x.
+ * cb_expm1(x): e^x - 1, all x including tiny x; max error 1.35 ulp measured.
  *   Same reduction as cb_exp.  e^x - 1 = 2^k*p + (2^k - 1); with the two-step
  *   scale 2^k = s1*s2 (s1 = 2^floor(k/2), s2 = 2^ceil(k/2), t1 = 1/s1):
  *       expm1(x) = s1 * (s2*p + (s2 - t1))
@@ -293,7 +300,8 @@ CB_VM_INLINE double cb__log1p_reduce(double x, double *cm, double *kg, double *k
     uint64_t im = bm + CB__LOG_D;
     double f   = cb__u2d((im & CB__MANT) + CB__SQRTH_BITS);
     double k   = cb__u2d((im >> 52) | CB__TWO52_BITS) - (0x1p52 + 1023.0);
-    /* g = 1, or +inf when the exponent field of m is all ones (m = +inf) */
+    /* g = 1, or +inf when the exponent field of m is all ones (m = +inf);
+       for m < 0 (sign bit set) g is garbage, but c is NaN there anyway */
     double g   = cb__u2d(CB__ONE_BITS + ((((bm >> 52) + 1u) >> 11) << 62));
     *cm = c / m;
     *kg = k * g;
@@ -301,9 +309,9 @@ CB_VM_INLINE double cb__log1p_reduce(double x, double *cm, double *kg, double *k
     return f - 1.0;
 }
 
-/* cb_log1p(x): log(1 + x), all x (NaN for x < -1, -inf at -1), < 1.3 ulp
-   measured.  P: degree 6 near-minimax on z in [0, 0.02945], error 3e-16 in
-   P, i.e. ~5e-18 relative in log f. */
+/* cb_log1p(x): log(1 + x), all x (NaN for x < -1, -inf at -1); max error
+   0.95 ulp measured (0.90 on [0, 1]).  P: degree 6 near-minimax on z in
+   [0, 0.02945], error 3e-16 in P, i.e. ~5e-18 relative in log f. */
 CB_VM_INLINE double cb_log1p(double x)
 {
     double cm, kg, kd, u, s, z, z2, R;

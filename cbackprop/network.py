@@ -11,6 +11,7 @@ import numpy as np
 from sklearn.utils import check_random_state
 
 from cbackprop import _network
+from cbackprop._curvature_methods import CurvatureMixin
 from cbackprop._activations import Activation
 from cbackprop._losses import Loss
 from cbackprop._validation import (check_float_dtype, check_option, check_sample_weight,
@@ -44,7 +45,7 @@ def _check_layer_sizes(layer_sizes):
     return tuple(int(n) for n in sizes)
 
 
-class Network:
+class Network(CurvatureMixin):
     """A multilayer perceptron with one hidden activation and a fused loss.
 
     Parameters

@@ -22,7 +22,7 @@ Conventions (see ``/work/shared/design.md`` sections 1-3):
 import numbers
 
 import numpy as np
-from scipy.special import expit, logsumexp, softmax, xlogy
+from scipy.special import expit, xlogy
 
 ACTIVATIONS = ("identity", "logistic", "tanh", "relu", "softplus", "swish", "mish")
 LOSSES = ("squared_error", "poisson", "log_loss", "binary_log_loss")
@@ -170,6 +170,17 @@ def sample_coefficients(sample_weight, n):
     return w / W, W
 
 
+def _logsumexp(z):
+    """Row-wise log(sum(exp(z))), (N,), shifted by the row maximum."""
+    m = z.max(axis=1)
+    return m + np.log(np.exp(z - m[:, None]).sum(axis=1))
+
+
+def _softmax(z):
+    e = np.exp(z - z.max(axis=1, keepdims=True))
+    return e / e.sum(axis=1, keepdims=True)
+
+
 def per_sample_loss(loss, z, y):
     """(N,) raw per-sample losses ``l_i(z_i, y_i)``."""
     z = np.asarray(z, dtype=np.float64)
@@ -179,7 +190,7 @@ def per_sample_loss(loss, z, y):
     if loss == "poisson":
         return np.sum(xlogy(y, y) - y * z - y + np.exp(z), axis=1)
     if loss == "log_loss":
-        return logsumexp(z, axis=1) * y.sum(axis=1) - np.sum(y * z, axis=1)
+        return _logsumexp(z) * y.sum(axis=1) - np.sum(y * z, axis=1)
     if loss == "binary_log_loss":
         return np.sum(np.logaddexp(0.0, z) - y * z, axis=1)
     raise ValueError(f"unknown loss {loss!r}")
@@ -193,7 +204,7 @@ def link(loss, z):
     if loss == "poisson":
         return np.exp(z)
     if loss == "log_loss":
-        return softmax(z, axis=1)
+        return _softmax(z)
     if loss == "binary_log_loss":
         return expit(z)
     raise ValueError(f"unknown loss {loss!r}")
@@ -218,7 +229,7 @@ def loss_hessian_out(loss, z, y):
     if loss == "poisson":
         return np.einsum("nc,cd->ncd", np.exp(z), np.eye(C))
     if loss == "log_loss":
-        p = softmax(z, axis=1)
+        p = _softmax(z)
         H = np.einsum("nc,cd->ncd", p, np.eye(C)) - np.einsum("nc,nd->ncd", p, p)
         return y.sum(axis=1)[:, None, None] * H
     if loss == "binary_log_loss":
@@ -411,3 +422,67 @@ def make_problem(sizes, loss_name, n=9, seed=0, weighted=False, scale=0.8):
     y = make_targets(loss_name, n, sizes[-1], rng)
     sw = rng.uniform(0.5, 2.0, n) if weighted else None
     return theta, X, y, sw
+
+
+# --------------------------------------------------------------------------------------
+# curvature: per-sample Hessians, layer blocks, Kronecker factors (added for
+# tests/test_curvature.py and tests/test_operators.py)
+# --------------------------------------------------------------------------------------
+def per_sample_hessians(sizes, act, loss_name, theta, X, y, eps=1e-3):
+    """(N, P, P): the Hessian of each raw per-sample loss ``l_i``, symmetrized.
+
+    4th-order central differences (``fd_grad``) of ``per_sample_grads``: one sweep
+    serves every sample weighting and regularizer (see ``hessian_from_per_sample``).
+    Beware relu: a difference stencil that crosses a kink is meaningless.
+    """
+    y = as_2d_y(y, sizes[-1])
+    Hs = fd_grad(lambda t: per_sample_grads(sizes, act, loss_name, t, X, y), theta, eps)
+    return 0.5 * (Hs + Hs.transpose(0, 2, 1))
+
+
+def hessian_from_per_sample(sizes, Hs, sample_weight=None, alpha=0.0):
+    """The objective's Hessian ``sum_i c_i H_i + alpha / W`` on weight entries (P, P).
+
+    The objective is a weighted mean of the per-sample losses plus a quadratic
+    regularizer, so its Hessian is the same weighted mean of ``Hs`` (N, P, P) plus
+    ``alpha / W`` on the diagonal entries of the weights.
+    """
+    c, W = sample_coefficients(sample_weight, Hs.shape[0])
+    return np.einsum("i,ipq->pq", c, Hs) + np.diag((alpha / W) * weight_mask(sizes))
+
+
+def layer_slices(sizes):
+    """One slice of theta per layer, covering ``W_l`` then ``b_l``."""
+    out, pos = [], 0
+    for n_in, n_out in zip(sizes[:-1], sizes[1:]):
+        out.append(slice(pos, pos + n_in * n_out + n_out))
+        pos += n_in * n_out + n_out
+    return out
+
+
+def diagonal_blocks(sizes, M):
+    """The per-layer diagonal blocks ``M[s, s]`` of a (P, P) matrix, a list."""
+    return [M[s, s] for s in layer_slices(sizes)]
+
+
+def kfac(sizes, act, loss_name, theta, X, y, sample_weight=None):
+    """K-FAC factors ``[(A_l, G_l)]`` by their definition (design.md section 3).
+
+    ``A_l = sum_i c_i a_i a_i^T`` with ``a_i`` the input of layer l with a 1 appended
+    last; ``G_l = sum_i c_i B_i^T H_i B_i`` with ``B_i = dz_L / dz_l`` (C, n_l), read
+    off the bias columns of the Jacobian (``dz_L / db_l = dz_L / dz_l``) and ``H_i``
+    the loss Hessian in output space.
+    """
+    zs, acts = forward(sizes, act, theta, X)
+    y = as_2d_y(y, sizes[-1])
+    c, _ = sample_coefficients(sample_weight, zs[-1].shape[0])
+    J = jacobian(sizes, act, theta, X)
+    H = loss_hessian_out(loss_name, zs[-1], y)
+    factors = []
+    for l, s in enumerate(layer_slices(sizes)):
+        n_out = sizes[l + 1]
+        a = np.hstack([acts[l], np.ones((acts[l].shape[0], 1))])
+        B = J[:, :, s.stop - n_out:s.stop]
+        factors.append((np.einsum("i,ip,iq->pq", c, a, a),
+                        np.einsum("i,icp,icd,idq->pq", c, B, H, B)))
+    return factors

@@ -143,9 +143,13 @@ def _fd_eps(act):
     return 1e-5 if act == "relu" else 1e-3
 
 
+# for the reference checks, weights and regularizer together or neither
+WEIGHTED_ALPHA = [(False, 0.0), (True, 0.3)]
+WEIGHTED_ALPHA_IDS = ["unweighted-alpha0", "weighted-alpha0.3"]
+
+
 @pytest.mark.parametrize("arch", ARCHS.values(), ids=ARCHS.keys())
-@pytest.mark.parametrize("alpha", [0.0, 0.3], ids=["alpha0", "alpha0.3"])
-@pytest.mark.parametrize("weighted", [False, True], ids=["unweighted", "weighted"])
+@pytest.mark.parametrize("weighted,alpha", WEIGHTED_ALPHA, ids=WEIGHTED_ALPHA_IDS)
 @pytest.mark.parametrize("loss", ref.LOSSES)
 @pytest.mark.parametrize("act", ref.ACTIVATIONS)
 def test_reference_loss_grad_matches_fd(act, loss, weighted, alpha, arch):
@@ -239,8 +243,7 @@ def _sklearn_loss_grad(sizes, act, loss, theta, X, y, sw, alpha):
 
 @pytest.mark.parametrize("arch", [[5, 1], [5, 7, 1], [5, 7, 3], [4, 6, 5, 2]],
                          ids=["nohidden1", "hidden1-1", "hidden1", "hidden2"])
-@pytest.mark.parametrize("alpha", [0.0, 0.3], ids=["alpha0", "alpha0.3"])
-@pytest.mark.parametrize("weighted", [False, True], ids=["unweighted", "weighted"])
+@pytest.mark.parametrize("weighted,alpha", WEIGHTED_ALPHA, ids=WEIGHTED_ALPHA_IDS)
 @pytest.mark.parametrize("loss", ref.LOSSES)
 @pytest.mark.parametrize("act", SKLEARN_ACTIVATIONS)
 def test_reference_matches_sklearn_backprop(act, loss, weighted, alpha, arch):
@@ -480,12 +483,14 @@ def _x_variants(X, rng):
         "X-int": (Xi, Xi.astype(np.float64)),
         "X-float16": (X16, X16.astype(np.float64)),
         "X-float32": (X32, X32.astype(np.float64)),
+        "X-list": (X.tolist(), X),
     }
 
 
 X_VARIANTS = ["X-strided", "X-negstride", "X-fortran", "X-readonly", "X-int", "X-float16",
-              "X-float32"]
-OTHER_VARIANTS = ["theta-readonly", "y-strided", "y-readonly-fortran", "y-int", "sw-int",
+              "X-float32", "X-list"]
+THETA_VARIANTS = ["theta-readonly", "theta-strided", "theta-otherdtype"]
+OTHER_VARIANTS = ["y-strided", "y-readonly-fortran", "y-int", "sw-int",
                   "sw-readonly-strided"]
 METHODS = ["loss", "loss_grad", "per_sample_grads", "jacobian", "predict"]
 Y_METHODS = ["loss", "loss_grad", "per_sample_grads"]
@@ -507,8 +512,8 @@ def _call(net, method, theta, X, y, sw):
     raise AssertionError(method)
 
 
-_CONVERSION_CASES = [(m, v) for m in METHODS for v in X_VARIANTS + ["theta-readonly"]] + [
-    (m, v) for m in Y_METHODS for v in OTHER_VARIANTS if v != "theta-readonly"]
+_CONVERSION_CASES = [(m, v) for m in METHODS for v in X_VARIANTS + THETA_VARIANTS] + [
+    (m, v) for m in Y_METHODS for v in OTHER_VARIANTS]
 
 
 @pytest.mark.parametrize("dtype", DTYPES.values(), ids=DTYPES.keys())
@@ -530,6 +535,14 @@ def test_input_conversions(cb, method, variant, dtype):
     elif variant == "theta-readonly":
         theta_in = theta.copy()
         theta_in.setflags(write=False)
+    elif variant == "theta-strided":
+        wide = np.full(2 * theta.size, np.nan, dtype=dtype)
+        wide[::2] = theta
+        theta_in = wide[::2]
+    elif variant == "theta-otherdtype":
+        # float32 values given to a float64 network and vice versa
+        theta = theta.astype(np.float32).astype(dtype)
+        theta_in = theta.astype(np.float64 if dtype == np.float32 else np.float32)
     elif variant == "y-strided":
         wide = np.full((N, 2 * arch[-1]), np.nan)
         wide[:, ::2] = y

@@ -1,0 +1,337 @@
+"""Curvature methods of :class:`cbackprop.Network` (mixed in).
+
+Matrix-vector products come from the Cython R-operator kernels. Dense
+matrices, blocks and diagonals are assembled from per-sample, per-layer
+factors with one GEMM per pair of layers: with ``a~_i`` a layer's input with
+a 1 appended (weights and bias form the augmented ``(n_in + 1, n_out)``
+block, contiguous in theta), every curvature block has the form
+
+    C_lm = sum_i (a~_li a~_mi^T) (x) K_lm,i      (Kronecker product)
+
+with ``K_lm,i`` an ``(n_l, n_m)`` output-space matrix: the backpropagated
+loss Hessian (GGN), the outer product of deltas (empirical Fisher) or the
+exact z-Hessian of the Hessian backpropagation (plus, for the Hessian, the
+terms where a layer's input depends on lower parameters). Reshaped, the sum
+over samples is ``A2^T K`` with ``A2_i = vec(a~_li a~_mi^T)``: its cost is
+``2 N P_l P_m`` flops, a factor n_L below ``J^T S S^T J``.
+"""
+import numbers
+
+import numpy as np
+
+from cbackprop import _curvature
+
+DEFAULT_MAX_BYTES = 2 ** 31  # refuse dense matrices above 2 GiB by default
+
+
+class CurvatureMixin:
+    """Second-order quantities; see the class docstring of Network."""
+
+    # ------------------------------------------------------------ helpers
+    def _check_V(self, V):
+        """V (P,) or (P, k) -> ((k, P) C-contiguous, was_vector)."""
+        arr = np.asarray(V)
+        if arr.dtype.kind not in "biuf":
+            raise ValueError(f"V must be a numeric array, got dtype {arr.dtype}")
+        if arr.ndim not in (1, 2) or arr.shape[0] != self.n_params:
+            raise ValueError(f"V must have shape ({self.n_params},) or "
+                             f"({self.n_params}, k), got {arr.shape}")
+        if arr.ndim == 2 and arr.shape[1] == 0:
+            raise ValueError("V has k = 0 columns: nothing to multiply")
+        if not np.isfinite(arr).all():
+            raise ValueError("V contains NaN or infinity")
+        vec = arr.ndim == 1
+        Vk = np.ascontiguousarray(arr.reshape(1, -1) if vec else arr.T, dtype=self.dtype)
+        return Vk, vec
+
+    def _product(self, kernel, theta, X, y, V, sample_weight):
+        theta, X, y, sw, sw_sum = self._check(theta, X, y, sample_weight)
+        Vk, vec = self._check_V(V)
+        out = np.empty_like(Vk)
+        kernel(self._plan, theta, X, y, sw, sw_sum, self.alpha, Vk, out)
+        return out[0] if vec else np.ascontiguousarray(out.T)
+
+    def _check_dense(self, shape, max_bytes):
+        limit = DEFAULT_MAX_BYTES if max_bytes is None else max_bytes
+        if not isinstance(limit, numbers.Real) or limit < 0:
+            raise ValueError(f"max_bytes must be a number >= 0, got {max_bytes!r}")
+        nbytes = int(np.prod(shape)) * np.dtype(self.dtype).itemsize
+        if nbytes > limit:
+            raise ValueError(f"a dense {shape[0]} x {shape[1]} matrix of "
+                             f"{np.dtype(self.dtype).name} needs {nbytes} bytes, above "
+                             f"the limit of {int(limit)} bytes (pass max_bytes= to "
+                             f"raise it, or use the matrix-free operators)")
+
+    def _layer_slices(self):
+        """Per layer: (offset in theta, n_in + 1, n_out)."""
+        s, out, start = self.layer_sizes, [], 0
+        for l in range(self.n_layers):
+            out.append((start, s[l] + 1, s[l + 1]))
+            start += (s[l] + 1) * s[l + 1]
+        return out
+
+    def _inputs(self, X, A):
+        """Augmented layer inputs a~_l (N, n_in + 1), 1 appended last."""
+        N, s = X.shape[0], self.layer_sizes
+        h = np.concatenate([[0], np.cumsum(s[1:])])
+        ins = []
+        for l in range(self.n_layers):
+            a = X if l == 0 else A[N * h[l - 1]:N * h[l]].reshape(N, s[l])
+            ins.append(np.hstack([a, np.ones((N, 1), self.dtype)]))
+        return ins
+
+    def _layer_blocks(self, stacked, N, k):
+        """Views (k, N, n_l) of a stacked (k * N * width) layer quantity."""
+        s = self.layer_sizes
+        h = np.concatenate([[0], np.cumsum(s[1:])])
+        return [stacked[k * N * h[l]:k * N * h[l + 1]].reshape(k, N, s[l + 1])
+                for l in range(self.n_layers)]
+
+    def _add_l2_diag(self, M, coef):
+        """Add coef to the weight entries of the diagonal (not the biases)."""
+        if coef == 0.0:
+            return M
+        idx = np.concatenate([np.arange(off, off + (a - 1) * n)
+                              for off, a, n in self._layer_slices()])
+        if M.ndim == 1:
+            M[idx] += coef
+        else:
+            M[idx, idx] += coef
+        return M
+
+    @staticmethod
+    def _kron_sum(Al, Am, K):
+        """sum_i (Al_i Am_i^T) (x) K_i as an (al * nl, am * nm) matrix.
+
+        Al (N, al), Am (N, am), K (N, nl, nm): one GEMM over the samples,
+        then the axes (al, am, nl, nm) reordered into Kronecker order.
+        """
+        N, al, am = Al.shape[0], Al.shape[1], Am.shape[1]
+        nl, nm = K.shape[1], K.shape[2]
+        A2 = (Al[:, :, None] * Am[:, None, :]).reshape(N, al * am)
+        G = A2.T @ K.reshape(N, nl * nm)
+        return G.reshape(al, am, nl, nm).transpose(0, 2, 1, 3).reshape(al * nl, am * nm)
+
+    def _assemble(self, ins, kmat, pairs, P_shape=None):
+        """Dense symmetric matrix from K_lm for the given (l, m), l <= m."""
+        sl = self._layer_slices()
+        out = np.zeros((self.n_params, self.n_params), self.dtype)
+        for l, m in pairs:
+            (ol, al, nl), (om, am, nm) = sl[l], sl[m]
+            blk = self._kron_sum(ins[l], ins[m], kmat(l, m))
+            out[ol:ol + al * nl, om:om + am * nm] = blk
+            if l != m:
+                out[om:om + am * nm, ol:ol + al * nl] = blk.T
+        return out
+
+    # ------------------------------------------------------- products
+    def hvp(self, theta, X, y, V, sample_weight=None):
+        """Exact Hessian-vector product(s) by Pearlmutter's R-operator.
+
+        Parameters
+        ----------
+        V : ndarray of shape (P,) or (P, k)
+            The k vectors travel through the network together, as
+            (k * N)-row GEMM blocks.
+
+        Returns
+        -------
+        HV : ndarray, same shape as V
+        """
+        return self._product(_curvature.hvp, theta, X, y, V, sample_weight)
+
+    def ggn_vp(self, theta, X, y, V, sample_weight=None):
+        """Generalized Gauss-Newton products ``J^T H_loss J V`` (+ alpha / W)."""
+        return self._product(_curvature.ggn_vp, theta, X, y, V, sample_weight)
+
+    def efisher_vp(self, theta, X, y, V, sample_weight=None):
+        """Empirical Fisher products ``sum_i c_i g_i (g_i . V)`` (+ alpha / W)."""
+        return self._product(_curvature.efisher_vp, theta, X, y, V, sample_weight)
+
+    # ------------------------------------------------ per-sample factors
+    def _ggn_factors(self, theta, X, y, sw, sw_sum):
+        """Layer inputs and S_l (C, N, n_l): the loss factor at each z_l."""
+        A, S = _curvature.loss_factors(self._plan, theta, X, y, sw, sw_sum)
+        return self._inputs(X, A), self._layer_blocks(S, X.shape[0], self.n_outputs)
+
+    def _fisher_factors(self, theta, X, y, sw, sw_sum):
+        """Layer inputs and sqrt(c_i) delta_l (1, N, n_l) of the raw losses."""
+        N = X.shape[0]
+        # Unit weights and W = 1: DL holds the raw per-sample deltas.
+        _, A, _, _, DL, _ = _curvature.first_order_state(self._plan, theta, X, y, None, 1.0)
+        c = (np.ones(N) if sw is None else sw) / sw_sum
+        root = np.sqrt(c).astype(self.dtype)[:, None]
+        return self._inputs(X, A), [(b[0] * root)[None] for b in self._layer_blocks(DL, N, 1)]
+
+    # ------------------------------------------------------- the GGN
+    def ggn(self, theta, X, y, sample_weight=None, *, max_bytes=None):
+        """Dense generalized Gauss-Newton matrix (P, P), + alpha / W on weights."""
+        self._check_dense((self.n_params,) * 2, max_bytes)
+        theta, X, y, sw, sw_sum = self._check(theta, X, y, sample_weight)
+        ins, S = self._ggn_factors(theta, X, y, sw, sw_sum)
+        kmat = lambda l, m: np.matmul(S[l].transpose(1, 2, 0), S[m].transpose(1, 0, 2))
+        G = self._assemble(ins, kmat, self._all_pairs())
+        return self._add_l2_diag(G, self.alpha / sw_sum)
+
+    def efisher(self, theta, X, y, sample_weight=None, *, max_bytes=None):
+        """Dense empirical Fisher ``sum_i c_i g_i g_i^T`` (P, P), + alpha / W."""
+        self._check_dense((self.n_params,) * 2, max_bytes)
+        theta, X, y, sw, sw_sum = self._check(theta, X, y, sample_weight)
+        ins, S = self._fisher_factors(theta, X, y, sw, sw_sum)
+        kmat = lambda l, m: S[l][0][:, :, None] * S[m][0][:, None, :]
+        F = self._assemble(ins, kmat, self._all_pairs())
+        return self._add_l2_diag(F, self.alpha / sw_sum)
+
+    def _all_pairs(self):
+        return [(l, m) for l in range(self.n_layers) for m in range(l, self.n_layers)]
+
+    def block_ggn(self, theta, X, y, sample_weight=None):
+        """Exact per-layer GGN blocks: list of (P_l, P_l), W_l then b_l."""
+        theta, X, y, sw, sw_sum = self._check(theta, X, y, sample_weight)
+        ins, S = self._ggn_factors(theta, X, y, sw, sw_sum)
+        blocks = []
+        for l in range(self.n_layers):
+            K = np.matmul(S[l].transpose(1, 2, 0), S[l].transpose(1, 0, 2))
+            blocks.append(self._add_l2_block(self._kron_sum(ins[l], ins[l], K), l, sw_sum))
+        return blocks
+
+    def _add_l2_block(self, B, l, sw_sum):
+        nw = self.layer_sizes[l] * self.layer_sizes[l + 1]
+        idx = np.arange(nw)
+        B[idx, idx] += self.alpha / sw_sum
+        return B
+
+    def diag_ggn(self, theta, X, y, sample_weight=None):
+        """Exact GGN diagonal (P,): squared inputs times squared factors."""
+        theta, X, y, sw, sw_sum = self._check(theta, X, y, sample_weight)
+        ins, S = self._ggn_factors(theta, X, y, sw, sw_sum)
+        return self._diag_from_factors(ins, S, sw_sum)
+
+    def _diag_from_factors(self, ins, S, sw_sum):
+        parts = [(a * a).T @ np.einsum("cij,cij->ij", s, s) for a, s in zip(ins, S)]
+        d = np.concatenate([p.ravel() for p in parts]).astype(self.dtype)
+        return self._add_l2_diag(d, self.alpha / sw_sum)
+
+    def diag_ggn_mc(self, theta, X, y, sample_weight=None, mc_samples=1, random_state=None):
+        """Monte-Carlo GGN diagonal: the factor S_i times Gaussian vectors.
+
+        ``E[(S e)(S e)^T] = S S^T = H`` for ``e ~ N(0, I)``, so the estimate is
+        unbiased for every loss; reproducible for a given random_state.
+        """
+        from sklearn.utils import check_random_state
+        if not isinstance(mc_samples, numbers.Integral) or mc_samples < 1:
+            raise ValueError(f"mc_samples must be an integer >= 1, got {mc_samples!r}")
+        theta, X, y, sw, sw_sum = self._check(theta, X, y, sample_weight)
+        ins, S = self._ggn_factors(theta, X, y, sw, sw_sum)
+        rs = check_random_state(random_state)
+        C, N = self.n_outputs, X.shape[0]
+        E = rs.standard_normal((mc_samples, C, N)) / np.sqrt(mc_samples)
+        # Linear in the factor: backpropagated S_l columns mix like the outputs.
+        Smc = [np.einsum("mcn,cnj->mnj", E, s).astype(self.dtype) for s in S]
+        return self._diag_from_factors(ins, Smc, sw_sum)
+
+    # ------------------------------------------------ empirical Fisher
+    def diag_efisher(self, theta, X, y, sample_weight=None):
+        """Empirical Fisher diagonal (P,): ``sum_i c_i g_i^2`` + alpha / W."""
+        theta, X, y, sw, sw_sum = self._check(theta, X, y, sample_weight)
+        ins, S = self._fisher_factors(theta, X, y, sw, sw_sum)
+        return self._diag_from_factors(ins, S, sw_sum)
+
+    # ------------------------------------------------------ K-FAC
+    def kfac(self, theta, X, y, sample_weight=None):
+        """Kronecker factors (A_l, G_l) per layer.
+
+        ``A_l = sum_i c_i a~_i a~_i^T`` ((n_in + 1) square, the 1 last) and
+        ``G_l = sum_i c_i B_i^T H_i B_i`` (n_out square), c_i = w_i / W;
+        ``kron(A_l, G_l)`` approximates the (W_l, b_l) GGN block, exactly
+        for one sample (regularizer excluded).
+        """
+        theta, X, y, sw, sw_sum = self._check(theta, X, y, sample_weight)
+        ins, S = self._ggn_factors(theta, X, y, sw, sw_sum)
+        c = ((np.ones(X.shape[0]) if sw is None else sw) / sw_sum).astype(self.dtype)
+        out = []
+        for a, s in zip(ins, S):
+            Sf = s.reshape(-1, s.shape[-1])
+            out.append(((a * c[:, None]).T @ a, Sf.T @ Sf))
+        return out
+
+    # ------------------------------------------------- exact Hessian
+    def _hessian_state(self, theta, X, y, sw, sw_sum):
+        """Inputs, f', weighted deltas and the z-Hessians Hz_l (N, n_l, n_l).
+
+        Hessian backpropagation: Hz_L = c_i H_i and
+        Hz_l = diag(f'_l) W_{l+1} Hz_{l+1} W_{l+1}^T diag(f'_l) + diag(Q_l),
+        Q_l = (dL/da_l) f''(z_l) the residual of the nonlinearity.
+        """
+        N, L = X.shape[0], self.n_layers
+        _, _, F1, _, DL, Q = _curvature.first_order_state(self._plan, theta, X, y, sw, sw_sum)
+        A, S = _curvature.loss_factors(self._plan, theta, X, y, sw, sw_sum)
+        f1 = [b[0] for b in self._layer_blocks(F1, N, 1)]
+        q = [b[0] for b in self._layer_blocks(Q, N, 1)]
+        delta = [b[0] for b in self._layer_blocks(DL, N, 1)]
+        coefs, _ = self.unpack(theta)
+        S_out = self._layer_blocks(S, N, self.n_outputs)[L - 1]
+        Hz = [None] * L
+        Hz[L - 1] = np.matmul(S_out.transpose(1, 2, 0), S_out.transpose(1, 0, 2))
+        for l in range(L - 2, -1, -1):
+            W = coefs[l + 1]
+            H = np.matmul(np.matmul(W, Hz[l + 1]), W.T)
+            H *= f1[l][:, :, None] * f1[l][:, None, :]
+            idx = np.arange(self.layer_sizes[l + 1])
+            H[:, idx, idx] += q[l]
+            Hz[l] = H
+        return self._inputs(X, A), f1, delta, coefs, Hz
+
+    def block_hessian(self, theta, X, y, sample_weight=None):
+        """Exact per-layer Hessian blocks: list of (P_l, P_l), W_l then b_l."""
+        theta, X, y, sw, sw_sum = self._check(theta, X, y, sample_weight)
+        ins, _, _, _, Hz = self._hessian_state(theta, X, y, sw, sw_sum)
+        return [self._add_l2_block(self._kron_sum(ins[l], ins[l], Hz[l]), l, sw_sum)
+                for l in range(self.n_layers)]
+
+    def diag_hessian(self, theta, X, y, sample_weight=None):
+        """Exact Hessian diagonal (P,): squared inputs times diag(Hz_l)."""
+        theta, X, y, sw, sw_sum = self._check(theta, X, y, sample_weight)
+        ins, _, _, _, Hz = self._hessian_state(theta, X, y, sw, sw_sum)
+        parts = [(a * a).T @ np.diagonal(H, axis1=1, axis2=2) for a, H in zip(ins, Hz)]
+        d = np.concatenate([p.ravel() for p in parts]).astype(self.dtype)
+        return self._add_l2_diag(d, self.alpha / sw_sum)
+
+    def hessian(self, theta, X, y, sample_weight=None, *, max_bytes=None):
+        """Dense exact Hessian (P, P) by Hessian backpropagation.
+
+        Block (l, m), l < m: ``sum_i (a~_l a~_m^T) (x) Hz_lm`` with
+        ``Hz_lm = diag(f'_l) W_{l+1} Hz_{l+1,m}``, plus the terms of layer m's
+        input depending on z_l: ``sum_i a~_l,p delta_m,q' d a_m,p' / d z_l,q``.
+        """
+        self._check_dense((self.n_params,) * 2, max_bytes)
+        theta, X, y, sw, sw_sum = self._check(theta, X, y, sample_weight)
+        ins, f1, delta, coefs, Hz = self._hessian_state(theta, X, y, sw, sw_sum)
+        H = np.zeros((self.n_params, self.n_params), self.dtype)
+        sl = self._layer_slices()
+        for m in range(self.n_layers):
+            K = Hz[m]
+            for l in range(m, -1, -1):
+                if l < m:
+                    K = f1[l][:, :, None] * np.matmul(coefs[l + 1], K)
+                (ol, al, nl), (om, am, nm) = sl[l], sl[m]
+                blk = self._kron_sum(ins[l], ins[m], K)
+                if l < m:
+                    blk[:, :(am - 1) * nm] += self._cross_term(ins[l], delta[m],
+                                                               f1, coefs, l, m)
+                H[ol:ol + al * nl, om:om + am * nm] = blk
+                if l != m:
+                    H[om:om + am * nm, ol:ol + al * nl] = blk.T
+        return self._add_l2_diag(H, self.alpha / sw_sum)
+
+    def _cross_term(self, a_l, delta_m, f1, coefs, l, m):
+        """sum_i a~_l,ip delta_m,iq' (d a_{m-1} / d z_l)_i[p', q] in block order."""
+        N = a_l.shape[0]
+        Ja = f1[l][:, :, None] * np.eye(self.layer_sizes[l + 1], dtype=self.dtype)
+        for j in range(l + 1, m):
+            Ja = f1[j][:, :, None] * np.matmul(coefs[j].T, Ja)
+        al, nm = a_l.shape[1], delta_m.shape[1]
+        n_in, nl = Ja.shape[1], Ja.shape[2]
+        lhs = (a_l[:, :, None] * delta_m[:, None, :]).reshape(N, al * nm)
+        Xp = lhs.T @ Ja.reshape(N, n_in * nl)
+        return Xp.reshape(al, nm, n_in, nl).transpose(0, 3, 2, 1).reshape(al * nl, n_in * nm)
