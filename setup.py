@@ -15,7 +15,7 @@ from Cython.Build import cythonize
 from setuptools import Extension, setup
 
 HERE = Path(__file__).parent
-MODULES = ["_blas", "_activations", "_losses", "_network", "_train", "_curvature"]
+MODULES = ["_blas", "_activations", "_losses", "_network", "_train", "_curvature", "_lm"]
 
 
 def _scipy_exports_blas_int():

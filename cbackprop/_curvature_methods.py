@@ -124,6 +124,30 @@ class CurvatureMixin:
                 out[om:om + am * nm, ol:ol + al * nl] = blk.T
         return out
 
+    def _row_chunks(self, N):
+        """Row ranges whose per-sample intermediates fit in ~32 MB.
+
+        Per sample: the outer products of layer inputs (a~_l a~_m^T), the
+        output-space matrices K_lm and the backpropagated factors.
+        """
+        s = self.layer_sizes
+        per_row = (max(s[:-1]) + 1) ** 2 + sum(n * n for n in s[1:]) + \
+            s[-1] * sum(s[1:]) + 2 * max(s) ** 2
+        rows = max(1, (1 << 22) // per_row)
+        return [slice(i, min(i + rows, N)) for i in range(0, N, rows)]
+
+    def _accumulate(self, build, theta, X, y, sample_weight):
+        """sum over row chunks of build(theta, X_c, y_c, sw_c, W): the
+        curvature sums of a chunk, normalized by the global weight W."""
+        theta, X, y, sw, sw_sum = self._check(theta, X, y, sample_weight)
+        total = None
+        for c in self._row_chunks(X.shape[0]):
+            part = build(theta, X[c], y[c], None if sw is None else sw[c], sw_sum)
+            total = part if total is None else (
+                [t + p for t, p in zip(total, part)] if isinstance(part, list)
+                else total + part)
+        return total, sw_sum
+
     # ------------------------------------------------------- products
     def hvp(self, theta, X, y, V, sample_weight=None):
         """Exact Hessian-vector product(s) by Pearlmutter's R-operator.
@@ -167,33 +191,37 @@ class CurvatureMixin:
     def ggn(self, theta, X, y, sample_weight=None, *, max_bytes=None):
         """Dense generalized Gauss-Newton matrix (P, P), + alpha / W on weights."""
         self._check_dense((self.n_params,) * 2, max_bytes)
-        theta, X, y, sw, sw_sum = self._check(theta, X, y, sample_weight)
+        G, sw_sum = self._accumulate(self._ggn_chunk, theta, X, y, sample_weight)
+        return self._add_l2_diag(G, self.alpha / sw_sum)
+
+    def _ggn_chunk(self, theta, X, y, sw, sw_sum):
         ins, S = self._ggn_factors(theta, X, y, sw, sw_sum)
         kmat = lambda l, m: np.matmul(S[l].transpose(1, 2, 0), S[m].transpose(1, 0, 2))
-        G = self._assemble(ins, kmat, self._all_pairs())
-        return self._add_l2_diag(G, self.alpha / sw_sum)
+        return self._assemble(ins, kmat, self._all_pairs())
 
     def efisher(self, theta, X, y, sample_weight=None, *, max_bytes=None):
         """Dense empirical Fisher ``sum_i c_i g_i g_i^T`` (P, P), + alpha / W."""
         self._check_dense((self.n_params,) * 2, max_bytes)
-        theta, X, y, sw, sw_sum = self._check(theta, X, y, sample_weight)
+        F, sw_sum = self._accumulate(self._efisher_chunk, theta, X, y, sample_weight)
+        return self._add_l2_diag(F, self.alpha / sw_sum)
+
+    def _efisher_chunk(self, theta, X, y, sw, sw_sum):
         ins, S = self._fisher_factors(theta, X, y, sw, sw_sum)
         kmat = lambda l, m: S[l][0][:, :, None] * S[m][0][:, None, :]
-        F = self._assemble(ins, kmat, self._all_pairs())
-        return self._add_l2_diag(F, self.alpha / sw_sum)
+        return self._assemble(ins, kmat, self._all_pairs())
 
     def _all_pairs(self):
         return [(l, m) for l in range(self.n_layers) for m in range(l, self.n_layers)]
 
     def block_ggn(self, theta, X, y, sample_weight=None):
         """Exact per-layer GGN blocks: list of (P_l, P_l), W_l then b_l."""
-        theta, X, y, sw, sw_sum = self._check(theta, X, y, sample_weight)
+        blocks, sw_sum = self._accumulate(self._block_ggn_chunk, theta, X, y, sample_weight)
+        return [self._add_l2_block(B, l, sw_sum) for l, B in enumerate(blocks)]
+
+    def _block_ggn_chunk(self, theta, X, y, sw, sw_sum):
         ins, S = self._ggn_factors(theta, X, y, sw, sw_sum)
-        blocks = []
-        for l in range(self.n_layers):
-            K = np.matmul(S[l].transpose(1, 2, 0), S[l].transpose(1, 0, 2))
-            blocks.append(self._add_l2_block(self._kron_sum(ins[l], ins[l], K), l, sw_sum))
-        return blocks
+        return [self._kron_sum(a, a, np.matmul(s.transpose(1, 2, 0), s.transpose(1, 0, 2)))
+                for a, s in zip(ins, S)]
 
     def _add_l2_block(self, B, l, sw_sum):
         nw = self.layer_sizes[l] * self.layer_sizes[l + 1]
@@ -203,14 +231,15 @@ class CurvatureMixin:
 
     def diag_ggn(self, theta, X, y, sample_weight=None):
         """Exact GGN diagonal (P,): squared inputs times squared factors."""
-        theta, X, y, sw, sw_sum = self._check(theta, X, y, sample_weight)
-        ins, S = self._ggn_factors(theta, X, y, sw, sw_sum)
-        return self._diag_from_factors(ins, S, sw_sum)
-
-    def _diag_from_factors(self, ins, S, sw_sum):
-        parts = [(a * a).T @ np.einsum("cij,cij->ij", s, s) for a, s in zip(ins, S)]
-        d = np.concatenate([p.ravel() for p in parts]).astype(self.dtype)
+        d, sw_sum = self._accumulate(
+            lambda *a: self._diag_from_factors(*self._ggn_factors(*a)),
+            theta, X, y, sample_weight)
         return self._add_l2_diag(d, self.alpha / sw_sum)
+
+    def _diag_from_factors(self, ins, S):
+        """sum_i sum_c a~_i^2 (x) s_ic^2 per layer: one GEMM each."""
+        parts = [(a * a).T @ np.einsum("cij,cij->ij", s, s) for a, s in zip(ins, S)]
+        return np.concatenate([p.ravel() for p in parts]).astype(self.dtype)
 
     def diag_ggn_mc(self, theta, X, y, sample_weight=None, mc_samples=1, random_state=None):
         """Monte-Carlo GGN diagonal: the factor S_i times Gaussian vectors.
@@ -221,21 +250,27 @@ class CurvatureMixin:
         from sklearn.utils import check_random_state
         if not isinstance(mc_samples, numbers.Integral) or mc_samples < 1:
             raise ValueError(f"mc_samples must be an integer >= 1, got {mc_samples!r}")
-        theta, X, y, sw, sw_sum = self._check(theta, X, y, sample_weight)
-        ins, S = self._ggn_factors(theta, X, y, sw, sw_sum)
         rs = check_random_state(random_state)
-        C, N = self.n_outputs, X.shape[0]
-        E = rs.standard_normal((mc_samples, C, N)) / np.sqrt(mc_samples)
-        # Linear in the factor: backpropagated S_l columns mix like the outputs.
-        Smc = [np.einsum("mcn,cnj->mnj", E, s).astype(self.dtype) for s in S]
-        return self._diag_from_factors(ins, Smc, sw_sum)
+
+        def chunk(theta, X, y, sw, sw_sum):
+            ins, S = self._ggn_factors(theta, X, y, sw, sw_sum)
+            E = rs.standard_normal((mc_samples, self.n_outputs, X.shape[0]))
+            E /= np.sqrt(mc_samples)
+            # Backpropagation is linear: mixing the factor's columns at the
+            # output mixes them identically at every layer.
+            Smc = [np.einsum("mcn,cnj->mnj", E, s).astype(self.dtype) for s in S]
+            return self._diag_from_factors(ins, Smc)
+
+        d, sw_sum = self._accumulate(chunk, theta, X, y, sample_weight)
+        return self._add_l2_diag(d, self.alpha / sw_sum)
 
     # ------------------------------------------------ empirical Fisher
     def diag_efisher(self, theta, X, y, sample_weight=None):
         """Empirical Fisher diagonal (P,): ``sum_i c_i g_i^2`` + alpha / W."""
-        theta, X, y, sw, sw_sum = self._check(theta, X, y, sample_weight)
-        ins, S = self._fisher_factors(theta, X, y, sw, sw_sum)
-        return self._diag_from_factors(ins, S, sw_sum)
+        d, sw_sum = self._accumulate(
+            lambda *a: self._diag_from_factors(*self._fisher_factors(*a)),
+            theta, X, y, sample_weight)
+        return self._add_l2_diag(d, self.alpha / sw_sum)
 
     # ------------------------------------------------------ K-FAC
     def kfac(self, theta, X, y, sample_weight=None):
@@ -246,22 +281,38 @@ class CurvatureMixin:
         ``kron(A_l, G_l)`` approximates the (W_l, b_l) GGN block, exactly
         for one sample (regularizer excluded).
         """
-        theta, X, y, sw, sw_sum = self._check(theta, X, y, sample_weight)
+        factors, _ = self._accumulate(self._kfac_chunk, theta, X, y, sample_weight)
+        return [(factors[2 * l], factors[2 * l + 1]) for l in range(self.n_layers)]
+
+    def _kfac_chunk(self, theta, X, y, sw, sw_sum):
         ins, S = self._ggn_factors(theta, X, y, sw, sw_sum)
         c = ((np.ones(X.shape[0]) if sw is None else sw) / sw_sum).astype(self.dtype)
         out = []
         for a, s in zip(ins, S):
             Sf = s.reshape(-1, s.shape[-1])
-            out.append(((a * c[:, None]).T @ a, Sf.T @ Sf))
+            out += [(a * c[:, None]).T @ a, Sf.T @ Sf]
         return out
 
     # ------------------------------------------------- exact Hessian
-    def _hessian_state(self, theta, X, y, sw, sw_sum):
+    @staticmethod
+    def _left_mul(W, K):
+        """W @ K_i for every sample as ONE GEMM: K (N, a, b) -> (N, W.shape[0], b).
+
+        (W K_i)^T = K_i^T W^T, so the transposed stack times W^T does all
+        samples at once instead of N small products.
+        """
+        N, a, b = K.shape
+        Kt = np.ascontiguousarray(K.transpose(0, 2, 1)).reshape(N * b, a)
+        return (Kt @ W.T).reshape(N, b, W.shape[0]).transpose(0, 2, 1)
+
+    def _hessian_state(self, theta, X, y, sw, sw_sum, lowest="full"):
         """Inputs, f', weighted deltas and the z-Hessians Hz_l (N, n_l, n_l).
 
         Hessian backpropagation: Hz_L = c_i H_i and
         Hz_l = diag(f'_l) W_{l+1} Hz_{l+1} W_{l+1}^T diag(f'_l) + diag(Q_l),
-        Q_l = (dL/da_l) f''(z_l) the residual of the nonlinearity.
+        Q_l = (dL/da_l) f''(z_l) the residual of the nonlinearity. With
+        ``lowest="diag"`` the first layer's Hz is returned as its diagonal
+        (N, n_1) only, which is all the Hessian diagonal needs.
         """
         N, L = X.shape[0], self.n_layers
         _, _, F1, _, DL, Q = _curvature.first_order_state(self._plan, theta, X, y, sw, sw_sum)
@@ -274,28 +325,37 @@ class CurvatureMixin:
         Hz = [None] * L
         Hz[L - 1] = np.matmul(S_out.transpose(1, 2, 0), S_out.transpose(1, 0, 2))
         for l in range(L - 2, -1, -1):
-            W = coefs[l + 1]
-            H = np.matmul(np.matmul(W, Hz[l + 1]), W.T)
+            W, n = coefs[l + 1], self.layer_sizes[l + 1]
+            T = self._left_mul(W, Hz[l + 1])          # W Hz: (N, n_l, n_{l+1})
+            if l == 0 and lowest == "diag":
+                Hz[l] = np.einsum("nja,ja->nj", T, W) * f1[l] ** 2 + q[l]
+                continue
+            H = self._left_mul(W, np.ascontiguousarray(T.transpose(0, 2, 1)))
             H *= f1[l][:, :, None] * f1[l][:, None, :]
-            idx = np.arange(self.layer_sizes[l + 1])
-            H[:, idx, idx] += q[l]
+            H[:, np.arange(n), np.arange(n)] += q[l]
             Hz[l] = H
         return self._inputs(X, A), f1, delta, coefs, Hz
 
     def block_hessian(self, theta, X, y, sample_weight=None):
         """Exact per-layer Hessian blocks: list of (P_l, P_l), W_l then b_l."""
-        theta, X, y, sw, sw_sum = self._check(theta, X, y, sample_weight)
+        blocks, sw_sum = self._accumulate(self._block_hessian_chunk, theta, X, y,
+                                          sample_weight)
+        return [self._add_l2_block(B, l, sw_sum) for l, B in enumerate(blocks)]
+
+    def _block_hessian_chunk(self, theta, X, y, sw, sw_sum):
         ins, _, _, _, Hz = self._hessian_state(theta, X, y, sw, sw_sum)
-        return [self._add_l2_block(self._kron_sum(ins[l], ins[l], Hz[l]), l, sw_sum)
-                for l in range(self.n_layers)]
+        return [self._kron_sum(a, a, H) for a, H in zip(ins, Hz)]
 
     def diag_hessian(self, theta, X, y, sample_weight=None):
         """Exact Hessian diagonal (P,): squared inputs times diag(Hz_l)."""
-        theta, X, y, sw, sw_sum = self._check(theta, X, y, sample_weight)
-        ins, _, _, _, Hz = self._hessian_state(theta, X, y, sw, sw_sum)
-        parts = [(a * a).T @ np.diagonal(H, axis1=1, axis2=2) for a, H in zip(ins, Hz)]
-        d = np.concatenate([p.ravel() for p in parts]).astype(self.dtype)
+        d, sw_sum = self._accumulate(self._diag_hessian_chunk, theta, X, y, sample_weight)
         return self._add_l2_diag(d, self.alpha / sw_sum)
+
+    def _diag_hessian_chunk(self, theta, X, y, sw, sw_sum):
+        ins, _, _, _, Hz = self._hessian_state(theta, X, y, sw, sw_sum, lowest="diag")
+        diags = [H if H.ndim == 2 else np.diagonal(H, axis1=1, axis2=2) for H in Hz]
+        parts = [(a * a).T @ d for a, d in zip(ins, diags)]
+        return np.concatenate([p.ravel() for p in parts]).astype(self.dtype)
 
     def hessian(self, theta, X, y, sample_weight=None, *, max_bytes=None):
         """Dense exact Hessian (P, P) by Hessian backpropagation.
@@ -305,7 +365,10 @@ class CurvatureMixin:
         input depending on z_l: ``sum_i a~_l,p delta_m,q' d a_m,p' / d z_l,q``.
         """
         self._check_dense((self.n_params,) * 2, max_bytes)
-        theta, X, y, sw, sw_sum = self._check(theta, X, y, sample_weight)
+        H, sw_sum = self._accumulate(self._hessian_chunk, theta, X, y, sample_weight)
+        return self._add_l2_diag(H, self.alpha / sw_sum)
+
+    def _hessian_chunk(self, theta, X, y, sw, sw_sum):
         ins, f1, delta, coefs, Hz = self._hessian_state(theta, X, y, sw, sw_sum)
         H = np.zeros((self.n_params, self.n_params), self.dtype)
         sl = self._layer_slices()
@@ -313,7 +376,7 @@ class CurvatureMixin:
             K = Hz[m]
             for l in range(m, -1, -1):
                 if l < m:
-                    K = f1[l][:, :, None] * np.matmul(coefs[l + 1], K)
+                    K = f1[l][:, :, None] * self._left_mul(coefs[l + 1], K)
                 (ol, al, nl), (om, am, nm) = sl[l], sl[m]
                 blk = self._kron_sum(ins[l], ins[m], K)
                 if l < m:
@@ -322,14 +385,14 @@ class CurvatureMixin:
                 H[ol:ol + al * nl, om:om + am * nm] = blk
                 if l != m:
                     H[om:om + am * nm, ol:ol + al * nl] = blk.T
-        return self._add_l2_diag(H, self.alpha / sw_sum)
+        return H
 
     def _cross_term(self, a_l, delta_m, f1, coefs, l, m):
         """sum_i a~_l,ip delta_m,iq' (d a_{m-1} / d z_l)_i[p', q] in block order."""
         N = a_l.shape[0]
         Ja = f1[l][:, :, None] * np.eye(self.layer_sizes[l + 1], dtype=self.dtype)
         for j in range(l + 1, m):
-            Ja = f1[j][:, :, None] * np.matmul(coefs[j].T, Ja)
+            Ja = f1[j][:, :, None] * self._left_mul(coefs[j].T, Ja)
         al, nm = a_l.shape[1], delta_m.shape[1]
         n_in, nl = Ja.shape[1], Ja.shape[2]
         lhs = (a_l[:, :, None] * delta_m[:, None, :]).reshape(N, al * nm)
