@@ -1,0 +1,156 @@
+"""``python -m cbackprop``: train on load_digits next to scikit-learn.
+
+Trains ``cbackprop.MLPClassifier`` on scikit-learn's digits (pixels / 16,
+``train_test_split(random_state=0)``) with hidden (100,), adam, batch 200,
+printing the loss as it goes; then fits scikit-learn's MLPClassifier with the
+same data and parameters and prints both test accuracies, fit times and the
+speed ratio; finally checks the gradient of the fitted network against
+fourth-order central differences. Exits with status 1 if the gradient check
+fails or the two estimators disagree.
+"""
+import argparse
+import io
+import math
+import sys
+import time
+import warnings
+
+import numpy as np
+
+
+class _EveryKth(io.TextIOBase):
+    """Stdout filter for verbose=True: one compact line every k epochs."""
+
+    def __init__(self, out, every, last):
+        self.out, self.every, self.last = out, every, last
+        self.buf = ""
+
+    def write(self, s):
+        self.buf += s
+        while "\n" in self.buf:
+            line, self.buf = self.buf.split("\n", 1)
+            if line.startswith("Iteration "):
+                head, loss = line[len("Iteration "):].split(", loss = ")
+                epoch = int(head)
+                if epoch % self.every == 0 or epoch == self.last or epoch == 1:
+                    self.out.write(f"  epoch {epoch:4d}   loss {float(loss):.6f}\n")
+            elif line:
+                self.out.write("  " + line + "\n")
+        return len(s)
+
+
+def _fit_timed(est, X, y, repeats):
+    best = math.inf
+    for _ in range(repeats):
+        t0 = time.perf_counter()
+        est.fit(X, y)
+        best = min(best, time.perf_counter() - t0)
+    return best
+
+
+def _gradient_check(est, X, y, n_coords, seed):
+    """loss_grad vs 4th-order central differences on random coordinates.
+
+    The coordinates are drawn among those whose gradient entry is not
+    negligible (at least 1e-3 of the largest), where a relative error means
+    something; the step is small enough to rarely straddle a relu kink.
+    """
+    net = est.network_
+    Y = np.eye(len(est.classes_))[np.searchsorted(est.classes_, y)]
+    theta = np.array(est.theta_, dtype=np.float64)
+    _, grad = net.loss_grad(theta, X, Y)
+    rng = np.random.default_rng(seed)
+    eligible = np.flatnonzero(np.abs(grad) >= 1e-3 * np.abs(grad).max())
+    coords = rng.choice(eligible, min(n_coords, eligible.size), replace=False)
+    worst = 0.0
+    for j in coords:
+        h = 1e-5 * max(1.0, abs(theta[j]))
+        vals = []
+        for k in (-2, -1, 1, 2):
+            t = theta.copy()
+            t[j] += k * h
+            vals.append(net.loss(t, X, Y))
+        fd = (vals[0] - 8 * vals[1] + 8 * vals[2] - vals[3]) / (12 * h)
+        worst = max(worst, abs(fd - grad[j]) / max(abs(fd), abs(grad[j])))
+    return coords.size, worst
+
+
+def main(argv=None):
+    parser = argparse.ArgumentParser(
+        prog="python -m cbackprop",
+        description="Train cbackprop.MLPClassifier on scikit-learn's load_digits and "
+                    "compare accuracy and fit time with scikit-learn's MLPClassifier "
+                    "(same data, same parameters, same random_state), then check the "
+                    "gradient against finite differences.")
+    parser.add_argument("--quick", action="store_true",
+                        help="20 epochs and a single timing run (for CI)")
+    parser.add_argument("--epochs", type=int, default=None,
+                        help="number of epochs (default 200, or 20 with --quick)")
+    parser.add_argument("--threads", type=int, default=1,
+                        help="BLAS threads for both libraries (default 1)")
+    parser.add_argument("--no-sklearn", action="store_true",
+                        help="skip the scikit-learn comparison")
+    args = parser.parse_args(argv)
+    epochs = args.epochs or (20 if args.quick else 200)
+    repeats = 1 if args.quick else 3
+
+    from sklearn.datasets import load_digits
+    from sklearn.exceptions import ConvergenceWarning
+    from sklearn.model_selection import train_test_split
+    from sklearn.neural_network import MLPClassifier as SkMLPClassifier
+    from threadpoolctl import threadpool_limits
+
+    import cbackprop
+    from cbackprop import MLPClassifier
+
+    X, y = load_digits(return_X_y=True)
+    X_train, X_test, y_train, y_test = train_test_split(X / 16.0, y, random_state=0)
+    params = dict(hidden_layer_sizes=(100,), solver="adam", batch_size=200,
+                  max_iter=epochs, tol=0.0, n_iter_no_change=np.inf, random_state=0)
+    shown = ", ".join(f"{k}={v!r}" for k, v in params.items())
+    print(f"cbackprop {cbackprop.__version__}: load_digits, {X_train.shape[0]} train / "
+          f"{X_test.shape[0]} test samples, {X.shape[1]} features, 10 classes, "
+          f"{args.threads} BLAS thread(s)")
+    print(f"MLPClassifier({shown})")
+    status = 0
+    with threadpool_limits(args.threads), warnings.catch_warnings():
+        warnings.simplefilter("ignore", ConvergenceWarning)
+        ours = MLPClassifier(verbose=True, **params)
+        every = 10 if epochs >= 100 else max(1, epochs // 5)
+        stdout, sys.stdout = sys.stdout, _EveryKth(sys.stdout, every, epochs)
+        try:
+            t0 = time.perf_counter()
+            ours.fit(X_train, y_train)
+            t_first = time.perf_counter() - t0
+        finally:
+            sys.stdout = stdout
+        ours.set_params(verbose=False)
+        t_ours = min(t_first, _fit_timed(ours, X_train, y_train, repeats - 1)
+                     if repeats > 1 else math.inf)
+        acc_ours = ours.score(X_test, y_test)
+        print(f"{'':14s}{'test accuracy':>15s}{'fit time':>12s}{'per epoch':>12s}")
+        print(f"{'cbackprop':14s}{acc_ours:15.4f}{t_ours:11.3f}s"
+              f"{1e3 * t_ours / ours.n_iter_:10.3f}ms")
+        if not args.no_sklearn:
+            ref = SkMLPClassifier(**params)
+            t_ref = _fit_timed(ref, X_train, y_train, 1 if args.quick else 2)
+            acc_ref = ref.score(X_test, y_test)
+            print(f"{'scikit-learn':14s}{acc_ref:15.4f}{t_ref:11.3f}s"
+                  f"{1e3 * t_ref / ref.n_iter_:10.3f}ms")
+            print(f"speed-up: {t_ref / t_ours:.1f}x (scikit-learn fit time / cbackprop's)")
+            same = np.allclose(ours.loss_curve_, ref.loss_curve_, rtol=1e-6)
+            print("loss curves: " + ("identical to scikit-learn's (rtol 1e-6)" if same
+                                     else "DIFFER from scikit-learn's"))
+            if abs(acc_ours - acc_ref) > 0.02:
+                status = 1
+        n, err = _gradient_check(ours, X_train[:300], y_train[:300], 6, seed=0)
+        ok = err < 1e-5  # rounding noise is ~1e-7 here; a wrong gradient gives O(1)
+        print(f"gradient check (float64, {n} random coordinates, 4th-order central "
+              f"differences): max relative error {err:.1e} {'OK' if ok else 'FAILED'}")
+        if not ok:
+            status = 1
+    return status
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,612 @@
+"""Shared machinery of MLPClassifier and MLPRegressor.
+
+The training loops follow scikit-learn 1.9's ``BaseMultilayerPerceptron``
+(``_fit``, ``_fit_stochastic``, ``_fit_lbfgs``,
+``_update_no_improvement_count`` and the optimizers' ``iteration_ends`` and
+``trigger_stopping``) decision for decision and random draw for random draw,
+so that one ``random_state`` gives the same initial weights, the same epoch
+permutations and the same validation split. The parameters live in ONE flat
+vector ``theta`` (``coefs_`` and ``intercepts_`` are views into it); for
+'sgd' and 'adam' each epoch is a single call of
+:func:`cbackprop._train.run_epoch` (GIL released), so Python runs once per
+epoch.
+"""
+import math
+import numbers
+import warnings
+
+import numpy as np
+import scipy.optimize
+from sklearn.base import BaseEstimator, is_classifier
+from sklearn.exceptions import ConvergenceWarning
+from sklearn.model_selection import train_test_split
+from sklearn.neural_network import MLPRegressor as _SkMLPRegressor
+from sklearn.utils import check_random_state
+from sklearn.utils._param_validation import StrOptions
+from sklearn.utils.validation import _check_sample_weight, check_is_fitted, validate_data
+
+from cbackprop import _network, _train
+from cbackprop._stochastic import AdamState, SGDState
+from cbackprop.network import ACTIVATIONS, Network
+
+try:  # scikit-learn's shim for L-BFGS-B's `iprint` across SciPy versions
+    from sklearn.utils.fixes import _get_additional_lbfgs_options_dict
+except ImportError:  # pragma: no cover
+    def _get_additional_lbfgs_options_dict(key, value):
+        return {}
+
+STOCHASTIC_SOLVERS = ("sgd", "adam")
+SOLVERS = ("lbfgs", "sgd", "adam")
+
+# Rows per forward pass in predict: bounds the workspace (two N * width
+# caches, kept per thread by network_) whatever the number of rows.
+_PREDICT_CHUNK_ENTRIES = 1 << 18
+
+# Rows per kernel call of the full-batch objective ('lbfgs'): bounds its
+# workspace to about 2 * 8 * this many bytes plus the deltas.
+_FULL_BATCH_CHUNK_ENTRIES = 1 << 21
+
+# An epoch whose mean loss exceeds this factor times the reference loss
+# (see BaseMLP._reference_loss) is taken as diverged.
+_DIVERGENCE_FACTOR = 1e6
+
+
+def _parameter_constraints(base):
+    """scikit-learn's constraints with our solvers and activations."""
+    constraints = dict(base._parameter_constraints)
+    constraints["activation"] = [StrOptions(set(ACTIVATIONS))]
+    constraints["solver"] = [StrOptions(set(SOLVERS))]
+    return constraints
+
+
+# ---------------------------------------------------------------- helpers
+def _hidden_layer_sizes(value):
+    sizes = list(value) if hasattr(value, "__iter__") else [value]
+    for n in sizes:
+        if (not isinstance(n, numbers.Integral) or isinstance(n, bool)) and not (
+                isinstance(n, numbers.Real) and float(n).is_integer()):
+            raise ValueError(f"hidden_layer_sizes must contain integers, got {sizes}.")
+    if np.any(np.array(sizes) <= 0):
+        raise ValueError("hidden_layer_sizes must be > 0, got %s." % sizes)
+    return [int(n) for n in sizes]
+
+
+def _finite_sum(a):
+    """Cheap finiteness test of a whole array (one reduction, no temporary)."""
+    return math.isfinite(float(np.add.reduce(a, dtype=np.float64)))
+
+
+def _zero_weight_batch(sw, order, batch_size):
+    """Whether some minibatch of this epoch has sample weights summing to 0."""
+    if sw is None:
+        return False
+    w = sw if order is None else sw[order]
+    sums = np.add.reduceat(w, np.arange(0, w.shape[0], batch_size))
+    return bool((sums == 0).any())
+
+
+class _FullBatchObjective:
+    """The training objective over all rows, evaluated in row chunks.
+
+    One kernel call per chunk of at most ``_FULL_BATCH_CHUNK_ENTRIES /
+    width`` rows, so the workspace (the (Z, A) caches of N * width entries
+    and the deltas) stays bounded whatever N; with several chunks the L2
+    penalty is added once here instead of by each kernel call. A pure
+    function of theta: it writes only into its own scratch arrays.
+    """
+
+    def __init__(self, net, X, Y, sw, alpha):
+        self.net, self.X, self.Y, self.sw = net, X, Y, sw
+        self.alpha = float(alpha)
+        n = X.shape[0]
+        self.sw_sum = float(n) if sw is None else float(sw.sum(dtype=np.float64))
+        rows = max(256, _FULL_BATCH_CHUNK_ENTRIES // net._plan.width)
+        self.bounds = [(a, min(a + rows, n)) for a in range(0, n, rows)]
+        self.grad = np.empty(net.n_params, net.dtype)
+        self.part = np.empty(net.n_params, net.dtype) if len(self.bounds) > 1 else None
+        self.weights = []  # slices of theta holding W_l (not the biases)
+        start = 0
+        for n_in, n_out in zip(net.layer_sizes[:-1], net.layer_sizes[1:]):
+            self.weights.append(slice(start, start + n_in * n_out))
+            start += n_in * n_out + n_out
+
+    def __call__(self, theta, with_grad=True):
+        """Objective at theta; the gradient is left in self.grad."""
+        plan, X, Y, sw = self.net._plan, self.X, self.Y, self.sw
+        if self.part is None:
+            return _network.loss_grad(plan, theta, X, Y, sw, self.sw_sum, self.alpha,
+                                      self.grad if with_grad else None,
+                                      self.net._workspace(X.shape[0]))
+        total = 0.0
+        for i, (a, b) in enumerate(self.bounds):
+            out = (self.grad if i == 0 else self.part) if with_grad else None
+            total += _network.loss_grad(plan, theta, X[a:b], Y[a:b],
+                                        None if sw is None else sw[a:b], self.sw_sum, 0.0,
+                                        out, self.net._workspace(b - a))
+            if with_grad and i > 0:
+                self.grad += self.part
+        if self.alpha:
+            coef = self.alpha / self.sw_sum
+            for w in self.weights:
+                total += 0.5 * coef * float(np.dot(theta[w], theta[w]))
+                if with_grad:
+                    self.grad[w] += coef * theta[w]
+        return total
+
+
+class BaseMLP(BaseEstimator):
+    """Base class of the MLP estimators; use MLPClassifier or MLPRegressor."""
+
+    _parameter_constraints = _parameter_constraints(_SkMLPRegressor)
+    del _parameter_constraints["loss"]
+
+    def __init__(self, hidden_layer_sizes, activation, solver, alpha, batch_size,
+                 learning_rate, learning_rate_init, power_t, max_iter, loss, shuffle,
+                 random_state, tol, verbose, warm_start, momentum, nesterovs_momentum,
+                 early_stopping, validation_fraction, beta_1, beta_2, epsilon,
+                 n_iter_no_change, max_fun):
+        self.activation = activation
+        self.solver = solver
+        self.alpha = alpha
+        self.batch_size = batch_size
+        self.learning_rate = learning_rate
+        self.learning_rate_init = learning_rate_init
+        self.power_t = power_t
+        self.max_iter = max_iter
+        self.loss = loss
+        self.hidden_layer_sizes = hidden_layer_sizes
+        self.shuffle = shuffle
+        self.random_state = random_state
+        self.tol = tol
+        self.verbose = verbose
+        self.warm_start = warm_start
+        self.momentum = momentum
+        self.nesterovs_momentum = nesterovs_momentum
+        self.early_stopping = early_stopping
+        self.validation_fraction = validation_fraction
+        self.beta_1 = beta_1
+        self.beta_2 = beta_2
+        self.epsilon = epsilon
+        self.n_iter_no_change = n_iter_no_change
+        self.max_fun = max_fun
+
+    # ------------------------------------------------------------ theta
+    def _views_in_sync(self):
+        theta = self.__dict__.get("_theta")
+        if theta is None or len(self.coefs_) != self.network_.n_layers:
+            return False
+        return all(a.base is theta for a in (*self.coefs_, *self.intercepts_))
+
+    def _current_theta(self):
+        """The flat parameters that coefs_ / intercepts_ describe.
+
+        ``self._theta`` itself when coefs_ and intercepts_ are still its views
+        (always, unless they were replaced, deep-copied or unpickled apart);
+        otherwise packed from them.
+        """
+        if self._views_in_sync():
+            return self._theta
+        return self.network_.pack(self.coefs_, self.intercepts_)
+
+    def _bind(self, theta):
+        """Make theta the parameters; coefs_ and intercepts_ become its views."""
+        self._theta = theta
+        self.coefs_, self.intercepts_ = self.network_.unpack(theta)
+
+    @property
+    def theta_(self):
+        """Flat parameter vector ``W_1, b_1, W_2, b_2, ...`` of ``network_``.
+
+        A view shared with ``coefs_`` and ``intercepts_``: pass it to any
+        ``network_`` method, for example ``est.network_.hessian(est.theta_, X, y)``.
+        """
+        check_is_fitted(self)
+        return self._current_theta()
+
+    def __getstate__(self):
+        state = super().__getstate__()
+        if self._views_in_sync():
+            # Rebuilt as views on unpickling instead of stored twice as copies.
+            state = dict(state)
+            del state["coefs_"], state["intercepts_"]
+            state["_coefs_are_views"] = True
+        return state
+
+    def __setstate__(self, state):
+        state = dict(state)
+        views = state.pop("_coefs_are_views", False)
+        super().__setstate__(state)
+        if views:
+            self._bind(self._theta)
+
+    # ------------------------------------------------------------ forward
+    def _raw_predict(self, X, check_input=True):
+        """Outputs after the link, (N, n_outputs), in the model's dtype."""
+        if check_input:
+            X = validate_data(self, X, reset=False, dtype=self.network_.dtype, order="C")
+        elif X.dtype != self.network_.dtype or not X.flags.c_contiguous:
+            X = np.ascontiguousarray(X, dtype=self.network_.dtype)
+        net = self.network_
+        theta = self._current_theta()
+        n = X.shape[0]
+        out = np.empty((n, net.n_outputs), net.dtype)
+        if n == 0:
+            return out
+        chunk = max(64, _PREDICT_CHUNK_ENTRIES // net._plan.width)
+        for start in range(0, n, chunk):
+            stop = min(start + chunk, n)
+            _network.raw_output(net._plan, theta, X[start:stop], out[start:stop], True,
+                                net._workspace(stop - start, 0))
+        return out
+
+    def _score_with_function(self, X, y, sample_weight, score_function):
+        y_pred = self._predict(X, check_input=False)
+        if np.issubdtype(y_pred.dtype, np.floating) and not np.isfinite(y_pred).all():
+            return np.nan
+        return score_function(y, y_pred, sample_weight=sample_weight)
+
+    # ------------------------------------------------------------ fit
+    _LOSS_OF_LINK = {"identity": "squared_error", "exp": "poisson",
+                     "softmax": "log_loss", "logistic": "binary_log_loss"}
+
+    def _network_loss(self):
+        return self._LOSS_OF_LINK[self.out_activation_]
+
+    def _initialize(self, y, layer_units, dtype):
+        self.n_iter_ = 0
+        self.t_ = 0
+        self.n_outputs_ = y.shape[1]
+        self.n_layers_ = len(layer_units)
+        if not is_classifier(self):
+            self.out_activation_ = "exp" if self.loss == "poisson" else "identity"
+        elif self._label_binarizer.y_type_ == "multiclass":
+            self.out_activation_ = "softmax"
+        else:
+            self.out_activation_ = "logistic"
+        self.network_ = Network(layer_units, self.activation, self._network_loss(),
+                                alpha=self.alpha, dtype=dtype)
+        # The same draws as scikit-learn's _init_coef: layer by layer, coefs
+        # then intercepts, in float64, then cast.
+        self._bind(self.network_.init_params(self._random_state))
+        self._best_theta = None  # created by _fit_stochastic for early stopping
+        if self.solver in STOCHASTIC_SOLVERS:
+            self.loss_curve_ = []
+            self._no_improvement_count = 0
+            if self.early_stopping:
+                self.validation_scores_ = []
+                self.best_validation_score_ = -np.inf
+                self.best_loss_ = None
+            else:
+                self.best_loss_ = np.inf
+                self.validation_scores_ = None
+                self.best_validation_score_ = None
+
+    def _fit(self, X, y, sample_weight=None, incremental=False):
+        hidden = _hidden_layer_sizes(self.hidden_layer_sizes)
+        first_pass = not hasattr(self, "coefs_") or (not self.warm_start and not incremental)
+        X, y = self._validate_input(X, y, incremental, reset=first_pass)
+        if not first_pass and X.dtype != self.network_.dtype:
+            X = X.astype(self.network_.dtype)  # continue in the model's dtype
+        X = np.ascontiguousarray(X)
+        if sample_weight is not None:
+            sample_weight = _check_sample_weight(sample_weight, X, dtype=X.dtype)
+        if y.ndim == 1:
+            y = y.reshape((-1, 1))
+        self.n_outputs_ = y.shape[1]
+        layer_units = [X.shape[1]] + hidden + [self.n_outputs_]
+        self._random_state = check_random_state(self.random_state)
+
+        if first_pass:
+            self._initialize(y, layer_units, X.dtype)
+        else:
+            if tuple(layer_units) != self.network_.layer_sizes:
+                raise ValueError(
+                    f"warm_start / partial_fit needs the fitted architecture "
+                    f"{list(self.network_.layer_sizes)}, got {layer_units}: "
+                    f"hidden_layer_sizes or the number of outputs changed.")
+            if (self.activation != self.network_.activation
+                    or float(self.alpha) != self.network_.alpha):
+                self.network_ = Network(layer_units, self.activation,
+                                        self._network_loss(), alpha=self.alpha,
+                                        dtype=self.network_.dtype)
+            # Continue from coefs_ / intercepts_ (rebinding them if needed).
+            self._bind(np.array(self._current_theta(), copy=not self._views_in_sync()))
+
+        if self.solver in STOCHASTIC_SOLVERS:
+            self._fit_stochastic(X, y, sample_weight, incremental)
+        elif self.solver == "lbfgs":
+            self._fit_lbfgs(X, y, sample_weight)
+
+        if not np.isfinite(self._theta).all():
+            raise ValueError("Solver produced non-finite parameter weights. The input "
+                             "data may contain large values and need to be preprocessed.")
+        return self
+
+    def _scratch_network(self):
+        """A twin of network_ whose workspace dies with the fit.
+
+        Training workspaces (all N rows for 'lbfgs') are not kept alive by
+        the fitted model.
+        """
+        net = self.network_
+        return Network(net.layer_sizes, net.activation, net.loss_name, alpha=net.alpha,
+                       dtype=net.dtype)
+
+    def _as_targets(self, y):
+        return np.ascontiguousarray(y, dtype=self.network_.dtype)
+
+    # ------------------------------------------------------------ lbfgs
+    def _fit_lbfgs(self, X, y, sample_weight):
+        net = self._scratch_network()
+        objective = _FullBatchObjective(net, X, self._as_targets(y), sample_weight,
+                                        self.alpha)
+        x_cast = None if net.dtype == np.float64 else np.empty(net.n_params, net.dtype)
+        best = {"f": np.inf, "x": None}
+
+        def fun(x):
+            # A pure function of x: it reads X, Y, sw and writes only scratch.
+            if x_cast is None:
+                theta = np.ascontiguousarray(x, dtype=np.float64)
+            else:
+                x_cast[:] = x
+                theta = x_cast
+            f = objective(theta)
+            if f < best["f"]:
+                best["f"] = f
+                best["x"] = np.array(x, dtype=np.float64)
+            return f, objective.grad.astype(np.float64)  # a fresh float64 array
+
+        iprint = 1 if (self.verbose is True or self.verbose >= 1) else -1
+        opt_res = scipy.optimize.minimize(
+            fun, self._theta.astype(np.float64), method="L-BFGS-B", jac=True,
+            options={"maxfun": self.max_fun, "maxiter": self.max_iter, "gtol": self.tol,
+                     **_get_additional_lbfgs_options_dict("iprint", iprint)})
+        self.n_iter_ = min(opt_res.nit, self.max_iter)
+        x, f = opt_res.x, float(opt_res.fun)
+        if not (math.isfinite(f) and np.isfinite(x).all()):
+            if best["x"] is None:
+                raise ValueError("L-BFGS found no parameters with a finite loss: the "
+                                 "input data may contain large values and need to be "
+                                 "preprocessed.")
+            warnings.warn(
+                "L-BFGS diverged: the loss became non-finite (overflow). Kept the "
+                f"best finite parameters seen (loss = {best['f']:.6g}); scale the "
+                "data or increase alpha.", ConvergenceWarning, stacklevel=3)
+            x, f = best["x"], best["f"]
+        elif opt_res.status != 0:
+            msg = (f"lbfgs failed to converge after {self.n_iter_} iteration(s) "
+                   f"(status={opt_res.status}):\n{opt_res.message}\n")
+            if self.n_iter_ == self.max_iter:
+                msg += ("\nIncrease the number of iterations to improve the "
+                        f"convergence (max_iter={self.max_iter}).")
+            msg += ("\nYou might also want to scale the data as shown in:\n"
+                    "    https://scikit-learn.org/stable/modules/preprocessing.html")
+            warnings.warn(msg, ConvergenceWarning, stacklevel=3)
+        self._theta[:] = x
+        self.loss_ = f
+
+    # ------------------------------------------------------------ sgd, adam
+    def _new_optimizer(self):
+        net = self.network_
+        if self.solver == "sgd":
+            return SGDState(net.n_params, net.dtype, self.learning_rate_init,
+                            self.learning_rate, self.momentum, self.nesterovs_momentum,
+                            self.power_t)
+        return AdamState(net.n_params, net.dtype, self.learning_rate_init,
+                         self.beta_1, self.beta_2, self.epsilon)
+
+    def _fit_stochastic(self, X, y, sample_weight, incremental):
+        if not incremental or not hasattr(self, "_optimizer"):
+            self._optimizer = self._new_optimizer()
+        if not hasattr(self, "loss_curve_"):
+            # A warm start from an 'lbfgs' fit: start the stochastic records.
+            self.loss_curve_, self._no_improvement_count = [], 0
+            self.best_loss_ = None if self.early_stopping else np.inf
+            self.validation_scores_ = self.best_validation_score_ = None
+        if self.early_stopping and self.validation_scores_ is None:
+            self.validation_scores_, self.best_validation_score_ = [], -np.inf
+        if self.early_stopping and getattr(self, "_best_theta", None) is None:
+            # The best weights by validation score (scikit-learn's _best_coefs).
+            self._best_theta = self._theta.copy()
+        if self.early_stopping and incremental:
+            raise ValueError("partial_fit does not support early_stopping=True")
+        early_stopping = self.early_stopping
+        if early_stopping:
+            # don't stratify in multilabel classification
+            stratify = y if (is_classifier(self) and self.n_outputs_ == 1) else None
+            if sample_weight is None:
+                X_train, X_val, y_train, y_val = train_test_split(
+                    X, y, random_state=self._random_state,
+                    test_size=self.validation_fraction, stratify=stratify)
+                sw_train = sw_val = None
+            else:
+                X_train, X_val, y_train, y_val, sw_train, sw_val = train_test_split(
+                    X, y, sample_weight, random_state=self._random_state,
+                    test_size=self.validation_fraction, stratify=stratify)
+            if X_val.shape[0] < 2:
+                raise ValueError("The validation set is too small. Increase "
+                                 "'validation_fraction' or the size of your dataset.")
+            if is_classifier(self):
+                y_val = self._label_binarizer.inverse_transform(y_val)
+        else:
+            X_train, y_train, sw_train = X, y, sample_weight
+            X_val = y_val = sw_val = None
+
+        net = self._scratch_network()
+        dtype, P, plan = net.dtype, net.n_params, net._plan
+        X_train = np.ascontiguousarray(X_train, dtype=dtype)
+        Y_train = self._as_targets(y_train)
+        if sw_train is not None:
+            sw_train = np.ascontiguousarray(sw_train, dtype=dtype)
+        n_samples = X_train.shape[0]
+        sample_idx = np.arange(n_samples, dtype=np.intp)
+
+        if self.batch_size == "auto":
+            batch_size = min(200, n_samples)
+        else:
+            if self.batch_size > n_samples:
+                warnings.warn("Got `batch_size` less than 1 or larger than "
+                              "sample size. It is going to be clipped")
+            batch_size = int(np.clip(self.batch_size, 1, n_samples))
+
+        Z, A, D, work = net._workspace(batch_size)
+        gather = self.shuffle
+        buffers = (Z, A, D, work,
+                   np.empty(batch_size * X_train.shape[1] if gather else 1, dtype),
+                   np.empty(batch_size * Y_train.shape[1] if gather else 1, dtype),
+                   np.empty(batch_size if gather and sw_train is not None else 1, dtype),
+                   np.empty(P, dtype))
+        theta = self._theta
+        optimizer = self._optimizer
+        state1, state2 = optimizer.states()
+        alpha = float(self.alpha)
+        rs = self._random_state
+        # Divergence guard. An epoch's loss is accumulated along its
+        # trajectory, so it rates the weights at the START of the epoch best:
+        # keep those (epoch_start) and, swapped in without a copy, the ones
+        # rated best so far (best_start). An epoch diverges when its loss is
+        # non-finite or above _DIVERGENCE_FACTOR times a reference scale.
+        epoch_start = np.empty_like(theta)
+        best_start, best_rated = None, np.inf
+        limit = _DIVERGENCE_FACTOR * self._reference_loss(Y_train, sw_train) * n_samples
+
+        try:
+            self.n_iter_ = 0
+            for it in range(self.max_iter):
+                if self.shuffle:
+                    # In place, the very swaps of sklearn.utils.shuffle(sample_idx).
+                    rs.shuffle(sample_idx)
+                    order = sample_idx
+                else:
+                    order = None
+                np.copyto(epoch_start, theta)
+                accumulated, t = _train.run_epoch(
+                    plan, theta, X_train, Y_train, sw_train, order, batch_size, alpha,
+                    optimizer.options(), state1, state2, buffers)
+                if not (accumulated <= limit and _finite_sum(theta)):  # NaN-safe
+                    self._diverged(X_train, Y_train, sw_train, order, batch_size,
+                                   best_start if best_start is not None else epoch_start,
+                                   accumulated, optimizer)
+                    break
+                if accumulated < best_rated:
+                    best_rated = accumulated
+                    if best_start is None:
+                        best_start = np.empty_like(theta)
+                    best_start, epoch_start = epoch_start, best_start
+                optimizer.epoch_done(t)
+                self.n_iter_ += 1
+                self.loss_ = accumulated / n_samples
+                self.t_ += n_samples
+                self.loss_curve_.append(self.loss_)
+                if self.verbose:
+                    print("Iteration %d, loss = %.8f" % (self.n_iter_, self.loss_))
+                self._update_no_improvement_count(early_stopping, X_val, y_val, sw_val)
+                optimizer.iteration_ends(self.t_)
+
+                if self._no_improvement_count > self.n_iter_no_change:
+                    if early_stopping:
+                        msg = ("Validation score did not improve more than "
+                               "tol=%f for %d consecutive epochs."
+                               % (self.tol, self.n_iter_no_change))
+                    else:
+                        msg = ("Training loss did not improve more than tol=%f"
+                               " for %d consecutive epochs."
+                               % (self.tol, self.n_iter_no_change))
+                    if optimizer.trigger_stopping(msg, self.verbose):
+                        break
+                    self._no_improvement_count = 0
+
+                if incremental:
+                    break
+                if self.n_iter_ == self.max_iter:
+                    warnings.warn(
+                        "Stochastic Optimizer: Maximum iterations (%d) "
+                        "reached and the optimization hasn't converged yet."
+                        % self.max_iter, ConvergenceWarning)
+        except KeyboardInterrupt:
+            warnings.warn("Training interrupted by user.")
+
+        if early_stopping:
+            theta[:] = self._best_theta  # restore best weights
+
+    def _reference_loss(self, Y, sw):
+        """Scale of a sane training loss, for the divergence test.
+
+        The loss of the all-zero network (closed form in Y, no forward pass),
+        at least 1, plus the penalty of the starting weights.
+        """
+        loss = self.network_.loss_name
+        w = None if sw is None else sw.astype(np.float64)
+        W = Y.shape[0] if w is None else w.sum()
+        if loss == "squared_error":
+            per_row = 0.5 * np.einsum("ij,ij->i", Y, Y, dtype=np.float64)
+        elif loss == "poisson":
+            Yd = Y.astype(np.float64)
+            per_row = (np.where(Yd > 0, Yd * np.log(np.where(Yd > 0, Yd, 1)), 0)
+                       - Yd + 1).sum(axis=1)
+        elif loss == "log_loss":
+            per_row = Y.sum(axis=1, dtype=np.float64) * math.log(Y.shape[1])
+        else:
+            per_row = np.full(Y.shape[0], Y.shape[1] * math.log(2.0))
+        trivial = float(per_row.sum() if w is None else per_row @ w) / W
+        penalty = sum(float(np.dot(c.ravel(), c.ravel())) for c in self.coefs_)
+        return max(trivial, 1.0) + 0.5 * float(self.alpha) * penalty / W
+
+    def _diverged(self, X, Y, sw, order, batch_size, candidate, accumulated, optimizer):
+        """Restore the best-rated weights after a diverging epoch, and warn."""
+        if not math.isfinite(accumulated) and _zero_weight_batch(sw, order, batch_size):
+            self._theta[:] = candidate
+            raise ValueError(
+                "A minibatch has sample weights summing to zero, so its loss is "
+                "undefined; use a larger batch_size or fewer zero weights.")
+        loss = _FullBatchObjective(self._scratch_network(), X, Y, sw, self.alpha)(
+            candidate, with_grad=False)
+        if not (math.isfinite(loss) and _finite_sum(candidate)):
+            raise ValueError("Solver produced non-finite parameter weights. The input "
+                             "data may contain large values and need to be "
+                             "preprocessed.")
+        self._theta[:] = candidate
+        self.loss_ = loss
+        for s in optimizer.states():  # the state may hold non-finite values too
+            s[:] = 0
+        what = ("became non-finite (overflow)" if not math.isfinite(accumulated) else
+                f"exploded to {accumulated / X.shape[0]:.3g}")
+        warnings.warn(
+            f"Training diverged in epoch {self.n_iter_ + 1}: the training loss {what}, "
+            f"typically because learning_rate_init={self.learning_rate_init!r} is too "
+            f"large or the data are not scaled. Stopped and restored the weights with "
+            f"the best training loss seen ({loss:.6g}).", ConvergenceWarning,
+            stacklevel=4)
+
+    def _update_no_improvement_count(self, early_stopping, X, y, sample_weight):
+        if early_stopping:
+            val_score = self._score(X, y, sample_weight=sample_weight)
+            self.validation_scores_.append(val_score)
+            if self.verbose:
+                print("Validation score: %f" % self.validation_scores_[-1])
+            last_valid_score = self.validation_scores_[-1]
+            if last_valid_score < (self.best_validation_score_ + self.tol):
+                self._no_improvement_count += 1
+            else:
+                self._no_improvement_count = 0
+            if last_valid_score > self.best_validation_score_:
+                self.best_validation_score_ = last_valid_score
+                np.copyto(self._best_theta, self._theta)
+        else:
+            if self.loss_curve_[-1] > self.best_loss_ - self.tol:
+                self._no_improvement_count += 1
+            else:
+                self._no_improvement_count = 0
+            if self.loss_curve_[-1] < self.best_loss_:
+                self.best_loss_ = self.loss_curve_[-1]
+
+    def _check_solver(self):
+        if self.solver not in STOCHASTIC_SOLVERS:
+            raise AttributeError("partial_fit is only available for stochastic "
+                                 "optimizers. %s is not stochastic." % self.solver)
+        return True
+
+    def __sklearn_tags__(self):
+        tags = super().__sklearn_tags__()
+        tags.input_tags.sparse = False  # dense kernels: sparse X is refused
+        return tags
