@@ -7,6 +7,7 @@ exact for rows of y that do not sum to one). Row i is weighted by
 """
 import numpy as np
 from libc.math cimport exp, log, log1p, fabs, sqrt
+from cbackprop._activations cimport cb_exp
 
 
 cdef inline double _sigmoid(double z) noexcept nogil:
@@ -38,15 +39,28 @@ cdef double _row_loss_grad(Loss loss, const floating* z, const floating* y,
                            Py_ssize_t C, double gs, floating* g) noexcept nogil:
     """Per-sample loss l(z, y); if g is not NULL, g = gs * dl/dz."""
     cdef Py_ssize_t k
-    cdef double l = 0.0, lse, sy, mu, zk, yk
+    cdef double l = 0.0, m, s, lse, sy, mu, zk, yk
     if loss == LOG_LOSS:
-        lse = _log_softmax_norm(z, C)
-        sy = _row_sum(y, C)
+        m = z[0]
+        for k in range(1, C):
+            if z[k] > m:
+                m = z[k]
+        # exp(z - max) once (vectorized exp, into g when there is one);
+        # the gradient is sum(y) e / s - y.
+        s = 0.0
+        sy = 0.0
+        for k in range(C):
+            mu = cb_exp(z[k] - m)
+            s += mu
+            sy += y[k]
+            if g != NULL:
+                g[k] = <floating>mu
+        lse = m + log(s)
         for k in range(C):
             # sum_k y_k (lse - z_k): each term >= 0, no log(0) anywhere.
             l += y[k] * (lse - z[k])
             if g != NULL:
-                g[k] = <floating>(gs * (sy * exp(z[k] - lse) - y[k]))
+                g[k] = <floating>(gs * (sy * (g[k] / s) - y[k]))
         return l
     for k in range(C):
         zk = z[k]

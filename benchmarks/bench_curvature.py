@@ -1,0 +1,47 @@
+"""asv benchmarks of the curvature quantities on net A (64-32-10 tanh, 512 digits).
+
+cbackprop side by side with torch.func in the same run (skipped when PyTorch
+is not installed). Report quantities in multiples of one gradient
+(``python benchmarks/report.py curvature``). Threads: limited with
+threadpoolctl to ``CBACKPROP_BENCH_THREADS`` (default 1) for both libraries.
+"""
+from ._common import limit_threads
+from ._curvature_workloads import cbackprop_quantities, net_a, torch_quantities
+
+try:
+    from asv_runner.benchmarks.mark import SkipNotImplemented
+except ImportError:  # pragma: no cover - older asv
+    SkipNotImplemented = NotImplementedError
+
+QUANTITIES = ["loss_grad", "hvp", "ggn_vp", "hessian", "ggn", "diag_ggn",
+              "diag_hessian", "kfac", "top5_eigenvalues"]
+
+
+class NetACurvature:
+    """Each curvature quantity of net A, cbackprop vs torch.func."""
+
+    params = [QUANTITIES, ["cbackprop", "torch"]]
+    param_names = ["quantity", "library"]
+    timeout = 300
+    repeat = (3, 7, 10.0)
+
+    def setup(self, quantity, library):
+        self._limits = limit_threads()
+        args = net_a()
+        if library == "cbackprop":
+            fns = cbackprop_quantities(*args)
+        else:
+            try:
+                fns = torch_quantities(*args)
+            except ImportError as exc:
+                raise SkipNotImplemented(f"PyTorch not installed: {exc}")
+        self.fn = fns.get(quantity)
+        if self.fn is None:
+            raise SkipNotImplemented(f"{quantity} has no {library} counterpart here")
+        self.fn()
+
+    def teardown(self, quantity, library):
+        self._limits.restore_original_limits()
+
+    def time_quantity(self, quantity, library):
+        self.fn()
