@@ -35,7 +35,18 @@ def _as_numeric(a, name):
 
 
 def _check_finite(arr, name):
-    if arr.dtype.kind == "f" and not np.isfinite(arr).all():
+    """ValueError if a float array holds NaN or inf.
+
+    A sum propagates NaN and inf, so a finite sum proves every entry finite
+    without the full-size boolean temporary of np.isfinite; only a sum that
+    is not finite (NaN, inf, or an overflow of finite values) needs the
+    exact elementwise test.
+    """
+    if arr.dtype.kind != "f" or arr.size == 0:
+        return
+    with np.errstate(over="ignore", invalid="ignore"):
+        total = np.add.reduce(arr, axis=None, dtype=np.float64)
+    if not np.isfinite(total) and not np.isfinite(arr).all():
         raise ValueError(f"{name} contains NaN or infinity")
 
 
@@ -45,8 +56,10 @@ def as_float_array(a, name, dtype, ndim):
     if arr.ndim != ndim:
         raise ValueError(f"{name} must be {ndim}-dimensional, got shape {arr.shape}")
     _check_finite(arr, name)
-    out = np.ascontiguousarray(arr, dtype=dtype)
-    _check_finite(out, name)  # a finite float64 can overflow to inf in float32
+    with np.errstate(over="ignore"):
+        out = np.ascontiguousarray(arr, dtype=dtype)
+    if out.dtype.itemsize < arr.dtype.itemsize:
+        _check_finite(out, name)  # a finite float64 can overflow in float32
     return out
 
 

@@ -1,0 +1,99 @@
+"""asv benchmarks of MLPClassifier / MLPRegressor against scikit-learn's.
+
+Workloads a-d of workloads.md, each implementation side by side in the same
+run; ``python benchmarks/report.py estimators`` prints the ratios. Threads
+are limited with threadpoolctl to ``CBACKPROP_BENCH_THREADS`` (default 1).
+"""
+import numpy as np
+
+from ._common import limit_threads
+from ._estimator_workloads import (predict_workload, workload_a, workload_b, workload_c,
+                                   workload_d)
+
+
+class _Bench:
+    timeout = 600
+
+    def _setup(self, fns):
+        self._limits = limit_threads()
+        self.fns = fns
+
+    def teardown(self, *params):
+        self._limits.restore_original_limits()
+
+
+class DigitsAdam(_Bench):
+    """Workload a: 200 epochs of adam on load_digits."""
+
+    params = [["cbackprop", "sklearn"]]
+    param_names = ["library"]
+    repeat = (2, 5, 30.0)
+    number = 1
+
+    def setup(self, library):
+        self._setup(workload_a())
+
+    def time_fit(self, library):
+        self.fns[library]()
+
+
+class LargeAdam(_Bench):
+    """Workload b: 2 epochs of adam on 20000 x 784, (256, 256); and the GEMMs
+    of one epoch alone (divide the fit time by 2 epochs to compare)."""
+
+    params = [["float64", "float32"], ["cbackprop", "sklearn", "gemm_epoch"]]
+    param_names = ["dtype", "impl"]
+    repeat = (1, 3, 60.0)
+    number = 1
+
+    def setup(self, dtype, impl):
+        self._setup(workload_b(np.dtype(dtype).type))
+
+    def time_fit(self, dtype, impl):
+        self.fns[impl]()
+
+    def peakmem_fit(self, dtype, impl):
+        if impl != "gemm_epoch":
+            self.fns[impl]()
+
+
+class LbfgsEvaluation(_Bench):
+    """Workload c: one loss-and-gradient evaluation on all 20000 rows."""
+
+    params = [["cbackprop", "sklearn"]]
+    param_names = ["library"]
+    repeat = (2, 5, 30.0)
+
+    def setup(self, library):
+        self._setup(workload_c())
+
+    def time_loss_grad(self, library):
+        self.fns[library]()
+
+
+class RegressionAdam(_Bench):
+    """Workload d: MLPRegressor (64, 64), 50 epochs of adam."""
+
+    params = [["cbackprop", "sklearn"]]
+    param_names = ["library"]
+    repeat = (2, 5, 30.0)
+    number = 1
+
+    def setup(self, library):
+        self._setup(workload_d())
+
+    def time_fit(self, library):
+        self.fns[library]()
+
+
+class PredictThroughput(_Bench):
+    """predict_proba on 20000 rows, (256, 256)."""
+
+    params = [["cbackprop", "sklearn"]]
+    param_names = ["library"]
+
+    def setup(self, library):
+        self._setup(predict_workload())
+
+    def time_predict_proba(self, library):
+        self.fns[library]()
