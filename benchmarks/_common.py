@@ -11,6 +11,9 @@ exactly the same code on exactly the same data and parameters:
 * ``gemm``       only the GEMMs one ``loss_grad`` needs, through
                  ``scipy.linalg.blas.?gemm`` (the BLAS ``cython_blas`` calls),
                  on preallocated arrays laid out so that nothing is copied
+* ``gemm_numpy`` the same GEMMs through ``np.matmul(..., out=...)``: numpy's
+                 wheel ships its own OpenBLAS build, so this tells BLAS
+                 differences apart from overheads when numpy beats cbackprop
 
 All implementations share one parameter set (a Glorot init drawn here) so that
 their losses and gradients can be cross-checked (``check_agreement``).
@@ -63,7 +66,7 @@ if cb is not None and not hasattr(cb, "Network"):
 
 THREADS_ENV = "CBACKPROP_BENCH_THREADS"
 
-# Workload definitions (see /work/shared/workloads.md): one place only.
+# Workload definitions, in one place only (the project-wide benchmark workloads).
 LOSS_GRAD_LARGE = dict(
     layer_sizes=(784, 256, 256, 10),
     n_samples=256,
@@ -248,7 +251,7 @@ class LossGradWorkload:
     ``cbackprop`` raises ImportError when the package is not importable.
     """
 
-    IMPLS = ("cbackprop", "numpy", "sklearn", "gemm")
+    IMPLS = ("cbackprop", "numpy", "sklearn", "gemm", "gemm_numpy")
 
     def __init__(self, layer_sizes, n_samples, activation="relu", loss="log_loss",
                  alpha=0.0, dtype=np.float64, seed=SEED):
@@ -357,15 +360,9 @@ class LossGradWorkload:
         """
         dt = self.dtype
         gemm = sblas.dgemm if dt == np.float64 else sblas.sgemm
-        n = self.n_samples
-        rng = np.random.default_rng(SEED + 1)
-        X, coefs = self.X, self.coefs
-        Z = [np.empty((n, W.shape[1]), dtype=dt) for W in coefs]          # forward out
-        A = [X] + Z[:-1]                                                   # layer inputs
-        D = [(rng.standard_normal((n, W.shape[1])) * 1e-2).astype(dt) for W in coefs]
-        GW = [np.empty_like(W) for W in coefs]
-        DP = [np.empty((n, W.shape[0]), dtype=dt) for W in coefs[1:]]      # D @ W^T
-        # (function, a, b, kwargs) in execution order
+        coefs = self.coefs
+        A, Z, D, GW, DP = self._gemm_operands()
+        # (a, b, kwargs) in execution order
         plan = []
         for i, W in enumerate(coefs):                     # Z_i^T = W^T A^T
             plan.append((a_t(W), a_t(A[i]), dict(c=a_t(Z[i]))))
@@ -381,6 +378,32 @@ class LossGradWorkload:
         def run():
             for a, b, kw in plan:
                 gemm(one, a, b, **kw)
+        return run
+
+    def _gemm_operands(self):
+        dt, n, coefs = self.dtype, self.n_samples, self.coefs
+        rng = np.random.default_rng(SEED + 1)
+        Z = [np.empty((n, W.shape[1]), dtype=dt) for W in coefs]          # forward out
+        A = [self.X] + Z[:-1]                                              # layer inputs
+        D = [(rng.standard_normal((n, W.shape[1])) * 1e-2).astype(dt) for W in coefs]
+        GW = [np.empty_like(W) for W in coefs]
+        DP = [np.empty((n, W.shape[0]), dtype=dt) for W in coefs[1:]]      # D @ W^T
+        return A, Z, D, GW, DP
+
+    def _build_gemm_numpy(self):
+        """The GEMMs of ``_build_gemm`` through np.matmul into preallocated outputs."""
+        coefs = self.coefs
+        A, Z, D, GW, DP = self._gemm_operands()
+        plan = [(A[i], W, Z[i]) for i, W in enumerate(coefs)]
+        for i in range(len(coefs) - 1, -1, -1):
+            plan.append((A[i].T, D[i], GW[i]))
+            if i > 0:
+                plan.append((D[i], coefs[i].T, DP[i - 1]))
+        matmul = np.matmul
+
+        def run():
+            for a, b, c in plan:
+                matmul(a, b, out=c)
         return run
 
     # -- agreement --------------------------------------------------------

@@ -61,7 +61,7 @@ def _calibrate(fn, min_time):
         number = max(number * 2, int(number * 1.2 * min_time / max(t, 1e-9)))
 
 
-def time_interleaved(fns, repeat=7, min_time=0.05, warmup=1):
+def measure_interleaved(fns, repeat=7, min_time=0.05, warmup=1):
     """Median seconds per call of every callable in ``fns`` (name -> fn).
 
     Returns {name: (median, q1, q3)} of the per-call times over ``repeat``
@@ -132,6 +132,8 @@ def header(opts):
         f"- python {platform.python_version()}, numpy {np.__version__}, "
         f"scipy {scipy.__version__}, scikit-learn {sklearn.__version__}",
         f"- cbackprop {cb_desc}",
+        "- load average (1, 5, 15 min) at start: "
+        + ", ".join(f"{x:.2f}" for x in os.getloadavg()),
         f"- timing: median of {opts.repeat} interleaved repeats of >= {opts.min_time} s, "
         f"{opts.warmup} warmup repeat(s)",
         "- thread pools:",
@@ -169,7 +171,7 @@ def section_engine(opts):
         peaks[pk.dtype.name] = pk
         fns[("peak", pk.dtype.name, "gemm")] = pk.build()
 
-    times = time_interleaved(fns, opts.repeat, opts.min_time, opts.warmup)
+    times = measure_interleaved(fns, opts.repeat, opts.min_time, opts.warmup)
     med = {k: v[0] for k, v in times.items()}
     spread = max((q3 - q1) / m for m, q1, q3 in times.values())
 
@@ -197,12 +199,13 @@ def section_engine(opts):
         rows.append((
             "{} {} N={}".format("-".join(map(str, wl.layer_sizes)), wl.activation,
                                 wl.n_samples), dt,
-            _ms(cbt), _ms(t["numpy"]), _ms(t["sklearn"]), _ms(gt),
+            _ms(cbt), _ms(t["numpy"]), _ms(t["sklearn"]), _ms(gt), _ms(t["gemm_numpy"]),
             _ratio(cbt, gt), _ratio(t["sklearn"], cbt), _ratio(t["numpy"], cbt),
             rate(cbt), frac(cbt), frac(gt),
         ))
     out.append(_md_table(
         ["workload", "dtype", "cbackprop ms", "numpy ms", "sklearn ms", "gemm-only ms",
+         "gemm-only (numpy's BLAS) ms",
          "cbackprop / gemm-only", "sklearn / cbackprop", "numpy / cbackprop",
          "cbackprop GFLOP/s", "cbackprop % of peak", "gemm-only % of peak"],
         rows))
@@ -213,7 +216,8 @@ def section_engine(opts):
             "- sklearn = `MLPClassifier._backprop` (no packing of the gradient); "
             "gemm-only = the GEMMs of one loss_grad (3 + 3 + 2 for three layers) through "
             "scipy.linalg.blas, in place (each call also pays a few us of f2py overhead, "
-            "visible on the small workload).",
+            "visible on the small workload); gemm-only (numpy's BLAS) = the same GEMMs through "
+            "`np.matmul(out=)`, i.e. numpy's own OpenBLAS build, which the numpy column uses.",
             f"- largest interquartile range / median over all cells: {spread:.0%}"]
     out += notes
     return "\n".join(out)
