@@ -401,3 +401,45 @@ def loss_factors(NetPlan plan, const floating[::1] theta,
         factor_backprop(&plan.spec, &theta[0], &X[0, 0], &Y[0, 0], swp,
                         N, sw_sum, &Z[0], &A[0], &S[0])
     return An, Sn
+
+
+# ----------------------------------------------- Kronecker-sum scattering
+def scatter_sym(const floating[:, ::1] G, const Py_ssize_t[:, ::1] ta,
+                const Py_ssize_t[:, ::1] tn, floating[:, ::1] out, Py_ssize_t off):
+    """out[off + (p, q), off + (p', q')] = G[ta[p, p'], tn[q, q']].
+
+    G holds the sums over samples for the upper triangles of both symmetric
+    index pairs (ta, tn map a pair to its triangle position); the block of
+    a layer with itself is written in Kronecker order (p * n + q).
+    """
+    cdef Py_ssize_t a = ta.shape[0], n = tn.shape[0]
+    cdef Py_ssize_t p, q, p2, q2
+    cdef const floating* g
+    cdef floating* o
+    with nogil:
+        for p in range(a):
+            for q in range(n):
+                o = &out[off + p * n + q, off]
+                for p2 in range(a):
+                    g = &G[ta[p, p2], 0]
+                    for q2 in range(n):
+                        o[p2 * n + q2] = g[tn[q, q2]]
+
+
+def scatter_pair(const floating[:, ::1] G, Py_ssize_t al, Py_ssize_t am,
+                 Py_ssize_t nl, Py_ssize_t nm, floating[:, ::1] out,
+                 Py_ssize_t ol, Py_ssize_t om):
+    """Write block (l, m) = G[(p, p'), (q, q')] in Kronecker order, and its
+    transpose as block (m, l)."""
+    cdef Py_ssize_t p, q, p2, q2, r, c
+    cdef floating v
+    with nogil:
+        for p in range(al):
+            for p2 in range(am):
+                for q in range(nl):
+                    r = ol + p * nl + q
+                    for q2 in range(nm):
+                        c = om + p2 * nm + q2
+                        v = G[p * am + p2, q * nm + q2]
+                        out[r, c] = v
+                        out[c, r] = v

@@ -100,28 +100,57 @@ class CurvatureMixin:
         return M
 
     @staticmethod
-    def _kron_sum(Al, Am, K):
-        """sum_i (Al_i Am_i^T) (x) K_i as an (al * nl, am * nm) matrix.
+    def _tri_table(a):
+        """Upper-triangle pairs (i <= j) of range(a) and the (a, a) table
+        mapping either order of a pair to its position among them."""
+        ia, ib = np.triu_indices(a)
+        table = np.empty((a, a), np.intp)
+        table[ia, ib] = table[ib, ia] = np.arange(ia.size)
+        return ia, ib, table
 
-        Al (N, al), Am (N, am), K (N, nl, nm): one GEMM over the samples,
-        then the axes (al, am, nl, nm) reordered into Kronecker order.
+    def _sym_sum(self, A, K):
+        """Compact sum_i (A_i A_i^T) (x) K_i for symmetric K_i.
+
+        The sum is symmetric in (p, p') and, separately, in (q, q'): the GEMM
+        runs over the upper triangles of both pairs, a quarter of the flops.
         """
-        N, al, am = Al.shape[0], Al.shape[1], Am.shape[1]
-        nl, nm = K.shape[1], K.shape[2]
-        A2 = (Al[:, :, None] * Am[:, None, :]).reshape(N, al * am)
-        G = A2.T @ K.reshape(N, nl * nm)
-        return G.reshape(al, am, nl, nm).transpose(0, 2, 1, 3).reshape(al * nl, am * nm)
+        pa, pb, _ = self._tri_table(A.shape[1])
+        qa, qb, _ = self._tri_table(K.shape[1])
+        return (A[:, pa] * A[:, pb]).T @ K[:, qa, qb]
 
-    def _assemble(self, ins, kmat, pairs, P_shape=None):
-        """Dense symmetric matrix from K_lm for the given (l, m), l <= m."""
+    @staticmethod
+    def _pair_sum(Al, Am, K):
+        """Compact sum_i vec(Al_i Am_i^T) vec(K_i)^T: (al * am, nl * nm)."""
+        N = Al.shape[0]
+        A2 = (Al[:, :, None] * Am[:, None, :]).reshape(N, -1)
+        return A2.T @ K.reshape(N, -1)
+
+    def _kron_sum_sym(self, A, K):
+        """Dense (a n, a n) block sum_i (A_i A_i^T) (x) K_i, K_i symmetric."""
+        a, n = A.shape[1], K.shape[1]
+        out = np.empty((a * n, a * n), self.dtype)
+        G = np.ascontiguousarray(self._sym_sum(A, K), self.dtype)
+        _curvature.scatter_sym(G, self._tri_table(a)[2], self._tri_table(n)[2], out, 0)
+        return out
+
+    def _compact_pairs(self, ins, kmat, pairs):
+        """Per pair (l, m): the compact sums over one chunk's samples."""
+        return [self._sym_sum(ins[l], kmat(l, l)) if l == m
+                else self._pair_sum(ins[l], ins[m], kmat(l, m)) for l, m in pairs]
+
+    def _scatter(self, pairs, compact):
+        """The dense symmetric (P, P) matrix from the compact pair sums,
+        written in Kronecker order by one pass of the scatter kernels."""
         sl = self._layer_slices()
         out = np.zeros((self.n_params, self.n_params), self.dtype)
-        for l, m in pairs:
+        for (l, m), G in zip(pairs, compact):
             (ol, al, nl), (om, am, nm) = sl[l], sl[m]
-            blk = self._kron_sum(ins[l], ins[m], kmat(l, m))
-            out[ol:ol + al * nl, om:om + am * nm] = blk
-            if l != m:
-                out[om:om + am * nm, ol:ol + al * nl] = blk.T
+            G = np.ascontiguousarray(G, self.dtype)
+            if l == m:
+                _curvature.scatter_sym(G, self._tri_table(al)[2], self._tri_table(nl)[2],
+                                       out, ol)
+            else:
+                _curvature.scatter_pair(G, al, am, nl, nm, out, ol, om)
         return out
 
     def _row_chunks(self, N):
@@ -191,37 +220,49 @@ class CurvatureMixin:
     def ggn(self, theta, X, y, sample_weight=None, *, max_bytes=None):
         """Dense generalized Gauss-Newton matrix (P, P), + alpha / W on weights."""
         self._check_dense((self.n_params,) * 2, max_bytes)
-        G, sw_sum = self._accumulate(self._ggn_chunk, theta, X, y, sample_weight)
+        compact, sw_sum = self._accumulate(self._ggn_chunk, theta, X, y, sample_weight)
+        G = self._scatter(self._all_pairs(), compact)
         return self._add_l2_diag(G, self.alpha / sw_sum)
 
     def _ggn_chunk(self, theta, X, y, sw, sw_sum):
         ins, S = self._ggn_factors(theta, X, y, sw, sw_sum)
         kmat = lambda l, m: np.matmul(S[l].transpose(1, 2, 0), S[m].transpose(1, 0, 2))
-        return self._assemble(ins, kmat, self._all_pairs())
+        return self._compact_pairs(ins, kmat, self._all_pairs())
 
     def efisher(self, theta, X, y, sample_weight=None, *, max_bytes=None):
         """Dense empirical Fisher ``sum_i c_i g_i g_i^T`` (P, P), + alpha / W."""
         self._check_dense((self.n_params,) * 2, max_bytes)
-        F, sw_sum = self._accumulate(self._efisher_chunk, theta, X, y, sample_weight)
+        compact, sw_sum = self._accumulate(self._efisher_chunk, theta, X, y, sample_weight)
+        F = self._scatter(self._all_pairs(), compact)
         return self._add_l2_diag(F, self.alpha / sw_sum)
 
     def _efisher_chunk(self, theta, X, y, sw, sw_sum):
         ins, S = self._fisher_factors(theta, X, y, sw, sw_sum)
         kmat = lambda l, m: S[l][0][:, :, None] * S[m][0][:, None, :]
-        return self._assemble(ins, kmat, self._all_pairs())
+        return self._compact_pairs(ins, kmat, self._all_pairs())
 
     def _all_pairs(self):
         return [(l, m) for l in range(self.n_layers) for m in range(l, self.n_layers)]
 
     def block_ggn(self, theta, X, y, sample_weight=None):
         """Exact per-layer GGN blocks: list of (P_l, P_l), W_l then b_l."""
-        blocks, sw_sum = self._accumulate(self._block_ggn_chunk, theta, X, y, sample_weight)
-        return [self._add_l2_block(B, l, sw_sum) for l, B in enumerate(blocks)]
+        compact, sw_sum = self._accumulate(self._block_ggn_chunk, theta, X, y, sample_weight)
+        return self._blocks(compact, sw_sum)
 
     def _block_ggn_chunk(self, theta, X, y, sw, sw_sum):
         ins, S = self._ggn_factors(theta, X, y, sw, sw_sum)
-        return [self._kron_sum(a, a, np.matmul(s.transpose(1, 2, 0), s.transpose(1, 0, 2)))
+        return [self._sym_sum(a, np.matmul(s.transpose(1, 2, 0), s.transpose(1, 0, 2)))
                 for a, s in zip(ins, S)]
+
+    def _blocks(self, compact, sw_sum):
+        """Dense per-layer blocks from compact sums, + alpha / W on weights."""
+        out = []
+        for (_, a, n), G in zip(self._layer_slices(), compact):
+            B = np.empty((a * n, a * n), self.dtype)
+            _curvature.scatter_sym(np.ascontiguousarray(G, self.dtype),
+                                   self._tri_table(a)[2], self._tri_table(n)[2], B, 0)
+            out.append(self._add_l2_block(B, len(out), sw_sum))
+        return out
 
     def _add_l2_block(self, B, l, sw_sum):
         nw = self.layer_sizes[l] * self.layer_sizes[l + 1]
@@ -305,14 +346,12 @@ class CurvatureMixin:
         Kt = np.ascontiguousarray(K.transpose(0, 2, 1)).reshape(N * b, a)
         return (Kt @ W.T).reshape(N, b, W.shape[0]).transpose(0, 2, 1)
 
-    def _hessian_state(self, theta, X, y, sw, sw_sum, lowest="full"):
+    def _hessian_state(self, theta, X, y, sw, sw_sum):
         """Inputs, f', weighted deltas and the z-Hessians Hz_l (N, n_l, n_l).
 
         Hessian backpropagation: Hz_L = c_i H_i and
         Hz_l = diag(f'_l) W_{l+1} Hz_{l+1} W_{l+1}^T diag(f'_l) + diag(Q_l),
-        Q_l = (dL/da_l) f''(z_l) the residual of the nonlinearity. With
-        ``lowest="diag"`` the first layer's Hz is returned as its diagonal
-        (N, n_1) only, which is all the Hessian diagonal needs.
+        Q_l = (dL/da_l) f''(z_l) the residual of the nonlinearity.
         """
         N, L = X.shape[0], self.n_layers
         _, _, F1, _, DL, Q = _curvature.first_order_state(self._plan, theta, X, y, sw, sw_sum)
@@ -327,9 +366,6 @@ class CurvatureMixin:
         for l in range(L - 2, -1, -1):
             W, n = coefs[l + 1], self.layer_sizes[l + 1]
             T = self._left_mul(W, Hz[l + 1])          # W Hz: (N, n_l, n_{l+1})
-            if l == 0 and lowest == "diag":
-                Hz[l] = np.einsum("nja,ja->nj", T, W) * f1[l] ** 2 + q[l]
-                continue
             H = self._left_mul(W, np.ascontiguousarray(T.transpose(0, 2, 1)))
             H *= f1[l][:, :, None] * f1[l][:, None, :]
             H[:, np.arange(n), np.arange(n)] += q[l]
@@ -338,13 +374,13 @@ class CurvatureMixin:
 
     def block_hessian(self, theta, X, y, sample_weight=None):
         """Exact per-layer Hessian blocks: list of (P_l, P_l), W_l then b_l."""
-        blocks, sw_sum = self._accumulate(self._block_hessian_chunk, theta, X, y,
-                                          sample_weight)
-        return [self._add_l2_block(B, l, sw_sum) for l, B in enumerate(blocks)]
+        compact, sw_sum = self._accumulate(self._block_hessian_chunk, theta, X, y,
+                                           sample_weight)
+        return self._blocks(compact, sw_sum)
 
     def _block_hessian_chunk(self, theta, X, y, sw, sw_sum):
         ins, _, _, _, Hz = self._hessian_state(theta, X, y, sw, sw_sum)
-        return [self._kron_sum(a, a, H) for a, H in zip(ins, Hz)]
+        return [self._sym_sum(a, H) for a, H in zip(ins, Hz)]
 
     def diag_hessian(self, theta, X, y, sample_weight=None):
         """Exact Hessian diagonal (P,): squared inputs times diag(Hz_l)."""
@@ -352,8 +388,37 @@ class CurvatureMixin:
         return self._add_l2_diag(d, self.alpha / sw_sum)
 
     def _diag_hessian_chunk(self, theta, X, y, sw, sw_sum):
-        ins, _, _, _, Hz = self._hessian_state(theta, X, y, sw, sw_sum, lowest="diag")
-        diags = [H if H.ndim == 2 else np.diagonal(H, axis1=1, axis2=2) for H in Hz]
+        """GGN diagonal from the loss factor plus the residual's diagonal.
+
+        Hz_l = (GGN part) + R_l with R_{L-1} = 0 and
+        R_l = diag(f'_l) W_{l+1} R_{l+1} W_{l+1}^T diag(f'_l) + diag(Q_l): the
+        residual is diagonal one layer below the output and needs full
+        (N, n, n) matrices only further down, so shallow nets pay nothing.
+        """
+        N = X.shape[0]
+        ins, S = self._ggn_factors(theta, X, y, sw, sw_sum)
+        _, _, F1, _, _, Q = _curvature.first_order_state(self._plan, theta, X, y, sw, sw_sum)
+        f1 = [b[0] for b in self._layer_blocks(F1, N, 1)]
+        q = [b[0] for b in self._layer_blocks(Q, N, 1)]
+        coefs, _ = self.unpack(theta)
+        diags = [np.einsum("cij,cij->ij", s, s) for s in S]
+        R = None                        # residual z-Hessian of the layer above
+        for l in range(self.n_layers - 2, -1, -1):
+            if R is None:
+                diags[l] += q[l]
+                R = np.zeros((N,) + (q[l].shape[1],) * 2, self.dtype) if l else None
+                if l:
+                    idx = np.arange(q[l].shape[1])
+                    R[:, idx, idx] = q[l]
+                continue
+            W = coefs[l + 1]
+            T = self._left_mul(W, R)
+            M = self._left_mul(W, np.ascontiguousarray(T.transpose(0, 2, 1)))
+            M *= f1[l][:, :, None] * f1[l][:, None, :]
+            idx = np.arange(M.shape[1])
+            M[:, idx, idx] += q[l]
+            diags[l] += M[:, idx, idx]
+            R = M if l else None
         parts = [(a * a).T @ d for a, d in zip(ins, diags)]
         return np.concatenate([p.ravel() for p in parts]).astype(self.dtype)
 
@@ -365,27 +430,29 @@ class CurvatureMixin:
         input depending on z_l: ``sum_i a~_l,p delta_m,q' d a_m,p' / d z_l,q``.
         """
         self._check_dense((self.n_params,) * 2, max_bytes)
-        H, sw_sum = self._accumulate(self._hessian_chunk, theta, X, y, sample_weight)
+        parts, sw_sum = self._accumulate(self._hessian_chunk, theta, X, y, sample_weight)
+        pairs = self._all_pairs()
+        H = self._scatter(pairs, parts[:len(pairs)])
+        sl = self._layer_slices()
+        for (l, m), C in zip([p for p in pairs if p[0] < p[1]], parts[len(pairs):]):
+            (ol, al, nl), (om, am, nm) = sl[l], sl[m]
+            H[ol:ol + al * nl, om:om + (am - 1) * nm] += C
+            H[om:om + (am - 1) * nm, ol:ol + al * nl] += C.T
         return self._add_l2_diag(H, self.alpha / sw_sum)
 
     def _hessian_chunk(self, theta, X, y, sw, sw_sum):
+        """Compact pair sums of the z-Hessians, then the cross terms."""
         ins, f1, delta, coefs, Hz = self._hessian_state(theta, X, y, sw, sw_sum)
-        H = np.zeros((self.n_params, self.n_params), self.dtype)
-        sl = self._layer_slices()
+        pairs = self._all_pairs()
+        kz = {}
         for m in range(self.n_layers):
-            K = Hz[m]
-            for l in range(m, -1, -1):
-                if l < m:
-                    K = f1[l][:, :, None] * self._left_mul(coefs[l + 1], K)
-                (ol, al, nl), (om, am, nm) = sl[l], sl[m]
-                blk = self._kron_sum(ins[l], ins[m], K)
-                if l < m:
-                    blk[:, :(am - 1) * nm] += self._cross_term(ins[l], delta[m],
-                                                               f1, coefs, l, m)
-                H[ol:ol + al * nl, om:om + am * nm] = blk
-                if l != m:
-                    H[om:om + am * nm, ol:ol + al * nl] = blk.T
-        return H
+            K = kz[m, m] = Hz[m]
+            for l in range(m - 1, -1, -1):
+                K = kz[l, m] = f1[l][:, :, None] * self._left_mul(coefs[l + 1], K)
+        compact = self._compact_pairs(ins, lambda l, m: kz[l, m], pairs)
+        cross = [self._cross_term(ins[l], delta[m], f1, coefs, l, m)
+                 for l, m in pairs if l < m]
+        return compact + cross
 
     def _cross_term(self, a_l, delta_m, f1, coefs, l, m):
         """sum_i a~_l,ip delta_m,iq' (d a_{m-1} / d z_l)_i[p', q] in block order."""
