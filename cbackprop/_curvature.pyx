@@ -312,19 +312,25 @@ cdef inline const floating* _opt(const floating[::1] v) noexcept:
     return NULL if v is None else &v[0]
 
 
+def product_sizes(NetPlan plan, Py_ssize_t N, Py_ssize_t k, kind):
+    """Entries of each workspace array of hvp / ggn_vp / efisher_vp."""
+    cdef NetSpec* s = &plan.spec
+    w, nL, mh = s.width, s.sizes[s.n_layers], s.max_hidden
+    if kind == "hvp":
+        return (N * w,) * 6 + (k * N * w, k * N * w, 2 * k * N * max(mh, nL))
+    if kind == "ggn_vp":
+        return (N * w,) * 4 + (k * N * w, k * N * w, k * N * nL, 2 * k * N * mh)
+    widest = max(mh, nL)
+    return (N * w, N * w, N * w, N * widest, k * N, N * widest)
+
+
 def hvp(NetPlan plan, const floating[::1] theta, const floating[:, ::1] X,
         const floating[:, ::1] Y, const floating[::1] sw, double sw_sum,
-        double alpha, const floating[:, ::1] V, floating[:, ::1] out):
-    """out (k, P) = rows of H V for V (k, P)."""
-    s = &plan.spec
-    cdef Py_ssize_t N = X.shape[0], k = V.shape[0], nL = plan.spec.sizes[plan.spec.n_layers]
-    dt = np.asarray(theta).dtype
-    w = plan.spec.width
-    cdef floating[::1] Z = np.empty(N * w, dt), A = np.empty(N * w, dt)
-    cdef floating[::1] F1 = np.empty(N * w, dt), F2 = np.empty(N * w, dt)
-    cdef floating[::1] DL = np.empty(N * w, dt), E = np.empty(N * w, dt)
-    cdef floating[::1] RZ = np.empty(k * N * w, dt), RA = np.empty(k * N * w, dt)
-    cdef floating[::1] RD = np.empty(2 * k * N * max(plan.spec.max_hidden, nL), dt)
+        double alpha, const floating[:, ::1] V, floating[:, ::1] out, ws):
+    """out (k, P) = rows of H V for V (k, P); ws from product_sizes."""
+    cdef Py_ssize_t N = X.shape[0], k = V.shape[0]
+    cdef floating[::1] Z, A, F1, F2, DL, E, RZ, RA, RD
+    Z, A, F1, F2, DL, E, RZ, RA, RD = ws
     cdef const floating* swp = _opt(sw)
     with nogil:
         hvp_kernel(&plan.spec, &theta[0], &X[0, 0], &Y[0, 0], swp, N,
@@ -334,16 +340,11 @@ def hvp(NetPlan plan, const floating[::1] theta, const floating[:, ::1] X,
 
 def ggn_vp(NetPlan plan, const floating[::1] theta, const floating[:, ::1] X,
            const floating[:, ::1] Y, const floating[::1] sw, double sw_sum,
-           double alpha, const floating[:, ::1] V, floating[:, ::1] out):
-    """out (k, P) = rows of G V for V (k, P)."""
-    cdef Py_ssize_t N = X.shape[0], k = V.shape[0], nL = plan.spec.sizes[plan.spec.n_layers]
-    dt = np.asarray(theta).dtype
-    w = plan.spec.width
-    cdef floating[::1] Z = np.empty(N * w, dt), A = np.empty(N * w, dt)
-    cdef floating[::1] F1 = np.empty(N * w, dt), F2 = np.empty(N * w, dt)
-    cdef floating[::1] RZ = np.empty(k * N * w, dt), RA = np.empty(k * N * w, dt)
-    cdef floating[::1] RD = np.empty(k * N * nL, dt)
-    cdef floating[::1] work = np.empty(2 * k * N * plan.spec.max_hidden, dt)
+           double alpha, const floating[:, ::1] V, floating[:, ::1] out, ws):
+    """out (k, P) = rows of G V for V (k, P); ws from product_sizes."""
+    cdef Py_ssize_t N = X.shape[0], k = V.shape[0]
+    cdef floating[::1] Z, A, F1, F2, RZ, RA, RD, work
+    Z, A, F1, F2, RZ, RA, RD, work = ws
     cdef const floating* swp = _opt(sw)
     with nogil:
         ggn_vp_kernel(&plan.spec, &theta[0], &X[0, 0], &Y[0, 0], swp, N,
@@ -354,15 +355,11 @@ def ggn_vp(NetPlan plan, const floating[::1] theta, const floating[:, ::1] X,
 def efisher_vp(NetPlan plan, const floating[::1] theta,
                const floating[:, ::1] X, const floating[:, ::1] Y,
                const floating[::1] sw, double sw_sum, double alpha,
-               const floating[:, ::1] V, floating[:, ::1] out):
+               const floating[:, ::1] V, floating[:, ::1] out, ws):
     """out (k, P) = rows of F V for V (k, P), F the empirical Fisher."""
     cdef Py_ssize_t N = X.shape[0], k = V.shape[0]
-    dt = np.asarray(theta).dtype
-    w = plan.spec.width
-    widest = int(max(plan.spec.max_hidden, plan.spec.sizes[plan.spec.n_layers]))
-    cdef floating[::1] Z = np.empty(N * w, dt), A = np.empty(N * w, dt)
-    cdef floating[::1] DL = np.empty(N * w, dt), T = np.empty(N * widest, dt)
-    cdef floating[::1] U = np.empty(k * N, dt), work = np.empty(N * widest, dt)
+    cdef floating[::1] Z, A, DL, T, U, work
+    Z, A, DL, T, U, work = ws
     cdef const floating* swp = _opt(sw)
     with nogil:
         efisher_vp_kernel(&plan.spec, &theta[0], &X[0, 0], &Y[0, 0], swp,
@@ -372,35 +369,31 @@ def efisher_vp(NetPlan plan, const floating[::1] theta,
 
 def first_order_state(NetPlan plan, const floating[::1] theta,
                       const floating[:, ::1] X, const floating[:, ::1] Y,
-                      const floating[::1] sw, double sw_sum):
-    """(Z, A, F1, F2, DL, Q) stacked arrays of N * width entries."""
+                      const floating[::1] sw, double sw_sum, ws):
+    """Fill ws = (Z, A, F1, F2, DL, Q), stacked arrays of N * width each."""
     cdef Py_ssize_t N = X.shape[0]
-    dt = np.asarray(theta).dtype
-    arrays = [np.zeros(N * plan.spec.width, dt) for _ in range(6)]
-    cdef floating[::1] Z = arrays[0], A = arrays[1], F1 = arrays[2]
-    cdef floating[::1] F2 = arrays[3], DL = arrays[4], E = arrays[5]
+    cdef floating[::1] Z, A, F1, F2, DL, E
+    Z, A, F1, F2, DL, E = ws
     cdef const floating* swp = _opt(sw)
     with nogil:
         first_order(&plan.spec, &theta[0], &X[0, 0], &Y[0, 0], swp, N,
                     sw_sum, &Z[0], &A[0], &F1[0], &F2[0], &DL[0], &E[0])
-    return arrays
+    return ws
 
 
 def loss_factors(NetPlan plan, const floating[::1] theta,
                  const floating[:, ::1] X, const floating[:, ::1] Y,
-                 const floating[::1] sw, double sw_sum):
-    """(A, S): activations (N * width) and the backpropagated loss factor
-    (C * N * width, layer l's (C, N, n_l) block at C * N * h_off[l])."""
-    cdef Py_ssize_t N = X.shape[0], C = plan.spec.sizes[plan.spec.n_layers]
-    dt = np.asarray(theta).dtype
-    w = plan.spec.width
-    Zn, An, Sn = np.empty(N * w, dt), np.empty(N * w, dt), np.empty(C * N * w, dt)
-    cdef floating[::1] Z = Zn, A = An, S = Sn
+                 const floating[::1] sw, double sw_sum, ws):
+    """Fill ws = (Z, A, S): activations (N * width) and the backpropagated
+    loss factor (C * N * width, layer l's (C, N, n_l) block at C N h_off[l])."""
+    cdef Py_ssize_t N = X.shape[0]
+    cdef floating[::1] Z, A, S
+    Z, A, S = ws
     cdef const floating* swp = _opt(sw)
     with nogil:
         factor_backprop(&plan.spec, &theta[0], &X[0, 0], &Y[0, 0], swp,
                         N, sw_sum, &Z[0], &A[0], &S[0])
-    return An, Sn
+    return ws
 
 
 # ----------------------------------------------- Kronecker-sum scattering

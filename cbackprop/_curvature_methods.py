@@ -48,8 +48,25 @@ class CurvatureMixin:
         theta, X, y, sw, sw_sum = self._check(theta, X, y, sample_weight)
         Vk, vec = self._check_V(V)
         out = np.empty_like(Vk)
-        kernel(self._plan, theta, X, y, sw, sw_sum, self.alpha, Vk, out)
+        name = kernel.__name__
+        sizes = _curvature.product_sizes(self._plan, X.shape[0], Vk.shape[0], name)
+        kernel(self._plan, theta, X, y, sw, sw_sum, self.alpha, Vk, out,
+               self._scratch(name, sizes))
         return out[0] if vec else np.ascontiguousarray(out.T)
+
+    def _first_order(self, theta, X, y, sw, sw_sum):
+        """(Z, A, F1, F2, DL, Q) in per-thread scratch (valid until the next call)."""
+        n = X.shape[0] * self._plan.width
+        return _curvature.first_order_state(self._plan, theta, X, y, sw, sw_sum,
+                                            self._scratch("first_order", (n,) * 6))
+
+    def _loss_factors(self, theta, X, y, sw, sw_sum):
+        """(A, S) in per-thread scratch (valid until the next call)."""
+        n = X.shape[0] * self._plan.width
+        _, A, S = _curvature.loss_factors(
+            self._plan, theta, X, y, sw, sw_sum,
+            self._scratch("loss_factors", (n, n, self.n_outputs * n)))
+        return A, S
 
     def _check_dense(self, shape, max_bytes):
         limit = DEFAULT_MAX_BYTES if max_bytes is None else max_bytes
@@ -204,14 +221,14 @@ class CurvatureMixin:
     # ------------------------------------------------ per-sample factors
     def _ggn_factors(self, theta, X, y, sw, sw_sum):
         """Layer inputs and S_l (C, N, n_l): the loss factor at each z_l."""
-        A, S = _curvature.loss_factors(self._plan, theta, X, y, sw, sw_sum)
+        A, S = self._loss_factors(theta, X, y, sw, sw_sum)
         return self._inputs(X, A), self._layer_blocks(S, X.shape[0], self.n_outputs)
 
     def _fisher_factors(self, theta, X, y, sw, sw_sum):
         """Layer inputs and sqrt(c_i) delta_l (1, N, n_l) of the raw losses."""
         N = X.shape[0]
         # Unit weights and W = 1: DL holds the raw per-sample deltas.
-        _, A, _, _, DL, _ = _curvature.first_order_state(self._plan, theta, X, y, None, 1.0)
+        _, A, _, _, DL, _ = self._first_order(theta, X, y, None, 1.0)
         c = (np.ones(N) if sw is None else sw) / sw_sum
         root = np.sqrt(c).astype(self.dtype)[:, None]
         return self._inputs(X, A), [(b[0] * root)[None] for b in self._layer_blocks(DL, N, 1)]
@@ -354,8 +371,8 @@ class CurvatureMixin:
         Q_l = (dL/da_l) f''(z_l) the residual of the nonlinearity.
         """
         N, L = X.shape[0], self.n_layers
-        _, _, F1, _, DL, Q = _curvature.first_order_state(self._plan, theta, X, y, sw, sw_sum)
-        A, S = _curvature.loss_factors(self._plan, theta, X, y, sw, sw_sum)
+        _, _, F1, _, DL, Q = self._first_order(theta, X, y, sw, sw_sum)
+        A, S = self._loss_factors(theta, X, y, sw, sw_sum)
         f1 = [b[0] for b in self._layer_blocks(F1, N, 1)]
         q = [b[0] for b in self._layer_blocks(Q, N, 1)]
         delta = [b[0] for b in self._layer_blocks(DL, N, 1)]
@@ -397,7 +414,7 @@ class CurvatureMixin:
         """
         N = X.shape[0]
         ins, S = self._ggn_factors(theta, X, y, sw, sw_sum)
-        _, _, F1, _, _, Q = _curvature.first_order_state(self._plan, theta, X, y, sw, sw_sum)
+        _, _, F1, _, _, Q = self._first_order(theta, X, y, sw, sw_sum)
         f1 = [b[0] for b in self._layer_blocks(F1, N, 1)]
         q = [b[0] for b in self._layer_blocks(Q, N, 1)]
         coefs, _ = self.unpack(theta)

@@ -6,24 +6,24 @@ exact for rows of y that do not sum to one). Row i is weighted by
 ``scale * w_i`` (``w_i = 1`` when ``sw`` is NULL).
 """
 import numpy as np
-from libc.math cimport exp, log, log1p, fabs, sqrt
+from libc.math cimport log, log1p, fabs, sqrt
 from cbackprop._activations cimport cb_exp
 
 
 cdef inline double _sigmoid(double z) noexcept nogil:
-    cdef double e = exp(-fabs(z))
+    cdef double e = cb_exp(-fabs(z))
     return (1.0 if z >= 0 else e) / (1.0 + e)
 
 
 cdef inline double _log_softmax_norm(const floating* z, Py_ssize_t C) noexcept nogil:
-    """log sum_k exp(z_k), shifted by the max so exp never overflows."""
+    """log sum_k cb_exp(z_k), shifted by the max so exp never overflows."""
     cdef Py_ssize_t k
     cdef double m = z[0], s = 0.0
     for k in range(1, C):
         if z[k] > m:
             m = z[k]
     for k in range(C):
-        s += exp(z[k] - m)
+        s += cb_exp(z[k] - m)
     return m + log(s)
 
 
@@ -45,7 +45,7 @@ cdef double _row_loss_grad(Loss loss, const floating* z, const floating* y,
         for k in range(1, C):
             if z[k] > m:
                 m = z[k]
-        # exp(z - max) once (vectorized exp, into g when there is one);
+        # cb_exp(z - max) once (vectorized exp, into g when there is one);
         # the gradient is sum(y) e / s - y.
         s = 0.0
         sy = 0.0
@@ -69,12 +69,12 @@ cdef double _row_loss_grad(Loss loss, const floating* z, const floating* y,
             l += 0.5 * (zk - yk) * (zk - yk)
             mu = zk
         elif loss == POISSON:
-            mu = exp(zk)
+            mu = cb_exp(zk)
             # y log(y / mu) - y + mu with 0 log 0 = 0, mu never divided by.
             l += (yk * log(yk) if yk > 0 else 0.0) - yk * zk - yk + mu
         else:
             # softplus(z) - y z, softplus written without overflow.
-            l += (zk if zk > 0 else 0.0) + log1p(exp(-fabs(zk))) - yk * zk
+            l += (zk if zk > 0 else 0.0) + log1p(cb_exp(-fabs(zk))) - yk * zk
             mu = _sigmoid(zk)
         if g != NULL:
             g[k] = <floating>(gs * (mu - yk))
@@ -106,9 +106,9 @@ cdef void link_rows(Loss loss, const floating* Z, floating* P,
             if loss == SQUARED_ERROR:
                 P[i * C + k] = Z[i * C + k]
             elif loss == POISSON:
-                P[i * C + k] = <floating>exp(Z[i * C + k])
+                P[i * C + k] = <floating>cb_exp(Z[i * C + k])
             elif loss == LOG_LOSS:
-                P[i * C + k] = <floating>exp(Z[i * C + k] - lse)
+                P[i * C + k] = <floating>cb_exp(Z[i * C + k] - lse)
             else:
                 P[i * C + k] = <floating>_sigmoid(Z[i * C + k])
 
@@ -117,7 +117,7 @@ cdef inline double _diag_curv(Loss loss, double z) noexcept nogil:
     """Diagonal loss Hessian entry of the elementwise pairs."""
     cdef double s
     if loss == POISSON:
-        return exp(z)
+        return cb_exp(z)
     elif loss == BINARY_LOG_LOSS:
         s = _sigmoid(z)
         return s * (1.0 - s)
@@ -149,7 +149,7 @@ cdef void hess_prod_rows(Loss loss, const floating* Z, const floating* Y,
                 # p is written into h first, then h = w sy p (v - p.v) in place.
                 pv = 0.0
                 for c in range(C):
-                    h[c] = <floating>exp(Z[i * C + c] - lse)
+                    h[c] = <floating>cb_exp(Z[i * C + c] - lse)
                     pv += h[c] * v[c]
                 for c in range(C):
                     h[c] = <floating>(w * sy * h[c] * (v[c] - pv))
@@ -186,7 +186,7 @@ cdef void sqrt_hess_rows(Loss loss, const floating* Z, const floating* Y,
         sy = _row_sum(Y + i * C, C)
         last = S + ((C - 1) * N + i) * C
         for j in range(C):
-            last[j] = <floating>exp(Z[i * C + j] - lse)
+            last[j] = <floating>cb_exp(Z[i * C + j] - lse)
         for c in range(C - 1):
             pc = sqrt(w * sy * last[c])
             for j in range(C):

@@ -78,18 +78,29 @@ class Network(CurvatureMixin):
         self._local = threading.local()
 
     def _workspace(self, n_samples, k=1):
-        """(Z, A, D, work) views into per-thread buffers, grown on demand.
+        """(Z, A, D, work) views into per-thread buffers for the first-order
+        kernels (see ``_scratch``)."""
+        return self._scratch("first", _network.workspace_sizes(self._plan, n_samples, k))
 
-        Reusing the buffers across calls avoids fresh multi-megabyte
-        allocations, whose page faults cost as much as a GEMM here; one set
-        per thread keeps concurrent calls on one Network independent.
+    def _scratch(self, key, sizes):
+        """Views of the given sizes into per-thread buffers, grown on demand.
+
+        Reusing buffers across calls avoids fresh multi-megabyte allocations,
+        whose page faults cost as much as a GEMM here; one set per thread and
+        per ``key`` keeps concurrent calls, and nested uses with different
+        keys, independent. The views are valid until the next call with the
+        same key on the same thread.
         """
-        sizes = _network.workspace_sizes(self._plan, n_samples, k)
-        bufs = getattr(self._local, "bufs", None)
-        if bufs is None or any(b.shape[0] < n for b, n in zip(bufs, sizes)):
-            bufs = [np.empty(max(n, 0 if bufs is None else b.shape[0]), self.dtype)
-                    for n, b in zip(sizes, bufs or [None] * 4)]
-            self._local.bufs = bufs
+        pools = getattr(self._local, "pools", None)
+        if pools is None:
+            pools = self._local.pools = {}
+        bufs = pools.get(key)
+        if bufs is None or len(bufs) != len(sizes) or any(
+                b.shape[0] < n for b, n in zip(bufs, sizes)):
+            old = bufs if bufs is not None and len(bufs) == len(sizes) else [None] * len(sizes)
+            bufs = [np.empty(max(n, 1, 0 if b is None else b.shape[0]), self.dtype)
+                    for n, b in zip(sizes, old)]
+            pools[key] = bufs
         return tuple(b[:n] for b, n in zip(bufs, sizes))
 
     def __repr__(self):
