@@ -173,12 +173,14 @@ class CurvatureMixin:
     def _row_chunks(self, N):
         """Row ranges whose per-sample intermediates fit in ~32 MB.
 
-        Per sample: the outer products of layer inputs (a~_l a~_m^T), the
-        output-space matrices K_lm and the backpropagated factors.
+        Per sample: the products of the widest layer's inputs (a~ a~^T),
+        the output-space matrices (z-Hessians, n_l^2 per layer), the
+        backpropagated loss factor (n_L per unit) and the first-order state.
         """
         s = self.layer_sizes
+        width = sum(s[1:])
         per_row = (max(s[:-1]) + 1) ** 2 + sum(n * n for n in s[1:]) + \
-            s[-1] * sum(s[1:]) + 2 * max(s) ** 2
+            (s[-1] + 8) * width
         rows = max(1, (1 << 22) // per_row)
         return [slice(i, min(i + rows, N)) for i in range(0, N, rows)]
 
@@ -343,12 +345,23 @@ class CurvatureMixin:
         return [(factors[2 * l], factors[2 * l + 1]) for l in range(self.n_layers)]
 
     def _kfac_chunk(self, theta, X, y, sw, sw_sum):
-        ins, S = self._ggn_factors(theta, X, y, sw, sw_sum)
-        c = ((np.ones(X.shape[0]) if sw is None else sw) / sw_sum).astype(self.dtype)
+        N = X.shape[0]
+        A, S = self._loss_factors(theta, X, y, sw, sw_sum)
+        c = (np.full(N, 1.0 / sw_sum) if sw is None else sw / sw_sum).astype(self.dtype)
+        root = np.sqrt(c)[:, None]
         out = []
-        for a, s in zip(ins, S):
+        for l, s in enumerate(self._layer_blocks(S, N, self.n_outputs)):
+            a = X if l == 0 else self._layer_blocks(A, N, 1)[l - 1][0]
+            b = a * root
+            n_in = a.shape[1]
+            # [a, 1]^T diag(c) [a, 1] blockwise: syrk on sqrt(c)-scaled rows,
+            # the bias row and column from weighted column sums.
+            F = np.empty((n_in + 1, n_in + 1), self.dtype)
+            F[:n_in, :n_in] = b.T @ b
+            F[n_in, :n_in] = F[:n_in, n_in] = c @ a
+            F[n_in, n_in] = c.sum()
             Sf = s.reshape(-1, s.shape[-1])
-            out += [(a * c[:, None]).T @ a, Sf.T @ Sf]
+            out += [F, Sf.T @ Sf]
         return out
 
     # ------------------------------------------------- exact Hessian
