@@ -71,10 +71,12 @@ def torch_quantities(net, theta, X, Y, v):
         H = torch.diag_embed(p) - p[:, :, None] * p[:, None, :]
         return torch.einsum("ncp,ncd,ndq->pq", J, H, J) / Xt.shape[0]
 
+    # Transforms built once, as a user would; calls reuse them.
+    grad_fn, hess_fn = grad(loss), hessian(loss)
     return {
-        "loss_grad": lambda: grad(loss)(th),
-        "hvp": lambda: jvp(grad(loss), (th,), (vt,))[1],
+        "loss_grad": lambda: grad_fn(th),
+        "hvp": lambda: jvp(grad_fn, (th,), (vt,))[1],
         "ggn_vp": None,
-        "hessian": lambda: hessian(loss)(th),
+        "hessian": lambda: hess_fn(th),
         "ggn": ggn,
     }

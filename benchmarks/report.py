@@ -16,7 +16,7 @@ implementation alike.  Compare ratios within one run, not absolute times
 across runs.
 
 Sections are functions ``section(opts) -> markdown`` registered in
-``SECTIONS``; add ``estimators``, ``curvature``, ``solvers`` there.  The
+``SECTIONS`` (engine here; estimators and curvature in ``_report_sections.py``).  The
 workloads come from ``benchmarks/_common.py``, shared with the asv suite.
 """
 import argparse
@@ -32,23 +32,23 @@ import numpy as np
 
 try:  # python -m benchmarks.report
     from . import _common as C
-except ImportError:  # python benchmarks/report.py (this directory is sys.path[0])
-    import _common as C
+    from . import _report_sections as RS
+except ImportError:  # python benchmarks/report.py: import the benchmarks package
+    sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+    from benchmarks import _common as C
+    from benchmarks import _report_sections as RS
 
 
 # --------------------------------------------------------------------------
 # timing
 def _time(fn, number):
-    gc_was_enabled = gc.isenabled()
-    gc.disable()
-    try:
-        t0 = time.perf_counter()
-        for _ in range(number):
-            fn()
-        return time.perf_counter() - t0
-    finally:
-        if gc_was_enabled:
-            gc.enable()
+    # The collector stays on (unlike timeit): torch.func creates reference
+    # cycles per call and slows down by orders of magnitude when garbage
+    # piles up, or when a forced collection drops its cached transforms.
+    t0 = time.perf_counter()
+    for _ in range(number):
+        fn()
+    return time.perf_counter() - t0
 
 
 def _calibrate(fn, min_time):
@@ -225,9 +225,8 @@ def section_engine(opts):
 
 SECTIONS = {
     "engine": section_engine,
-    # "estimators": section_estimators,   (to come)
-    # "curvature": section_curvature,
-    # "solvers": section_solvers,
+    "estimators": lambda opts: RS.section_estimators(opts, measure_interleaved),
+    "curvature": lambda opts: RS.section_curvature(opts, measure_interleaved),
 }
 
 

@@ -1,0 +1,95 @@
+"""The estimators and curvature sections of ``benchmarks/report.py``.
+
+Each section builds the workloads shared with the asv suite, times every
+implementation interleaved in one process and returns a Markdown table.
+"""
+import numpy as np
+
+from . import _curvature_workloads as CW
+from . import _estimator_workloads as EW
+
+
+def _ms(t):
+    return "n/a" if t is None else f"{t * 1e3:.3g}" if t < 1e-2 else f"{t * 1e3:.1f}"
+
+
+def _table(header, rows):
+    lines = ["| " + " | ".join(header) + " |",
+             "|" + "|".join("---" if i == 0 else "---:" for i in range(len(header))) + "|"]
+    return "\n".join(lines + ["| " + " | ".join(map(str, r)) + " |" for r in rows])
+
+
+def section_estimators(opts, measure):
+    """Workloads a-d: fit times against scikit-learn, and against the GEMMs alone."""
+    fns = {}
+    for name, builder, epochs in [("a", EW.workload_a, 200), ("d", EW.workload_d, 50)]:
+        for impl, fn in builder().items():
+            fns[(name, "float64", impl)] = fn
+    for dt in (np.float64, np.float32):
+        for impl, fn in EW.workload_b(dt, epochs=2).items():
+            fns[("b", np.dtype(dt).name, impl)] = fn
+    for impl, fn in EW.workload_c().items():
+        fns[("c", "float64", impl)] = fn
+    for impl, fn in EW.predict_workload().items():
+        fns[("predict", "float64", impl)] = fn
+    med = {k: v[0] for k, v in measure(fns, opts.repeat, opts.min_time, opts.warmup).items()}
+    rows = []
+    desc = {"a": "a: digits (100,), adam, 200 epochs (fit)",
+            "b": "b: 20000x784 (256, 256), adam, per epoch",
+            "c": "c: lbfgs objective, one loss+gradient (20000 rows)",
+            "d": "d: regression (64, 64), adam, 50 epochs (fit)",
+            "predict": "predict_proba, 20000 rows, (256, 256)"}
+    for key in ("a", "b", "c", "d", "predict"):
+        for dt in ("float64", "float32"):
+            cb, sk = med.get((key, dt, "cbackprop")), med.get((key, dt, "sklearn"))
+            if cb is None:
+                continue
+            gemm = med.get((key, dt, "gemm_epoch"))
+            if key == "b":  # two epochs per fit
+                cb, sk = cb / 2, sk / 2
+            rows.append((desc[key], dt, _ms(cb), _ms(sk), f"{sk / cb:.2f}",
+                         "n/a" if gemm is None else _ms(gemm),
+                         "n/a" if gemm is None else f"{cb / gemm:.2f}"))
+    return "\n".join([
+        "## estimators: cbackprop.MLPClassifier / MLPRegressor vs scikit-learn", "",
+        _table(["workload", "dtype", "cbackprop ms", "scikit-learn ms",
+                "speed-up", "GEMMs alone ms", "cbackprop / GEMMs"], rows), "",
+        "Same parameters and random_state for both; workload b's fit time (2 epochs, "
+        "including initialization) is halved to a per-epoch figure, next to the time of "
+        "one epoch's GEMMs alone (same shapes, through scipy.linalg.blas)."])
+
+
+# Figures of workloads.md for net A, measured on this 2-core machine with the
+# reference libraries (milliseconds): anchors, not side-by-side timings.
+ANCHORS = {
+    "loss_grad": (0.32, "PyTorch gradient"),
+    "hvp": (0.87, "PyTorch HVP"),
+    "hessian": (850.0, "jax.hessian (torch.func: 1900)"),
+    "ggn": (1100.0, "PyTorch Jacobian GGN"),
+    "diag_ggn": (2.3, "BackPACK DiagGGNExact"),
+    "diag_hessian": (5.8, "BackPACK DiagHessian"),
+    "kfac": (2.1, "BackPACK KFAC"),
+    "top5_eigenvalues": (237.0, "curvlinops + eigsh"),
+}
+
+
+def section_curvature(opts, measure):
+    """Net A: each curvature quantity in multiples of one gradient, with the
+    reference libraries' figures of workloads.md next to it."""
+    fns = CW.cbackprop_quantities(*CW.net_a())
+    med = {k: v[0] for k, v in measure(fns, opts.repeat, opts.min_time, opts.warmup).items()}
+    g = med["loss_grad"]
+    rows = []
+    for q, t in med.items():
+        ref, who = ANCHORS.get(q, (None, ""))
+        rows.append((q, _ms(t), f"{t / g:.1f}", who or "n/a",
+                     "n/a" if ref is None else f"{ref:g}",
+                     "n/a" if ref is None else f"{ref / (t * 1e3):.1f}"))
+    return "\n".join([
+        "## curvature: net A (64-32-10 tanh, log_loss, 512 digits, P = 2410, float64)", "",
+        _table(["quantity", "cbackprop ms", "x gradient", "reference", "reference ms",
+                "reference / cbackprop"], rows), "",
+        "Reference figures are workloads.md's (this machine, other runs, default threads): "
+        "anchors, not side-by-side timings. `asv run` times torch.func side by side "
+        "(`bench_curvature.py`, one process per benchmark). Eigenvalues: top 5 of the "
+        "Hessian by ARPACK through `cbackprop.curvature.eigenvalues` (default tolerance)."])
