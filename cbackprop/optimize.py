@@ -1,0 +1,720 @@
+"""Second-order training of a :class:`cbackprop.Network`.
+
+Three full-batch optimizers over the flat parameter vector, each a pure
+function of ``theta0`` (never modified) returning a
+:class:`scipy.optimize.OptimizeResult`:
+
+* :func:`levenberg_marquardt`: damped Gauss-Newton steps
+  ``(G + mu I) d = -g`` with MATLAB trainlm's damping schedule; the GGN G is
+  accumulated block of rows by block of rows (Wilamowski and Yu 2010) in one
+  Cython kernel and factored by LAPACK's Cholesky. For squared_error this is
+  classic Levenberg-Marquardt on the residuals.
+* :func:`hessian_free`: Martens (2010) Hessian-free optimization: truncated,
+  optionally preconditioned conjugate gradient on damped GGN-vector products
+  (matrix-free), damping adapted by the reduction ratio.
+* :func:`newton`: trust-region Newton with exact Hessian-vector products
+  through :func:`scipy.optimize.minimize` ('trust-krylov' or 'trust-ncg').
+
+Conventions (scipy.optimize's): ``callback(intermediate_result)`` is called
+after every iteration with an OptimizeResult holding at least ``x`` and
+``fun``; raising ``StopIteration`` in it stops cleanly (status -2). The
+result has ``x, fun, jac, nit, nfev, njev, nhev, status, success, message``;
+``message`` is ``TERMINATION_MESSAGES[status]`` and ``success`` is
+``status > 0``. A step whose loss is not finite is never accepted.
+
+The objective is the network's: ``sum_i w_i l_i / W + alpha / (2 W)
+sum_l ||W_l||^2`` (W the sum of sample weights), in the network's dtype.
+"""
+import functools
+import math
+import numbers
+
+import numpy as np
+from scipy.optimize import OptimizeResult, minimize
+from sklearn.utils import check_random_state
+
+from cbackprop import _curvature, _lm, _network
+
+__all__ = ["levenberg_marquardt", "hessian_free", "newton", "quasi_hessian",
+           "TERMINATION_MESSAGES"]
+
+TERMINATION_MESSAGES = {
+    -5: "A linear algebra error occurred in the trust-region subproblem.",
+    -4: "The quadratic model predicted no decrease: the trust-region step failed.",
+    -3: "The damping exceeded its maximum without a step that lowered the loss.",
+    -2: "Stopped because `callback` raised `StopIteration`.",
+    0: "The maximum number of iterations is reached.",
+    1: "`gtol` termination condition is satisfied.",
+    2: "`ftol` termination condition is satisfied.",
+}
+# The LM kernel's codes are these.
+assert {int(v): k for k, v in _lm.LMStatus.__members__.items()} == {
+    -3: "MU_MAX", -2: "CALLBACK", 0: "MAX_ITER", 1: "GTOL", 2: "FTOL"}
+
+MU_MIN = 1e-20            # floor of the LM damping after successful steps
+BLOCK_BYTES = 16 << 20    # default LM block: workspaces near max(16 MiB, G's bytes / 4)
+MIN_BLOCK = 64
+LINE_SEARCH_STEPS = 60   # hessian_free's Armijo backtracking: at most 60 losses
+NEWTON_METHODS = ("trust-krylov", "trust-ncg")
+PRECONDITIONERS = (None, "diag_ggn", "diag_efisher")
+
+
+# ------------------------------------------------------------ validation
+def _check_real(value, name, *, gt=None, ge=None, lt=None, finite=True):
+    if type(value) is not float and (  # fast path: a plain float
+            isinstance(value, bool) or not isinstance(value, numbers.Real)):
+        raise ValueError(f"{name} must be a number, got {value!r}")
+    if math.isnan(value) or (finite and math.isinf(value)):
+        kind = "a finite number" if finite else "a number"
+        raise ValueError(f"{name} must be {kind}, got {value!r}")
+    value = float(value)
+    if gt is not None and not value > gt:
+        raise ValueError(f"{name} must be > {gt}, got {value!r}")
+    if ge is not None and not value >= ge:
+        raise ValueError(f"{name} must be >= {ge}, got {value!r}")
+    if lt is not None and not value < lt:
+        raise ValueError(f"{name} must be < {lt}, got {value!r}")
+    return value
+
+
+def _check_int(value, name, minimum):
+    if isinstance(value, bool) or not isinstance(value, numbers.Integral) or value < minimum:
+        raise ValueError(f"{name} must be an integer >= {minimum}, got {value!r}")
+    return int(value)
+
+
+def _check_callback(callback):
+    if callback is not None and not callable(callback):
+        raise ValueError(f"callback must be callable or None, got {callback!r}")
+    return callback
+
+
+def _problem(net, theta0, X, y, sample_weight):
+    """Validated (theta copy, X, Y, sw, sw_sum), all in the network's dtype."""
+    theta, X, Y, sw, sw_sum = net._check(theta0, X, y, sample_weight)
+    # A private working copy: theta0 is never written to, whatever its type.
+    return np.array(theta, copy=True), X, Y, sw, sw_sum
+
+
+ACCUMULATIONS = ("auto", "rows", "kronecker")
+
+
+@functools.lru_cache(maxsize=64)
+def _accumulation_macs(layer_sizes):
+    """Multiply-adds per sample of the two accumulations (see quasi_hessian).
+
+    rows: ``C P^2 / 2`` (syrk on C factor rows). kronecker: for weight
+    layers l < m with augmented inputs a_l, a_m and outputs n_l, n_m,
+    ``a_l a_m n_l n_m``; for a diagonal block ``(a (a + 1) / 2)
+    (n (n + 1) / 2)``; plus forming the K_i (C multiply-adds per entry).
+    """
+    s, L = layer_sizes, len(layer_sizes) - 1
+    P = sum((s[l] + 1) * s[l + 1] for l in range(L))
+    C = s[-1]
+    kron = 0
+    for l in range(L):
+        al, nl = s[l] + 1, s[l + 1]
+        for m in range(l, L):
+            am, nm = s[m] + 1, s[m + 1]
+            if l < m:
+                kron += al * am * nl * nm + C * nl * nm
+            else:
+                kron += (al * (al + 1) // 2) * (nl * (nl + 1) // 2) + C * nl * (nl + 1) // 2
+    return C * P * P / 2, kron
+
+
+def _check_accumulation(accumulation, net):
+    """True for the Kronecker-contracted accumulation, False for syrk on rows.
+
+    'auto' takes 'kronecker' when P >= 100 and it needs at most 0.6 of the
+    multiply-adds of 'rows' (its GEMMs are smaller and it scatters into G):
+    multi-output networks, and one-output ones with a wide first layer.
+    """
+    if accumulation not in ACCUMULATIONS:
+        raise ValueError(f"unknown accumulation {accumulation!r}; expected one of "
+                         f"{list(ACCUMULATIONS)}")
+    if accumulation == "auto":
+        rows, kron = _accumulation_macs(net.layer_sizes)
+        return net.n_params >= 100 and kron <= 0.6 * rows
+    return accumulation == "kronecker"
+
+
+def _block_rows(block_size, net, n_samples, kron=False):
+    """Rows per accumulation block: the given size, or by a memory budget.
+
+    Default: the block workspaces take max(16 MiB, a quarter of G's bytes):
+    independent of N, a bounded overhead over G, and blocks long enough for
+    efficient GEMMs and few passes over G.
+    """
+    if block_size is None:
+        one, two = (sum(_lm.workspace_sizes(net._plan, b, kron)) for b in (1, 2))
+        per_row, fixed = two - one, 2 * one - two
+        budget = max(BLOCK_BYTES // np.dtype(net.dtype).itemsize, net.n_params ** 2 // 4)
+        budget -= fixed
+        block = max(MIN_BLOCK, budget // max(per_row, 1))
+    else:
+        block = _check_int(block_size, "block_size", 1)
+    return int(min(block, n_samples))
+
+
+class _Evaluator:
+    """Objective (and gradient) on validated arrays, own workspace, counted."""
+
+    def __init__(self, net, X, Y, sw, sw_sum):
+        self.plan, self.alpha = net._plan, net.alpha
+        self.X, self.Y, self.sw, self.sw_sum = X, Y, sw, sw_sum
+        self.ws = [np.empty(n, net.dtype)
+                   for n in _network.workspace_sizes(net._plan, X.shape[0], 1)]
+        self.nfev = self.njev = 0
+
+    def loss(self, theta):
+        self.nfev += 1
+        return _network.loss_grad(self.plan, theta, self.X, self.Y, self.sw,
+                                  self.sw_sum, self.alpha, None, self.ws)
+
+    def loss_grad(self, theta, out):
+        self.nfev += 1
+        self.njev += 1
+        return _network.loss_grad(self.plan, theta, self.X, self.Y, self.sw,
+                                  self.sw_sum, self.alpha, out, self.ws)
+
+
+def _result(status, **fields):
+    return OptimizeResult(status=status, success=status > 0,
+                          message=TERMINATION_MESSAGES[status], **fields)
+
+
+def _call(callback, res):
+    """Call the user's callback; True when it raised StopIteration."""
+    try:
+        callback(res)
+    except StopIteration:
+        return True
+    return False
+
+
+# ------------------------------------------------------ Levenberg-Marquardt
+def quasi_hessian(net, theta, X, y, sample_weight=None, *, block_size=None,
+                  accumulation="auto"):
+    """Objective, gradient and GGN accumulated block of rows by block of rows.
+
+    The kernel of :func:`levenberg_marquardt`, exposed for studies and tests:
+    ``G = sum_i (w_i / W) J_i^T H_i J_i + alpha / W`` on the weight entries,
+    the same matrix as ``net.ggn``, accumulated over blocks of
+    ``block_size`` rows (default: workspaces of max(16 MiB, a quarter of
+    G's bytes)).
+
+    ``accumulation``: 'rows' backpropagates the C columns of the loss-Hessian
+    factor and accumulates ``Jb^T Jb`` with ``?syrk`` on the ``(C * block,
+    P)`` Jacobian-factor rows (Wilamowski and Yu's quasi-Hessian, ``C N P^2``
+    flops); 'kronecker' contracts the C columns first, per pair of layers,
+    ``sum_i (a~_l a~_m^T) (x) (S_l^T S_m)_i`` by GEMMs over the pairs of
+    inputs, a quarter of each diagonal block by its two symmetries (about
+    ``N P^2 / 2`` multiply-adds or fewer: a factor C and more below 'rows',
+    in smaller GEMMs plus a scatter into G); 'auto' picks 'kronecker' when
+    P >= 100 and its multiply-add count is at most 0.6 of the rows' (every
+    multi-output network of some size; one output with a wide first layer).
+
+    Returns
+    -------
+    loss : float
+    grad : ndarray of shape (n_params,)
+    G : ndarray of shape (n_params, n_params), symmetric
+    """
+    P = net.n_params
+    net._check_dense((P, P), None)
+    kron = _check_accumulation(accumulation, net)
+    theta, X, Y, sw, sw_sum = net._check(theta, X, y, sample_weight)
+    block = _block_rows(block_size, net, X.shape[0], kron)
+    G = np.empty((P, P), net.dtype)
+    g = np.empty(P, net.dtype)
+    f = _lm.quasi_hessian(net._plan, theta, X, Y, sw, sw_sum, net.alpha, block, G, g,
+                          kron)
+    G = np.triu(G)
+    G += np.triu(G, 1).T
+    return f, g, G
+
+
+def levenberg_marquardt(net, theta0, X, y, sample_weight=None, *, mu=1e-3, mu_dec=0.1,
+                        mu_inc=10.0, mu_max=1e10, max_iter=100, ftol=1e-12, gtol=1e-10,
+                        block_size=None, accumulation="auto", callback=None):
+    """Levenberg-Marquardt on the generalized Gauss-Newton matrix.
+
+    Each iteration accumulates the GGN ``G`` of the objective (``alpha / W``
+    on the weight entries included) and its gradient ``g`` over blocks of
+    rows, then solves ``(G + mu I) d = -g`` by Cholesky (LAPACK ``?potrf`` /
+    ``?potrs``) and evaluates the loss at ``theta + d``. MATLAB trainlm's
+    schedule: a step that lowers the loss is taken and ``mu *= mu_dec``
+    (floored at 1e-20); otherwise ``mu *= mu_inc`` and the step is solved
+    again, until ``mu > mu_max`` (status -3). For squared_error, ``G`` is
+    ``J^T J / W``: classic Levenberg-Marquardt on the residuals; for the log
+    losses and poisson it is built from the loss-Hessian factor.
+
+    Fallback when ``G + mu I`` is not numerically positive definite (Cholesky
+    fails) or the solution is not finite: handled as a rejected step (mu is
+    raised and the system solved again). A trial loss that is not finite
+    (NaN, overflow) is likewise rejected.
+
+    Memory: ``P^2`` entries (G and its factor share one buffer) plus
+    workspaces proportional to ``block_size`` (by default max(16 MiB, a
+    quarter of G's bytes)), whatever the number of samples.
+
+    Parameters
+    ----------
+    net : Network
+    theta0 : array of shape (n_params,)
+        Starting point; not modified.
+    X, y, sample_weight : the training data (see ``Network.loss``).
+    mu : float > 0
+        Initial damping.
+    mu_dec : float in (0, 1)
+        Factor applied to mu after a successful step.
+    mu_inc : float > 1
+        Factor applied to mu after a rejected step.
+    mu_max : float > 0
+        Stop (status -3) when mu exceeds it.
+    max_iter : int >= 1
+        Maximum number of accepted steps (status 0).
+    ftol : float >= 0
+        Stop (status 2) after a step with ``f_old - f_new <= ftol * f_old``.
+    gtol : float >= 0
+        Stop (status 1) when ``max|g| <= gtol`` (checked before each step).
+    block_size : int >= 1, optional
+        Rows per block of the accumulation; the default keeps the
+        workspaces near max(16 MiB, P^2 / 4 entries). Results do not depend
+        on it beyond rounding.
+    accumulation : {'auto', 'rows', 'kronecker'}
+        How G is accumulated (see :func:`quasi_hessian`): syrk on the
+        Jacobian-factor rows (Wilamowski and Yu), or contracted over the
+        outputs first; 'auto' chooses by multiply-add count.
+    callback : callable, optional
+        ``callback(intermediate_result)`` after every accepted step, with
+        ``x, fun, jac, nit, mu``. Raise ``StopIteration`` to stop.
+
+    Returns
+    -------
+    OptimizeResult
+        ``x, fun, jac, nit, nfev, njev, nhev, status, success, message`` and
+        ``mu`` (the final damping). ``nfev`` counts loss evaluations (trial
+        steps included), ``njev`` gradients and ``nhev`` GGN accumulations.
+    """
+    mu = _check_real(mu, "mu", gt=0)
+    mu_dec = _check_real(mu_dec, "mu_dec", gt=0, lt=1)
+    mu_inc = _check_real(mu_inc, "mu_inc", gt=1)
+    mu_max = _check_real(mu_max, "mu_max", gt=0, finite=False)
+    max_iter = _check_int(max_iter, "max_iter", 1)
+    ftol = _check_real(ftol, "ftol", ge=0)
+    gtol = _check_real(gtol, "gtol", ge=0)
+    callback = _check_callback(callback)
+    kron = _check_accumulation(accumulation, net)
+    P = net.n_params
+    net._check_dense((P, P), None)
+    theta, X, Y, sw, sw_sum = _problem(net, theta0, X, y, sample_weight)
+    block = _block_rows(block_size, net, X.shape[0], kron)
+    G = np.empty((P, P), net.dtype)
+    g = np.empty(P, net.dtype)
+
+    report = None
+    if callback is not None:
+        def report(nit, fun, mu_now):
+            return _call(callback, OptimizeResult(x=theta.copy(), fun=fun, jac=g.copy(),
+                                                  nit=nit, mu=mu_now))
+
+    status, nit, nfev, njev, nhev, f, mu = _lm.lm_loop(
+        net._plan, theta, X, Y, sw, sw_sum, net.alpha, block, mu, mu_dec, mu_inc,
+        mu_max, MU_MIN, max_iter, ftol, gtol, g, G, kron, report)
+    return _result(int(status), x=theta, fun=float(f), jac=g, nit=nit, nfev=nfev,
+                   njev=njev, nhev=nhev, mu=mu)
+
+
+# ----------------------------------------------------------- Hessian-free
+def _product_workspace(net, n_samples, kind):
+    """Workspace arrays of the Cython curvature products, allocated once."""
+    return [np.empty(max(n, 1), net.dtype)
+            for n in _curvature.product_sizes(net._plan, n_samples, 1, kind)]
+
+
+class _Curvature:
+    """Damped GGN products on the full batch or a mini-batch of rows.
+
+    Calls the Cython kernel on validated arrays with a workspace allocated
+    once (the public ``net.ggn_vp`` would validate X at every CG step).
+    """
+
+    def __init__(self, net, theta, X, Y, sw, sw_sum, full_sw_sum=None, ws=None):
+        self.net, self.theta = net, theta
+        self.X, self.Y, self.sw, self.sw_sum = X, Y, sw, sw_sum
+        self.full_sw_sum = sw_sum if full_sw_sum is None else full_sw_sum
+        self.ws = _product_workspace(net, X.shape[0], "ggn_vp") if ws is None else ws
+        self.V = np.empty((1, net.n_params), net.dtype)
+        self.out = np.empty((1, net.n_params), net.dtype)
+
+    def subset(self, idx):
+        """Restrict to rows idx (the regularizer stays alpha / W of all rows)."""
+        X, Y = self.X[idx], self.Y[idx]
+        sw = None if self.sw is None else self.sw[idx]
+        sw_sum = float(len(idx)) if sw is None else float(sw.sum(dtype=np.float64))
+        if not sw_sum > 0:
+            return self
+        ws = [w[:n] for w, n in zip(self.ws, _curvature.product_sizes(
+            self.net._plan, len(idx), 1, "ggn_vp"))]
+        return _Curvature(self.net, self.theta, X, Y, sw, sw_sum, self.full_sw_sum, ws)
+
+    def ggn_vp(self, v):
+        """G v (float64) with the objective's regularizer alpha / W."""
+        self.V[0] = v
+        # ggn_vp adds alpha_c / W_c on the weights: alpha_c = alpha W_c / W.
+        alpha = self.net.alpha * self.sw_sum / self.full_sw_sum
+        _curvature.ggn_vp(self.net._plan, self.theta, self.X, self.Y, self.sw,
+                          self.sw_sum, alpha, self.V, self.out, self.ws)
+        return self.out[0].astype(np.float64)
+
+    def diagonal(self, kind):
+        net = self.net
+        d = getattr(net, kind)(self.theta, self.X, self.Y, self.sw).astype(np.float64)
+        coef = net.alpha / self.full_sw_sum - net.alpha / self.sw_sum
+        if coef != 0.0:
+            d = net._add_l2_diag(d, coef)
+        return d
+
+
+def _check_batch(curvature_batch_size, n_samples):
+    if curvature_batch_size is None:
+        return None
+    if isinstance(curvature_batch_size, numbers.Integral) and not isinstance(
+            curvature_batch_size, bool):
+        if curvature_batch_size < 1:
+            raise ValueError(f"curvature_batch_size must be >= 1, got {curvature_batch_size}")
+        size = int(curvature_batch_size)
+    else:
+        frac = _check_real(curvature_batch_size, "curvature_batch_size", gt=0)
+        if frac > 1:
+            raise ValueError("a float curvature_batch_size is a fraction of the samples "
+                             f"in (0, 1], got {frac}")
+        size = max(1, int(round(frac * n_samples)))
+    return None if size >= n_samples else size
+
+
+def _truncated_cg(curv, b, lam, x0, M, max_iter, tol):
+    """Martens' truncated preconditioned CG on ``A = G + lam I``, ``A x = b``.
+
+    Minimizes ``phi(x) = x^T A x / 2 - b^T x`` from x0 (or from 0 when
+    ``phi(x0) >= 0``), stopping at ``max_iter`` or when the relative progress
+    over the last ``k = max(10, i / 10)`` steps falls below ``k * tol``.
+    Returns the iterates kept for backtracking, at steps ceil(1.3^j) and the
+    last one: a list of (step, x, phi), and the number of products.
+    """
+    def A(v):
+        return curv.ggn_vp(v) + lam * v
+
+    products = 0
+    if x0 is not None and np.any(x0):
+        Ax0 = A(x0)
+        products += 1
+        phi0 = 0.5 * x0 @ Ax0 - b @ x0
+        if phi0 < 0:
+            x, r = x0.copy(), b - Ax0
+        else:
+            x, r, phi0 = np.zeros_like(b), b.copy(), 0.0
+    else:
+        x, r, phi0 = np.zeros_like(b), b.copy(), 0.0
+    z = r / M
+    p = z.copy()
+    rz = r @ z
+    phis = [phi0]
+    kept = []
+    next_keep = 1
+    j = 0
+    for i in range(1, max_iter + 1):
+        if not rz > 0:       # exact solution (or a breakdown): stop here
+            break
+        Ap = A(p)
+        products += 1
+        pAp = p @ Ap
+        if not pAp > 0:      # cannot happen for G + lam I, lam > 0, but guard
+            break
+        step = rz / pAp
+        x += step * p
+        r -= step * Ap
+        # phi(x) = -x^T (b + r) / 2, since A x = b - r.
+        phi = -0.5 * (x @ (b + r))
+        phis.append(phi)
+        if i == next_keep:
+            kept.append((i, x.copy(), phi))
+            while next_keep <= i:
+                j += 1
+                next_keep = int(math.ceil(1.3 ** j))
+        k = max(10, i // 10)
+        if tol > 0 and i > k and phi < 0 and (phi - phis[i - k]) / phi < k * tol:
+            break
+        z = r / M
+        rz_new = r @ z
+        p = z + (rz_new / rz) * p
+        rz = rz_new
+    if not phis[1:]:
+        # no CG step taken: x is x0 (or 0)
+        kept.append((0, x.copy(), phis[0]))
+    elif kept[-1][0] != len(phis) - 1:
+        kept.append((len(phis) - 1, x.copy(), phis[-1]))
+    return kept, products
+
+
+def hessian_free(net, theta0, X, y, sample_weight=None, *, max_iter=100, damping=1.0,
+                 damping_max=1e10, cg_max_iter=250, cg_tol=5e-4, cg_decay=0.95,
+                 preconditioner=None, curvature_batch_size=None, ftol=1e-12, gtol=1e-10,
+                 random_state=None, callback=None):
+    """Hessian-free optimization (Martens 2010) on GGN-vector products.
+
+    Each outer iteration: the full-batch loss and gradient g; truncated
+    (preconditioned) conjugate gradient on ``(G + lambda I) d = -g`` with G
+    the GGN (on a random mini-batch of rows when ``curvature_batch_size`` is
+    given; the regularizer keeps its full-batch weight ``alpha / W``), started
+    from ``cg_decay`` times the previous run's last iterate and stopped by
+    Martens' relative-progress criterion; backtracking over the CG iterates
+    kept at steps ``ceil(1.3^j)`` (the best loss, scanning back from the last
+    one); the reduction ratio ``rho`` of that step against the undamped
+    quadratic model sets the damping (``lambda *= 3/2`` if ``rho < 1/4``,
+    ``*= 2/3`` if ``rho > 3/4``); an Armijo backtracking line search
+    (sufficient decrease 1e-2; the step shrinks by 0.8, or by 0.1 after a
+    non-finite loss; at most 60 trials) then accepts a step with a finite,
+    lower loss, or none (the iterate stays). Matrix-free: memory O(P) vectors
+    and the network's activations, never a P x P matrix.
+
+    Parameters
+    ----------
+    max_iter : int >= 1
+        Outer iterations (CG runs), accepted or not (status 0).
+    damping : float > 0
+        Initial lambda.
+    damping_max : float > 0
+        Stop (status -3) when lambda exceeds it after a rejected step.
+    cg_max_iter : int >= 1
+        CG iterations per outer iteration.
+    cg_tol : float >= 0
+        Martens' epsilon (5e-4) of the relative-progress stopping test; 0
+        runs CG to ``cg_max_iter`` (or to an exact solution).
+    cg_decay : float in [0, 1]
+        Warm start: CG starts from ``cg_decay`` times the previous final
+        iterate (0: from zero).
+    preconditioner : {None, 'diag_ggn', 'diag_efisher'}
+        Diagonal preconditioner ``(diag + lambda)^0.75`` (Martens), from the
+        exact GGN diagonal or the empirical Fisher diagonal of the curvature
+        batch.
+    curvature_batch_size : int >= 1 or float in (0, 1], optional
+        Rows (or fraction of rows) drawn without replacement each outer
+        iteration for the curvature products; None: all rows.
+    ftol, gtol : float >= 0
+        Stop after an accepted step with ``f_old - f_new <= ftol * f_old``
+        (status 2), or when ``max|g| <= gtol`` (status 1).
+    random_state : None, int or RandomState
+        Draws of the curvature mini-batches.
+    callback : callable, optional
+        ``callback(intermediate_result)`` after every outer iteration, with
+        ``x, fun, jac, nit, damping, cg_iter, accepted``.
+
+    Returns
+    -------
+    OptimizeResult
+        With ``damping`` (final lambda) and ``ncg`` (total CG iterations);
+        ``nhev`` counts GGN-vector products.
+    """
+    max_iter = _check_int(max_iter, "max_iter", 1)
+    lam = _check_real(damping, "damping", gt=0)
+    damping_max = _check_real(damping_max, "damping_max", gt=0, finite=False)
+    cg_max_iter = _check_int(cg_max_iter, "cg_max_iter", 1)
+    cg_tol = _check_real(cg_tol, "cg_tol", ge=0)
+    cg_decay = _check_real(cg_decay, "cg_decay", ge=0)
+    if cg_decay > 1:
+        raise ValueError(f"cg_decay must lie in [0, 1], got {cg_decay}")
+    if preconditioner not in PRECONDITIONERS:
+        raise ValueError(f"unknown preconditioner {preconditioner!r}; expected one of "
+                         f"{list(PRECONDITIONERS)}")
+    ftol = _check_real(ftol, "ftol", ge=0)
+    gtol = _check_real(gtol, "gtol", ge=0)
+    callback = _check_callback(callback)
+    theta, X, Y, sw, sw_sum = _problem(net, theta0, X, y, sample_weight)
+    N, P, dtype = X.shape[0], net.n_params, net.dtype
+    batch = _check_batch(curvature_batch_size, N)
+    rs = check_random_state(random_state)
+    ev = _Evaluator(net, X, Y, sw, sw_sum)
+
+    g = np.empty(P, dtype)
+    f = ev.loss_grad(theta, g)
+    if not math.isfinite(f):
+        raise ValueError(f"the loss at theta0 is not finite ({f})")
+    trial = np.empty(P, dtype)
+    full = _Curvature(net, theta, X, Y, sw, sw_sum)   # theta: the working array
+    nhev = ncg = nit = 0
+    d_prev = None
+    status = 0
+    while True:
+        if not np.max(np.abs(g)) > gtol:   # NaN gradients do not pass
+            if np.isfinite(g).all():
+                status = 1
+                break
+        if nit >= max_iter:
+            status = 0
+            break
+        # ---- curvature (at theta: `full` reads the working array)
+        curv = full
+        if batch is not None:
+            curv = full.subset(np.sort(rs.choice(N, batch, replace=False)))
+        if preconditioner is None:
+            M = np.ones(P)
+        else:
+            M = (np.maximum(curv.diagonal(preconditioner), 0.0) + lam) ** 0.75
+        b = -g.astype(np.float64)
+        x0 = None if d_prev is None or cg_decay == 0 else cg_decay * d_prev
+        kept, products = _truncated_cg(curv, b, lam, x0, M, cg_max_iter, cg_tol)
+        nhev += products
+        ncg += kept[-1][0]
+        d_prev = kept[-1][1]
+        # ---- backtracking over the CG iterates: the last, then earlier
+        # ones while the loss keeps improving
+        best = None
+        for i, x, phi in reversed(kept):
+            trial[:] = theta + x
+            f_try = ev.loss(trial)
+            if not math.isfinite(f_try):
+                f_try = math.inf
+            if best is not None and not f_try < best[0]:
+                break
+            best = (f_try, x, phi)
+        f_p, p, phi = best
+        # ---- damping: reduction ratio against the undamped model
+        # q(p) = g.p + p^T G p / 2 = phi(p) - lam |p|^2 / 2
+        q = phi - 0.5 * lam * (p @ p)
+        rho = (f_p - f) / q if q < 0 else -math.inf
+        if rho < 0.25:
+            lam *= 1.5
+        elif rho > 0.75:
+            lam *= 2.0 / 3.0
+        # ---- Armijo line search on p: x0.8 after an insufficient decrease,
+        # x0.1 after a non-finite loss (an overflow is usually far off)
+        slope = float(g.astype(np.float64) @ p)
+        accepted = False
+        if slope < 0:
+            c, f_c = 1.0, f_p
+            for _ in range(LINE_SEARCH_STEPS):
+                if f_c <= f + 1e-2 * c * slope:
+                    accepted = True
+                    break
+                c *= 0.8 if math.isfinite(f_c) else 0.1
+                trial[:] = theta + c * p
+                f_c = ev.loss(trial)
+                if not math.isfinite(f_c):
+                    f_c = math.inf
+        nit += 1
+        f_old = f
+        if accepted:
+            theta[:] = theta + c * p
+            f = ev.loss_grad(theta, g)
+        if callback is not None and _call(callback, OptimizeResult(
+                x=theta.copy(), fun=f, jac=g.copy(), nit=nit, damping=lam,
+                cg_iter=kept[-1][0], accepted=accepted)):
+            status = -2
+            break
+        if accepted and f_old - f <= ftol * abs(f_old):
+            status = 2
+            break
+        if not accepted and lam > damping_max:
+            status = -3
+            break
+    return _result(status, x=theta, fun=float(f), jac=g, nit=nit, nfev=ev.nfev,
+                   njev=ev.njev, nhev=nhev, damping=lam, ncg=ncg)
+
+
+# ----------------------------------------------------------------- Newton
+_SCIPY_STATUS = {0: 1, 1: 0, 2: -4, 3: -5}
+
+
+def newton(net, theta0, X, y, sample_weight=None, *, method="trust-krylov", max_iter=100,
+           gtol=1e-8, initial_trust_radius=1.0, max_trust_radius=1000.0, eta=0.15,
+           callback=None):
+    """Trust-region Newton with exact Hessian-vector products.
+
+    :func:`scipy.optimize.minimize` with ``method`` ('trust-krylov': GLTR
+    Lanczos subproblem; 'trust-ncg': Steihaug CG) and ``hessp`` from the
+    R-operator (``Network.hvp``), in float64 on scipy's side: float32 networks
+    evaluate in float32 and convert. A trial point whose loss is not finite
+    is reported to scipy as ``+inf``: rejected, the trust region shrinks. For
+    small networks and full batches.
+
+    Parameters
+    ----------
+    method : {'trust-krylov', 'trust-ncg'}
+    max_iter : int >= 1
+        Trust-region iterations, accepted or not (scipy's count; status 0).
+    gtol : float >= 0
+        Stop (status 1) when the Euclidean norm of the gradient is below it
+        (scipy's trust-region test).
+    initial_trust_radius, max_trust_radius, eta : scipy's options.
+    callback : callable, optional
+        ``callback(intermediate_result)`` after every iteration, with ``x``
+        (in the network's dtype), ``fun`` and ``nit``.
+
+    Returns
+    -------
+    OptimizeResult
+        ``nhev`` counts Hessian-vector products. scipy's failures map to
+        status -4 (no predicted decrease) and -5 (linear algebra error).
+    """
+    if method not in NEWTON_METHODS:
+        raise ValueError(f"unknown method {method!r}; expected one of "
+                         f"{list(NEWTON_METHODS)}")
+    max_iter = _check_int(max_iter, "max_iter", 1)
+    gtol = _check_real(gtol, "gtol", ge=0)
+    initial_trust_radius = _check_real(initial_trust_radius, "initial_trust_radius", gt=0)
+    max_trust_radius = _check_real(max_trust_radius, "max_trust_radius", gt=0)
+    if initial_trust_radius > max_trust_radius:
+        raise ValueError("initial_trust_radius must not exceed max_trust_radius")
+    eta = _check_real(eta, "eta", ge=0, lt=0.25)
+    callback = _check_callback(callback)
+    theta, X, Y, sw, sw_sum = _problem(net, theta0, X, y, sample_weight)
+    P, dtype, plan, alpha = net.n_params, net.dtype, net._plan, net.alpha
+    ev = _Evaluator(net, X, Y, sw, sw_sum)
+    xbuf = np.empty(P, dtype)
+    grad = np.empty(P, dtype)
+    V = np.empty((1, P), dtype)
+    HV = np.empty((1, P), dtype)
+    ws = _product_workspace(net, X.shape[0], "hvp")
+    counts = {"nhev": 0, "nit": 0, "stopped": False}
+
+    def fun(x):
+        xbuf[:] = x
+        f = ev.loss_grad(xbuf, grad)
+        if not math.isfinite(f):
+            if ev.nfev == 1:
+                raise ValueError(f"the loss at theta0 is not finite ({f})")
+            f = math.inf
+        return f, grad.astype(np.float64)
+
+    def hessp(x, p):
+        xbuf[:] = x
+        V[0] = p
+        _curvature.hvp(plan, xbuf, X, Y, sw, sw_sum, alpha, V, HV, ws)
+        counts["nhev"] += 1
+        return HV[0].astype(np.float64)
+
+    scipy_callback = None
+    if callback is not None:
+        def scipy_callback(intermediate_result):
+            counts["nit"] += 1
+            res = OptimizeResult(x=intermediate_result.x.astype(dtype),
+                                 fun=float(intermediate_result.fun), nit=counts["nit"])
+            if _call(callback, res):
+                counts["stopped"] = True
+                raise StopIteration
+
+    res = minimize(fun, theta.astype(np.float64), jac=True, hessp=hessp, method=method,
+                   callback=scipy_callback,
+                   options=dict(maxiter=max_iter, gtol=gtol,
+                                initial_trust_radius=initial_trust_radius,
+                                max_trust_radius=max_trust_radius, eta=eta))
+    if counts["stopped"] or res.status == 99:
+        status = -2
+    else:
+        status = _SCIPY_STATUS.get(int(res.status), -4)
+    return _result(status, x=res.x.astype(dtype), fun=float(res.fun),
+                   jac=np.asarray(res.jac).astype(dtype), nit=int(res.nit), nfev=ev.nfev,
+                   njev=ev.njev, nhev=counts["nhev"])
