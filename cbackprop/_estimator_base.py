@@ -26,6 +26,7 @@ from sklearn.utils._param_validation import StrOptions
 from sklearn.utils.validation import _check_sample_weight, check_is_fitted, validate_data
 
 from cbackprop import _network, _train
+from cbackprop._second_order_fit import SecondOrderFitMixin
 from cbackprop._stochastic import AdamState, SGDState
 from cbackprop.network import ACTIVATIONS, Network
 
@@ -36,7 +37,8 @@ except ImportError:  # pragma: no cover
         return {}
 
 STOCHASTIC_SOLVERS = ("sgd", "adam")
-SOLVERS = ("lbfgs", "sgd", "adam")
+SECOND_ORDER_SOLVERS = ("lm", "hessian-free", "newton")
+SOLVERS = ("lbfgs", "sgd", "adam") + SECOND_ORDER_SOLVERS
 
 # Rows per forward pass in predict: bounds the workspace (two N * width
 # caches, kept per thread by network_) whatever the number of rows.
@@ -134,7 +136,7 @@ class _FullBatchObjective:
         return total
 
 
-class BaseMLP(BaseEstimator):
+class BaseMLP(SecondOrderFitMixin, BaseEstimator):
     """Base class of the MLP estimators; use MLPClassifier or MLPRegressor."""
 
     _parameter_constraints = _parameter_constraints(_SkMLPRegressor)
@@ -316,6 +318,8 @@ class BaseMLP(BaseEstimator):
             self._fit_stochastic(X, y, sample_weight, incremental)
         elif self.solver == "lbfgs":
             self._fit_lbfgs(X, y, sample_weight)
+        else:
+            self._fit_second_order(X, y, sample_weight)
 
         if not np.isfinite(self._theta).all():
             raise ValueError("Solver produced non-finite parameter weights. The input "
@@ -395,6 +399,29 @@ class BaseMLP(BaseEstimator):
         return AdamState(net.n_params, net.dtype, self.learning_rate_init,
                          self.beta_1, self.beta_2, self.epsilon)
 
+    def _validation_split(self, X, y, sample_weight):
+        """(X_train, y_train, sw_train, X_val, y_val, sw_val): scikit-learn's
+        early-stopping split (same draws), or everything for training."""
+        if not self.early_stopping:
+            return X, y, sample_weight, None, None, None
+        # don't stratify in multilabel classification
+        stratify = y if (is_classifier(self) and self.n_outputs_ == 1) else None
+        if sample_weight is None:
+            X_train, X_val, y_train, y_val = train_test_split(
+                X, y, random_state=self._random_state,
+                test_size=self.validation_fraction, stratify=stratify)
+            sw_train = sw_val = None
+        else:
+            X_train, X_val, y_train, y_val, sw_train, sw_val = train_test_split(
+                X, y, sample_weight, random_state=self._random_state,
+                test_size=self.validation_fraction, stratify=stratify)
+        if X_val.shape[0] < 2:
+            raise ValueError("The validation set is too small. Increase "
+                             "'validation_fraction' or the size of your dataset.")
+        if is_classifier(self):
+            y_val = self._label_binarizer.inverse_transform(y_val)
+        return X_train, y_train, sw_train, X_val, y_val, sw_val
+
     def _fit_stochastic(self, X, y, sample_weight, incremental):
         if not incremental or not hasattr(self, "_optimizer"):
             self._optimizer = self._new_optimizer()
@@ -411,26 +438,8 @@ class BaseMLP(BaseEstimator):
         if self.early_stopping and incremental:
             raise ValueError("partial_fit does not support early_stopping=True")
         early_stopping = self.early_stopping
-        if early_stopping:
-            # don't stratify in multilabel classification
-            stratify = y if (is_classifier(self) and self.n_outputs_ == 1) else None
-            if sample_weight is None:
-                X_train, X_val, y_train, y_val = train_test_split(
-                    X, y, random_state=self._random_state,
-                    test_size=self.validation_fraction, stratify=stratify)
-                sw_train = sw_val = None
-            else:
-                X_train, X_val, y_train, y_val, sw_train, sw_val = train_test_split(
-                    X, y, sample_weight, random_state=self._random_state,
-                    test_size=self.validation_fraction, stratify=stratify)
-            if X_val.shape[0] < 2:
-                raise ValueError("The validation set is too small. Increase "
-                                 "'validation_fraction' or the size of your dataset.")
-            if is_classifier(self):
-                y_val = self._label_binarizer.inverse_transform(y_val)
-        else:
-            X_train, y_train, sw_train = X, y, sample_weight
-            X_val = y_val = sw_val = None
+        X_train, y_train, sw_train, X_val, y_val, sw_val = self._validation_split(
+            X, y, sample_weight)
 
         net = self._scratch_network()
         dtype, P, plan = net.dtype, net.n_params, net._plan

@@ -1,0 +1,130 @@
+"""MLPClassifier / MLPRegressor with solver='lm', 'hessian-free', 'newton'."""
+import pickle
+import warnings
+
+import numpy as np
+import pytest
+from sklearn.datasets import load_digits
+from sklearn.exceptions import ConvergenceWarning
+from sklearn.model_selection import train_test_split
+from sklearn.utils.estimator_checks import parametrize_with_checks
+
+from cbackprop import MLPClassifier, MLPRegressor
+
+SECOND_ORDER = ["lm", "hessian-free", "newton"]
+
+
+@pytest.fixture(scope="module")
+def digits():
+    d = load_digits()
+    return train_test_split(d.data / 16.0, d.target, random_state=0)
+
+
+@pytest.fixture(scope="module")
+def adam_accuracy(digits):
+    X, Xt, y, yt = digits
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", ConvergenceWarning)
+        clf = MLPClassifier((100,), solver="adam", batch_size=200, max_iter=200, tol=0.0,
+                            n_iter_no_change=np.inf, random_state=0).fit(X, y)
+    return clf.score(Xt, yt)
+
+
+def _fit(est, X, y):
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", ConvergenceWarning)
+        return est.fit(X, y)
+
+
+@pytest.mark.parametrize("solver, hidden, max_iter", [
+    pytest.param("lm", (32,), 15, id="lm"),
+    pytest.param("hessian-free", (100,), 40, id="hessian-free"),
+])
+def test_digits_reach_adam_accuracy_in_few_iterations(digits, adam_accuracy, solver, hidden,
+                                                       max_iter):
+    X, Xt, y, yt = digits
+    clf = _fit(MLPClassifier(hidden, solver=solver, max_iter=max_iter, random_state=0), X, y)
+    assert clf.n_iter_ <= max_iter
+    assert clf.score(Xt, yt) >= adam_accuracy - 0.01
+
+
+@pytest.mark.parametrize("solver", SECOND_ORDER)
+def test_fitted_attributes(solver, digits):
+    X, Xt, y, yt = digits
+    clf = _fit(MLPClassifier((16,), solver=solver, max_iter=6, random_state=0), X[:300], y[:300])
+    assert clf.n_iter_ == len(clf.loss_curve_) <= 6
+    assert clf.loss_ == pytest.approx(clf.loss_curve_[-1])
+    assert all(np.isfinite(clf.loss_curve_))
+    assert clf.loss_curve_[-1] < clf.loss_curve_[0]
+    assert clf.validation_scores_ is None and clf.best_loss_ == min(clf.loss_curve_)
+    proba = clf.predict_proba(Xt)
+    assert np.allclose(proba.sum(axis=1), 1.0)
+    # the model's network reproduces predict_proba
+    assert np.allclose(clf.network_.predict(clf.theta_, Xt), proba)
+
+
+@pytest.mark.parametrize("solver", SECOND_ORDER)
+def test_regression_sin(solver):
+    x = np.linspace(-3, 3, 200)[:, None]
+    reg = _fit(MLPRegressor(hidden_layer_sizes=(10,), activation="tanh", solver=solver,
+                            alpha=0.0, max_iter=100, tol=1e-12, random_state=0), x, np.sin(x[:, 0]))
+    mse = np.mean((reg.predict(x) - np.sin(x[:, 0])) ** 2)
+    assert mse < (1e-5 if solver == "lm" else 1e-2)
+
+
+def test_verbose_prints_loss_and_damping(capsys, digits):
+    X, _, y, _ = digits
+    _fit(MLPClassifier((8,), solver="lm", max_iter=2, verbose=True, random_state=0), X[:100], y[:100])
+    out = capsys.readouterr().out.splitlines()
+    assert out[0].startswith("Iteration 1, loss = ") and "mu = " in out[0]
+
+
+@pytest.mark.parametrize("solver", ["lm", "hessian-free"])
+def test_early_stopping_keeps_best_validation_weights(solver, digits):
+    X, _, y, _ = digits
+    clf = _fit(MLPClassifier((16,), solver=solver, max_iter=30, early_stopping=True,
+                             n_iter_no_change=3, random_state=0), X, y)
+    assert len(clf.validation_scores_) == clf.n_iter_
+    assert clf.best_validation_score_ == max(clf.validation_scores_)
+    # the kept weights are the best-scoring ones: rescoring the split agrees
+    assert clf.n_iter_ < 30 or clf.best_validation_score_ >= clf.validation_scores_[-1]
+
+
+def test_warm_start_continues(digits):
+    X, _, y, _ = digits
+    clf = _fit(MLPClassifier((16,), solver="lm", max_iter=3, warm_start=True, random_state=0),
+               X[:300], y[:300])
+    first = list(clf.loss_curve_)
+    _fit(clf, X[:300], y[:300])
+    assert clf.loss_curve_[:3] == first and len(clf.loss_curve_) == 6
+    assert clf.loss_curve_[-1] <= first[-1]
+
+
+def test_partial_fit_unavailable():
+    assert not hasattr(MLPClassifier(solver="lm"), "partial_fit")
+
+
+def test_pickle_round_trip(digits):
+    X, Xt, y, _ = digits
+    clf = _fit(MLPClassifier((8,), solver="newton", max_iter=3, random_state=0), X[:200], y[:200])
+    again = pickle.loads(pickle.dumps(clf))
+    assert np.array_equal(again.predict_proba(Xt), clf.predict_proba(Xt))
+
+
+def test_lm_too_large_suggests_hessian_free(monkeypatch, digits):
+    from cbackprop import _curvature_methods
+    monkeypatch.setattr(_curvature_methods, "DEFAULT_MAX_BYTES", 1000)
+    X, _, y, _ = digits
+    with pytest.raises(ValueError, match="bytes.*hessian-free"):
+        MLPClassifier((8,), solver="lm", max_iter=2).fit(X[:50], y[:50])
+
+
+@parametrize_with_checks([
+    MLPClassifier((5,), solver="lm", max_iter=5, random_state=0),
+    MLPRegressor(hidden_layer_sizes=(5,), solver="hessian-free", max_iter=5, random_state=0),
+    MLPRegressor(hidden_layer_sizes=(5,), solver="newton", max_iter=5, random_state=0),
+])
+def test_sklearn_compatible(estimator, check):
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", ConvergenceWarning)
+        check(estimator)
