@@ -93,3 +93,49 @@ def section_curvature(opts, measure):
         "anchors, not side-by-side timings. `asv run` times torch.func side by side "
         "(`bench_curvature.py`, one process per benchmark). Eigenvalues: top 5 of the "
         "Hessian by ARPACK through `cbackprop.curvature.eigenvalues` (default tolerance)."])
+
+
+def section_solvers(opts, measure=None):
+    """adam, lbfgs, lm, hessian-free, newton on digits and on a regression problem.
+
+    Each solver fits once (these are whole trainings, not microbenchmarks):
+    iterations, wall time, final training loss, test score.
+    """
+    import time
+    import warnings
+
+    import cbackprop as cb
+    from sklearn.datasets import make_regression
+    from sklearn.exceptions import ConvergenceWarning
+    from sklearn.model_selection import train_test_split
+
+    X, Xt, y, yt = EW.digits_split()
+    Xr, yr = make_regression(n_samples=2000, n_features=10, noise=0.1, random_state=0)
+    yr = yr / yr.std()
+    Xr, Xrt, yr, yrt = train_test_split(Xr, yr, random_state=0)
+    common = dict(random_state=0)
+    runs = [("digits, (32,) tanh", cb.MLPClassifier, dict(hidden_layer_sizes=(32,),
+                                                         activation="tanh"), X, y, Xt, yt),
+            ("regression 2000x10, (16,) tanh", cb.MLPRegressor,
+             dict(hidden_layer_sizes=(16,), activation="tanh"), Xr, yr, Xrt, yrt)]
+    solvers = [("adam", dict(max_iter=200)), ("lbfgs", dict(max_iter=200)),
+               ("lm", dict(max_iter=30)), ("hessian-free", dict(max_iter=60)),
+               ("newton", dict(max_iter=60))]
+    rows = []
+    for name, Est, params, Xa, ya, Xb, yb in runs:
+        for solver, extra in solvers:
+            est = Est(solver=solver, **params, **common, **extra)
+            with warnings.catch_warnings():
+                warnings.simplefilter("ignore", ConvergenceWarning)
+                t0 = time.perf_counter()
+                est.fit(Xa, ya)
+                wall = time.perf_counter() - t0
+            rows.append((name, solver, est.n_iter_, f"{wall:.2f}", f"{est.loss_:.3g}",
+                         f"{est.score(Xb, yb):.4f}"))
+    return "\n".join([
+        "## solvers: first- and second-order training, one fit each", "",
+        _table(["problem", "solver", "iterations", "wall s", "final loss", "test score"], rows),
+        "",
+        "Iterations are epochs for adam, outer iterations otherwise (max_iter: adam and "
+        "lbfgs 200, lm 30, hessian-free and newton 60); test score is accuracy (digits) or "
+        "R^2 (regression); default tol."])

@@ -16,7 +16,8 @@ implementation alike.  Compare ratios within one run, not absolute times
 across runs.
 
 Sections are functions ``section(opts) -> markdown`` registered in
-``SECTIONS`` (engine here; estimators and curvature in ``_report_sections.py``).  The
+``SECTIONS`` (engine here; estimators, curvature and solvers in
+``_report_sections.py``).  The
 workloads come from ``benchmarks/_common.py``, shared with the asv suite.
 """
 import argparse
@@ -227,6 +228,7 @@ SECTIONS = {
     "engine": section_engine,
     "estimators": lambda opts: RS.section_estimators(opts, measure_interleaved),
     "curvature": lambda opts: RS.section_curvature(opts, measure_interleaved),
+    "solvers": lambda opts: RS.section_solvers(opts),
 }
 
 
