@@ -89,8 +89,8 @@ def section_curvature(opts, measure):
         "## curvature: net A (64-32-10 tanh, log_loss, 512 digits, P = 2410, float64)", "",
         _table(["quantity", "cbackprop ms", "x gradient", "reference", "reference ms",
                 "reference / cbackprop"], rows), "",
-        "Reference figures are workloads.md's (this machine, other runs, default threads): "
-        "anchors, not side-by-side timings. `asv run` times torch.func side by side "
+        "Reference figures are those of the project's workloads file (another run, possibly "
+        "another machine and thread count): anchors, not side-by-side timings. `asv run` times torch.func side by side "
         "(`bench_curvature.py`, one process per benchmark). Eigenvalues: top 5 of the "
         "Hessian by ARPACK through `cbackprop.curvature.eigenvalues` (default tolerance)."])
 
