@@ -1,6 +1,7 @@
 # Hidden-layer activations: nogil point functions f, f', f'' (one table,
 # fused over float/double) and the row-major loops built on them.
 from cython cimport floating
+from libc.math cimport fabs, fabsf, copysign, copysignf
 
 cdef extern from "_vmath.h" nogil:
     double cb_exp(double x)
@@ -9,6 +10,8 @@ cdef extern from "_vmath.h" nogil:
     float cb_expf(float x)
     float cb_expm1f(float x)
     float cb_log1pf(float x)
+    double cb_blend(double a, double b, int c)
+    float cb_blendf(float a, float b, int c)
 
 cpdef enum Activation:
     IDENTITY = 0
@@ -42,31 +45,49 @@ cdef inline floating _log1p(floating x) noexcept nogil:
 
 
 cdef inline floating _fabs(floating x) noexcept nogil:
-    return x if x >= 0 else -x
+    return fabs(x) if floating is double else fabsf(x)
+
+
+cdef inline floating _blend(floating a, floating b, bint c) noexcept nogil:
+    """c ? a : b without a branch (see cb_blend in _vmath.h)."""
+    if floating is float:
+        return cb_blendf(a, b, c)
+    else:
+        return cb_blend(a, b, c)
 
 
 # Every exponential below is exp(-|z|) <= 1: nothing overflows for any finite
-# z, and the two branches of a logistic are selected, not divided by inf.
+# z, and the two branches of a logistic are blended, not divided by inf.
+# No C conditionals: selections go through _blend or copysign, so that gcc
+# vectorizes the loops these functions are inlined into.
+# (The literals make C evaluate 1.0 + e and the quotients in double, also for
+# float32: one rounding at the end.)
 cdef inline floating _sigmoid(floating z) noexcept nogil:
     cdef floating e = _exp(-_fabs(z))
-    return (1 if z >= 0 else e) / (1 + e)
+    return _blend(1 / (1 + e), e / (1 + e), z >= 0)
 
 
 cdef inline floating _sigmoid_neg(floating z) noexcept nogil:
     """1 - sigmoid(z) without cancellation."""
     cdef floating e = _exp(-_fabs(z))
-    return (e if z >= 0 else 1) / (1 + e)
+    return _blend(e / (1 + e), 1 / (1 + e), z >= 0)
 
 
 cdef inline floating _tanh(floating z) noexcept nogil:
     # tanh|z| = -expm1(-2|z|) / (2 + expm1(-2|z|)): exact for tiny z too.
     cdef floating t = _expm1(-2 * _fabs(z))
-    cdef floating r = -t / (2 + t)
-    return r if z >= 0 else -r
+    if floating is float:
+        return copysignf(-t / (2 + t), z)
+    else:
+        return copysign(-t / (2 + t), z)
+
+
+cdef inline floating _relu(floating z) noexcept nogil:
+    return _blend(z, <floating>0, z > 0)
 
 
 cdef inline floating _softplus(floating z) noexcept nogil:
-    return (z if z > 0 else 0) + _log1p(_exp(-_fabs(z)))
+    return _relu(z) + _log1p(_exp(-_fabs(z)))
 
 
 cdef inline floating _tanh_softplus(floating z) noexcept nogil:
@@ -77,14 +98,14 @@ cdef inline floating _tanh_softplus(floating z) noexcept nogil:
     """
     cdef floating m = _exp(-_fabs(z))
     cdef floating q = m * (m + 2)
-    return ((1 + 2 * m) / (1 + 2 * m + 2 * m * m)) if z > 0 else q / (q + 2)
+    return _blend((1 + 2 * m) / (1 + 2 * m + 2 * m * m), q / (q + 2), z > 0)
 
 
 cdef inline floating _tanh_softplus_c(floating z) noexcept nogil:
     """1 - tanh(softplus(z)), without cancellation (see _tanh_softplus)."""
     cdef floating m = _exp(-_fabs(z))
     cdef floating q = m * (m + 2)
-    return (2 * m * m / (1 + 2 * m + 2 * m * m)) if z > 0 else 2 / (q + 2)
+    return _blend(2 * m * m / (1 + 2 * m + 2 * m * m), 2 / (q + 2), z > 0)
 
 
 cdef inline floating f_value(Activation act, floating z) noexcept nogil:
@@ -93,7 +114,7 @@ cdef inline floating f_value(Activation act, floating z) noexcept nogil:
     elif act == TANH:
         return _tanh(z)
     elif act == RELU:
-        return z if z > 0 else 0
+        return _relu(z)
     elif act == SOFTPLUS:
         return _softplus(z)
     elif act == SWISH:
@@ -111,7 +132,7 @@ cdef inline floating f_deriv(Activation act, floating z, floating a) noexcept no
     elif act == TANH:
         return 1 - a * a
     elif act == RELU:
-        return 1 if z > 0 else 0
+        return _blend(<floating>1, <floating>0, z > 0)
     elif act == SOFTPLUS:
         return _sigmoid(z)
     elif act == SWISH:

@@ -342,4 +342,33 @@ CB_VM_INLINE float cb_log1pf(float xf)
     return copysignf((float)(kg * CB__LN2 + (lf + cm)), xf);
 }
 
+/* ------------------------------------------------------------------------
+ * Branch-free selection: cb_blend(a, b, c) = c ? a : b, by bit masks.
+ * gcc (default -ftrapping-math) will not if-convert a C conditional whose
+ * arms or neighbours hold floating-point arithmetic, and then refuses to
+ * vectorize the whole loop ("control flow in loop"); a mask blend is plain
+ * integer arithmetic that it vectorizes. Both a and b are always computed.
+ * ------------------------------------------------------------------------ */
+static inline double cb_blend(double a, double b, int c)
+{
+    uint64_t ua, ub, m = (uint64_t)0 - (uint64_t)(c != 0), r;
+    double d;
+    memcpy(&ua, &a, sizeof ua);
+    memcpy(&ub, &b, sizeof ub);
+    r = (ua & m) | (ub & ~m);
+    memcpy(&d, &r, sizeof d);
+    return d;
+}
+
+static inline float cb_blendf(float a, float b, int c)
+{
+    uint32_t ua, ub, m = (uint32_t)0 - (uint32_t)(c != 0), r;
+    float d;
+    memcpy(&ua, &a, sizeof ua);
+    memcpy(&ub, &b, sizeof ub);
+    r = (ua & m) | (ub & ~m);
+    memcpy(&d, &r, sizeof d);
+    return d;
+}
+
 #endif /* CB_VMATH_H */
