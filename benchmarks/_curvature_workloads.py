@@ -80,3 +80,31 @@ def torch_quantities(net, theta, X, Y, v):
         "hessian": lambda: hess_fn(th),
         "ggn": ggn,
     }
+
+
+def backpack_quantities(net, theta, X, Y, v):
+    """BackPACK's extensions on the same net A (optional dependency)."""
+    import torch
+    from backpack import backpack, extend
+    from backpack.extensions import KFAC, KFLR, DiagGGNExact, DiagHessian
+
+    torch.set_default_dtype(torch.float64)
+    model = extend(torch.nn.Sequential(torch.nn.Linear(SIZES[0], SIZES[1]), torch.nn.Tanh(),
+                                       torch.nn.Linear(SIZES[1], SIZES[2])))
+    lossf = extend(torch.nn.CrossEntropyLoss())
+    Xt, yt = torch.from_numpy(X), torch.from_numpy(Y.argmax(1))
+
+    def run(ext):
+        def fn():
+            model.zero_grad()
+            loss = lossf(model(Xt), yt)
+            with backpack(ext()):
+                loss.backward()
+        return fn
+
+    def grad():
+        model.zero_grad()
+        lossf(model(Xt), yt).backward()
+
+    return {"loss_grad": grad, "diag_ggn": run(DiagGGNExact), "diag_hessian": run(DiagHessian),
+            "kfac": run(KFLR), "kfac_mc": run(KFAC)}

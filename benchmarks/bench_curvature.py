@@ -1,12 +1,14 @@
 """asv benchmarks of the curvature quantities on net A (64-32-10 tanh, 512 digits).
 
-cbackprop side by side with torch.func in the same run (skipped when PyTorch
-is not installed). Report quantities in multiples of one gradient
+cbackprop side by side with torch.func and BackPACK (DiagGGNExact, DiagHessian,
+KFLR as the exact "kfac", KFAC as "kfac_mc") in the same run, each skipped when
+not installed. Report quantities in multiples of one gradient
 (``python benchmarks/report.py curvature``). Threads: limited with
 threadpoolctl to ``CBACKPROP_BENCH_THREADS`` (default 1) for both libraries.
 """
 from ._common import limit_threads
-from ._curvature_workloads import cbackprop_quantities, net_a, torch_quantities
+from ._curvature_workloads import (backpack_quantities, cbackprop_quantities, net_a,
+                                   torch_quantities)
 
 try:
     from asv_runner.benchmarks.mark import SkipNotImplemented
@@ -20,7 +22,7 @@ QUANTITIES = ["loss_grad", "hvp", "ggn_vp", "hessian", "ggn", "diag_ggn",
 class NetACurvature:
     """Each curvature quantity of net A, cbackprop vs torch.func."""
 
-    params = [QUANTITIES, ["cbackprop", "torch"]]
+    params = [QUANTITIES + ["kfac_mc"], ["cbackprop", "torch", "backpack"]]
     param_names = ["quantity", "library"]
     timeout = 300
     repeat = (3, 7, 10.0)
@@ -28,13 +30,12 @@ class NetACurvature:
     def setup(self, quantity, library):
         self._limits = limit_threads()
         args = net_a()
-        if library == "cbackprop":
-            fns = cbackprop_quantities(*args)
-        else:
-            try:
-                fns = torch_quantities(*args)
-            except ImportError as exc:
-                raise SkipNotImplemented(f"PyTorch not installed: {exc}")
+        builders = {"cbackprop": cbackprop_quantities, "torch": torch_quantities,
+                    "backpack": backpack_quantities}
+        try:
+            fns = builders[library](*args)
+        except ImportError as exc:
+            raise SkipNotImplemented(f"{library} not installed: {exc}")
         self.fn = fns.get(quantity)
         if self.fn is None:
             raise SkipNotImplemented(f"{quantity} has no {library} counterpart here")
