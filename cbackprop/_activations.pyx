@@ -52,18 +52,6 @@ cdef inline void _backward_rows(Activation act, const floating* Z,
             d[j] = d[j] * f_deriv(act, Z[j], A[j])
 
 
-cdef inline void _relu_backward(const floating* Z, floating* D, Py_ssize_t n,
-                                Py_ssize_t k) noexcept nogil:
-    # A blend, not a product with (z > 0): no int-to-float conversion, and
-    # inf * 0 cannot turn a masked entry into NaN.
-    cdef Py_ssize_t r, j
-    cdef floating* d
-    for r in range(k):
-        d = D + r * n
-        for j in range(n):
-            d[j] = _blend(d[j], <floating>0, Z[j] > 0)
-
-
 cdef void act_backward(Activation act, const floating* Z, const floating* A,
                        floating* D, Py_ssize_t rows, Py_ssize_t cols,
                        Py_ssize_t k) noexcept nogil:
@@ -74,7 +62,7 @@ cdef void act_backward(Activation act, const floating* Z, const floating* A,
     elif act == TANH:
         _backward_rows(TANH, Z, A, D, n, k)
     elif act == RELU:
-        _relu_backward(Z, D, n, k)
+        _backward_rows(RELU, Z, A, D, n, k)
     elif act == SOFTPLUS:
         _backward_rows(SOFTPLUS, Z, A, D, n, k)
     elif act == SWISH:
