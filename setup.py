@@ -13,6 +13,7 @@ import numpy as np
 import scipy
 from Cython.Build import cythonize
 from setuptools import Extension, setup
+from setuptools.command.build_ext import build_ext
 
 HERE = Path(__file__).parent
 MODULES = ["_blas", "_activations", "_losses", "_network", "_train", "_curvature", "_lm"]
@@ -45,6 +46,22 @@ def _directives():
     }
 
 
+class BuildExt(build_ext):
+    """Add -fno-math-errno where the compiler takes GCC-style flags.
+
+    With errno semantics, every sqrt in a loop is a call guarded by a branch
+    that sets errno on a negative argument, and gcc does not vectorize the
+    loop (the Adam update ran at 3.5 ns per parameter, 1.7 ns without).
+    The flag changes no result: only errno, which nothing here reads.
+    """
+
+    def build_extensions(self):
+        if self.compiler.compiler_type == "unix":
+            for ext in self.extensions:
+                ext.extra_compile_args.append("-fno-math-errno")
+        super().build_extensions()
+
+
 _write_config()
 extensions = [
     Extension(
@@ -56,4 +73,5 @@ extensions = [
     for name in MODULES
     if (HERE / "cbackprop" / f"{name}.pyx").exists()
 ]
-setup(ext_modules=cythonize(extensions, compiler_directives=_directives()))
+setup(ext_modules=cythonize(extensions, compiler_directives=_directives()),
+      cmdclass={"build_ext": BuildExt})

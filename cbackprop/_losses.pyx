@@ -15,18 +15,6 @@ cdef inline double _sigmoid(double z) noexcept nogil:
     return (1.0 if z >= 0 else e) / (1.0 + e)
 
 
-cdef inline double _log_softmax_norm(const floating* z, Py_ssize_t C) noexcept nogil:
-    """log sum_k cb_exp(z_k), shifted by the max so exp never overflows."""
-    cdef Py_ssize_t k
-    cdef double m = z[0], s = 0.0
-    for k in range(1, C):
-        if z[k] > m:
-            m = z[k]
-    for k in range(C):
-        s += cb_exp(z[k] - m)
-    return m + log(s)
-
-
 cdef inline double _row_sum(const floating* y, Py_ssize_t C) noexcept nogil:
     cdef Py_ssize_t k
     cdef double s = 0.0
@@ -35,32 +23,61 @@ cdef inline double _row_sum(const floating* y, Py_ssize_t C) noexcept nogil:
     return s
 
 
+cdef inline double _row_max(const floating* z, Py_ssize_t C) noexcept nogil:
+    cdef Py_ssize_t k
+    cdef double m = z[0]
+    for k in range(1, C):
+        if z[k] > m:
+            m = z[k]
+    return m
+
+
+cdef inline double _log_softmax_norm(const floating* z, Py_ssize_t C) noexcept nogil:
+    """log sum_k cb_exp(z_k), shifted by the max so exp never overflows."""
+    cdef Py_ssize_t k
+    cdef double m = _row_max(z, C), s = 0.0
+    for k in range(C):
+        s += cb_exp(z[k] - m)
+    return m + log(s)
+
+
+cdef inline double _softmax_row_grad(const floating* z, const floating* y,
+                                     Py_ssize_t C, double gs,
+                                     floating* g) noexcept nogil:
+    """Log loss of one row; g = gs * (sum(y) softmax(z) - y).
+
+    Each loop is either elementwise or a reduction, never both: gcc does not
+    vectorize a floating-point reduction without -ffast-math, and a loop
+    that holds one runs its cb_exp scalar too.
+    """
+    cdef Py_ssize_t k
+    cdef double m = _row_max(z, C), s = 0.0, sy = 0.0, l = 0.0, lse, r
+    for k in range(C):
+        g[k] = <floating>cb_exp(z[k] - m)
+    for k in range(C):
+        s += g[k]
+        sy += y[k]
+    lse = m + log(s)
+    for k in range(C):
+        # sum_k y_k (lse - z_k): each term >= 0, no log(0) anywhere.
+        l += y[k] * (lse - z[k])
+    r = gs * sy / s
+    for k in range(C):
+        g[k] = <floating>(r * g[k] - gs * y[k])
+    return l
+
+
 cdef double _row_loss_grad(Loss loss, const floating* z, const floating* y,
                            Py_ssize_t C, double gs, floating* g) noexcept nogil:
     """Per-sample loss l(z, y); if g is not NULL, g = gs * dl/dz."""
     cdef Py_ssize_t k
-    cdef double l = 0.0, m, s, lse, sy, mu, zk, yk
+    cdef double l = 0.0, mu, zk, yk
     if loss == LOG_LOSS:
-        m = z[0]
-        for k in range(1, C):
-            if z[k] > m:
-                m = z[k]
-        # cb_exp(z - max) once (vectorized exp, into g when there is one);
-        # the gradient is sum(y) e / s - y.
-        s = 0.0
-        sy = 0.0
+        if g != NULL:
+            return _softmax_row_grad(z, y, C, gs, g)
+        mu = _log_softmax_norm(z, C)
         for k in range(C):
-            mu = cb_exp(z[k] - m)
-            s += mu
-            sy += y[k]
-            if g != NULL:
-                g[k] = <floating>mu
-        lse = m + log(s)
-        for k in range(C):
-            # sum_k y_k (lse - z_k): each term >= 0, no log(0) anywhere.
-            l += y[k] * (lse - z[k])
-            if g != NULL:
-                g[k] = <floating>(gs * (sy * (g[k] / s) - y[k]))
+            l += y[k] * (mu - z[k])
         return l
     for k in range(C):
         zk = z[k]
@@ -94,21 +111,33 @@ cdef double loss_grad_rows(Loss loss, const floating* Z, const floating* Y,
     return total
 
 
+cdef inline void _softmax_row(const floating* z, floating* p,
+                              Py_ssize_t C) noexcept nogil:
+    """p = softmax(z): exp shifted by the row max, then divided by its sum
+    (elementwise loops apart from the reductions, see _softmax_row_grad)."""
+    cdef Py_ssize_t k
+    cdef double m = _row_max(z, C), s = 0.0
+    for k in range(C):
+        p[k] = <floating>cb_exp(z[k] - m)
+    for k in range(C):
+        s += p[k]
+    for k in range(C):
+        p[k] = <floating>(p[k] / s)
+
+
 cdef void link_rows(Loss loss, const floating* Z, floating* P,
                     Py_ssize_t N, Py_ssize_t C) noexcept nogil:
     """P = link(Z) row by row: identity, exp, softmax or logistic."""
     cdef Py_ssize_t i, k
-    cdef double lse
     for i in range(N):
         if loss == LOG_LOSS:
-            lse = _log_softmax_norm(Z + i * C, C)
+            _softmax_row(Z + i * C, P + i * C, C)
+            continue
         for k in range(C):
             if loss == SQUARED_ERROR:
                 P[i * C + k] = Z[i * C + k]
             elif loss == POISSON:
                 P[i * C + k] = <floating>cb_exp(Z[i * C + k])
-            elif loss == LOG_LOSS:
-                P[i * C + k] = <floating>cb_exp(Z[i * C + k] - lse)
             else:
                 P[i * C + k] = <floating>_sigmoid(Z[i * C + k])
 

@@ -10,7 +10,8 @@ import numpy as np
 cimport cython
 
 from cbackprop._blas cimport _gemm, _axpy, _dot, BLAS_Trans, NoTrans, Trans
-from cbackprop._activations cimport act_forward, act_backward, IDENTITY
+from cbackprop._activations cimport (act_forward, act_backward, act_backward_sum,
+                                     IDENTITY)
 from cbackprop._losses cimport loss_grad_rows, link_rows
 
 
@@ -94,8 +95,9 @@ cdef inline void _col_sums(const floating* D, Py_ssize_t N, Py_ssize_t n,
 
 cdef void _reduce_layer(const NetSpec* s, int l, Reduce mode,
                         const floating* a_in, const floating* D, Py_ssize_t N,
-                        Py_ssize_t k, floating* out) noexcept nogil:
-    """Turn layer l's input and output deltas into parameter quantities."""
+                        Py_ssize_t k, bint bias_done, floating* out) noexcept nogil:
+    """Turn layer l's input and output deltas into parameter quantities
+    (with bias_done, GRAD's bias part is already in out: see backward)."""
     cdef Py_ssize_t nin = s.sizes[l], nout = s.sizes[l + 1], P = s.n_params
     cdef Py_ssize_t r, i, p, q
     cdef floating* o
@@ -108,7 +110,8 @@ cdef void _reduce_layer(const NetSpec* s, int l, Reduce mode,
             _gemm(Trans, NoTrans, <int>nin, <int>nout, <int>N, <floating>1.0,
                   a_in, <int>nin, d, <int>nout, <floating>0.0,
                   o + s.w_off[l], <int>nout)
-            _col_sums(d, N, nout, o + s.b_off[l])
+            if not bias_done:
+                _col_sums(d, N, nout, o + s.b_off[l])
         return
     for r in range(k):
         for i in range(N):
@@ -138,12 +141,15 @@ cdef void backward(const NetSpec* s, const floating* theta, const floating* X,
     cdef const floating* cur = D
     cdef floating* nxt
     cdef const floating* a_in
+    # One gradient: the hidden layers' bias parts (column sums of their
+    # deltas) are summed in the pass that forms the deltas.
+    cdef bint fuse = mode == GRAD and k == 1
     for l in range(L - 1, -1, -1):
         nin = s.sizes[l]
         nout = s.sizes[l + 1]
         a_in = X if l == 0 else A + N * s.h_off[l - 1]
         if mode != NO_REDUCE:
-            _reduce_layer(s, l, mode, a_in, cur, N, k, out)
+            _reduce_layer(s, l, mode, a_in, cur, N, k, fuse and l < L - 1, out)
         if l == 0:
             break
         if mode == NO_REDUCE:
@@ -154,8 +160,12 @@ cdef void backward(const NetSpec* s, const floating* theta, const floating* X,
         _gemm(NoTrans, Trans, <int>(k * N), <int>nin, <int>nout,
               <floating>1.0, cur, <int>nout, theta + s.w_off[l], <int>nout,
               <floating>0.0, nxt, <int>nin)
-        act_backward(s.act, Z + N * s.h_off[l - 1], A + N * s.h_off[l - 1],
-                     nxt, N, nin, k)
+        if fuse:
+            act_backward_sum(s.act, Z + N * s.h_off[l - 1], A + N * s.h_off[l - 1],
+                             nxt, N, nin, out + s.b_off[l - 1])
+        else:
+            act_backward(s.act, Z + N * s.h_off[l - 1], A + N * s.h_off[l - 1],
+                         nxt, N, nin, k)
         cur = nxt
 
 

@@ -10,7 +10,7 @@ from cython cimport floating
 from libc.math cimport sqrt, pow, isfinite
 from libc.string cimport memcpy
 
-from cbackprop._network cimport NetPlan, NetSpec, loss_grad_kernel
+from cbackprop._network cimport NetPlan, NetSpec, add_l2, loss_grad_kernel
 
 cdef struct Optim:
     bint adam
@@ -23,32 +23,65 @@ cdef struct Optim:
     long t              # Adam time step: updates done so far
 
 
-cdef void _sgd_update(const Optim* o, floating* theta, const floating* g,
-                      floating* vel, Py_ssize_t P) noexcept nogil:
-    """vel = momentum vel - lr g; theta += vel, or Nesterov's look-ahead."""
+cdef void _sgd_range(const Optim* o, floating* theta, const floating* g,
+                     floating* vel, Py_ssize_t n, floating l2) noexcept nogil:
+    """vel = momentum vel - lr (g + l2 theta); theta += vel, or Nesterov's
+    look-ahead step."""
     cdef Py_ssize_t j
-    cdef floating mom = <floating>o.momentum, lr = <floating>o.lr, u
-    for j in range(P):
-        u = mom * vel[j] - lr * g[j]
-        vel[j] = u
-        if o.nesterov:
-            u = mom * u - lr * g[j]
-        theta[j] += u
+    cdef floating mom = <floating>o.momentum, lr = <floating>o.lr, u, gj
+    if o.nesterov:
+        for j in range(n):
+            gj = g[j] + l2 * theta[j]
+            u = mom * vel[j] - lr * gj
+            vel[j] = u
+            theta[j] += mom * u - lr * gj
+    else:
+        for j in range(n):
+            u = mom * vel[j] - lr * (g[j] + l2 * theta[j])
+            vel[j] = u
+            theta[j] += u
 
 
-cdef void _adam_update(Optim* o, floating* theta, const floating* g,
-                       floating* m, floating* v, Py_ssize_t P) noexcept nogil:
-    """Adam with the bias corrections folded into the step size."""
+cdef void _adam_range(const Optim* o, floating lr, floating* theta,
+                      const floating* g, floating* m, floating* v,
+                      Py_ssize_t n, floating l2) noexcept nogil:
+    """Adam on n parameters whose gradient is g + l2 theta."""
     cdef Py_ssize_t j
     cdef floating b1 = <floating>o.beta1, b2 = <floating>o.beta2
     cdef floating c1 = <floating>(1 - o.beta1), c2 = <floating>(1 - o.beta2)
-    cdef floating eps = <floating>o.eps, lr
-    o.t += 1
-    lr = <floating>(o.lr * sqrt(1 - pow(o.beta2, o.t)) / (1 - pow(o.beta1, o.t)))
-    for j in range(P):
-        m[j] = b1 * m[j] + c1 * g[j]
-        v[j] = b2 * v[j] + c2 * (g[j] * g[j])
+    cdef floating eps = <floating>o.eps, gj
+    for j in range(n):
+        gj = g[j] + l2 * theta[j]
+        m[j] = b1 * m[j] + c1 * gj
+        v[j] = b2 * v[j] + c2 * (gj * gj)
         theta[j] += -lr * m[j] / (sqrt(v[j]) + eps)
+
+
+cdef void _update(const NetSpec* s, Optim* o, floating* theta,
+                  const floating* g, floating* s1, floating* s2,
+                  double l2) noexcept nogil:
+    """One step on the objective whose gradient is g plus the L2 penalty's
+    l2 W (weights only): the penalty term is added in the update's own
+    pass over the parameters instead of a separate axpy pass."""
+    cdef int l
+    cdef Py_ssize_t nw
+    cdef floating lr = 0
+    if o.adam:
+        # The bias corrections folded into the step size.
+        o.t += 1
+        lr = <floating>(o.lr * sqrt(1 - pow(o.beta2, o.t)) / (1 - pow(o.beta1, o.t)))
+    for l in range(s.n_layers):
+        nw = s.sizes[l] * s.sizes[l + 1]
+        if o.adam:
+            _adam_range(o, lr, theta + s.w_off[l], g + s.w_off[l], s1 + s.w_off[l],
+                        s2 + s.w_off[l], nw, <floating>l2)
+            _adam_range(o, lr, theta + s.b_off[l], g + s.b_off[l], s1 + s.b_off[l],
+                        s2 + s.b_off[l], s.sizes[l + 1], 0)
+        else:
+            _sgd_range(o, theta + s.w_off[l], g + s.w_off[l], s1 + s.w_off[l],
+                       nw, <floating>l2)
+            _sgd_range(o, theta + s.b_off[l], g + s.b_off[l], s1 + s.b_off[l],
+                       s.sizes[l + 1], 0)
 
 
 cdef void _gather_rows(const floating* src, const Py_ssize_t* idx,
@@ -92,15 +125,15 @@ cdef double _epoch(const NetSpec* s, floating* theta, const floating* X,
             wsum = 0.0
             for i in range(nb):
                 wsum += wp[i]
-        loss = loss_grad_kernel(s, theta, xp, yp, wp, nb, wsum, alpha,
+        # The data term's gradient; the penalty's value here, its gradient
+        # in _update.
+        loss = loss_grad_kernel(s, theta, xp, yp, wp, nb, wsum, 0.0,
                                 Z, A, D, work, grad)
+        loss += add_l2(s, theta, alpha / wsum, NULL)
         if not isfinite(loss):
             return loss
         total += loss * nb
-        if o.adam:
-            _adam_update(o, theta, grad, s1, s2, s.n_params)
-        else:
-            _sgd_update(o, theta, grad, s1, s.n_params)
+        _update(s, o, theta, grad, s1, s2, alpha / wsum)
         start += nb
     return total
 
