@@ -7,7 +7,7 @@ The updates reproduce scikit-learn's SGDOptimizer and AdamOptimizer
 operation for operation, on the flat parameter vector.
 """
 from cython cimport floating
-from libc.math cimport sqrt, pow, isfinite
+from libc.math cimport sqrt, sqrtf, pow, isfinite
 from libc.string cimport memcpy
 
 from cbackprop._network cimport NetPlan, NetSpec, add_l2, loss_grad_kernel
@@ -54,7 +54,12 @@ cdef void _adam_range(const Optim* o, floating lr, floating* theta,
         gj = g[j] + l2 * theta[j]
         m[j] = b1 * m[j] + c1 * gj
         v[j] = b2 * v[j] + c2 * (gj * gj)
-        theta[j] += -lr * m[j] / (sqrt(v[j]) + eps)
+        # sqrtf for float32: C's sqrt would widen the whole expression to
+        # double (conversions, half-width vectors) and round differently.
+        if floating is float:
+            theta[j] += -lr * m[j] / (sqrtf(v[j]) + eps)
+        else:
+            theta[j] += -lr * m[j] / (sqrt(v[j]) + eps)
 
 
 cdef void _update(const NetSpec* s, Optim* o, floating* theta,
