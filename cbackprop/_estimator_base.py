@@ -339,6 +339,13 @@ class BaseMLP(SecondOrderFitMixin, BaseEstimator):
     def _as_targets(self, y):
         return np.ascontiguousarray(y, dtype=self.network_.dtype)
 
+    def _epoch_targets(self, y):
+        """Targets for run_epoch: class indicators stay 0/1 bytes (the
+        kernel converts each batch), other targets take the network dtype."""
+        if y.dtype == bool:
+            return np.ascontiguousarray(y).view(np.uint8)
+        return self._as_targets(y)
+
     # ------------------------------------------------------------ lbfgs
     def _fit_lbfgs(self, X, y, sample_weight):
         net = self._scratch_network()
@@ -444,7 +451,7 @@ class BaseMLP(SecondOrderFitMixin, BaseEstimator):
         net = self._scratch_network()
         dtype, P, plan = net.dtype, net.n_params, net._plan
         X_train = np.ascontiguousarray(X_train, dtype=dtype)
-        Y_train = self._as_targets(y_train)
+        Y_train = self._epoch_targets(y_train)
         if sw_train is not None:
             sw_train = np.ascontiguousarray(sw_train, dtype=dtype)
         n_samples = X_train.shape[0]
@@ -462,7 +469,8 @@ class BaseMLP(SecondOrderFitMixin, BaseEstimator):
         gather = self.shuffle
         buffers = (Z, A, D, work,
                    np.empty(batch_size * X_train.shape[1] if gather else 1, dtype),
-                   np.empty(batch_size * Y_train.shape[1] if gather else 1, dtype),
+                   np.empty(batch_size * Y_train.shape[1]
+                            if gather or Y_train.dtype == np.uint8 else 1, dtype),
                    np.empty(batch_size if gather and sw_train is not None else 1, dtype),
                    np.empty(P, dtype))
         theta = self._theta
@@ -568,8 +576,8 @@ class BaseMLP(SecondOrderFitMixin, BaseEstimator):
             raise ValueError(
                 "A minibatch has sample weights summing to zero, so its loss is "
                 "undefined; use a larger batch_size or fewer zero weights.")
-        loss = _FullBatchObjective(self._scratch_network(), X, Y, sw, self.alpha)(
-            candidate, with_grad=False)
+        loss = _FullBatchObjective(self._scratch_network(), X, self._as_targets(Y), sw,
+                                   self.alpha)(candidate, with_grad=False)
         if not (math.isfinite(loss) and _finite_sum(candidate)):
             raise ValueError("Solver produced non-finite parameter weights. The input "
                              "data may contain large values and need to be "

@@ -6,6 +6,7 @@ Python runs once per epoch (shuffling, verbose output, stopping tests).
 The updates reproduce scikit-learn's SGDOptimizer and AdamOptimizer
 operation for operation, on the flat parameter vector.
 """
+import numpy as np
 from cython cimport floating
 from libc.math cimport sqrt, sqrtf, pow, isfinite
 from libc.string cimport memcpy
@@ -96,8 +97,19 @@ cdef void _gather_rows(const floating* src, const Py_ssize_t* idx,
         memcpy(dst + i * d, src + idx[i] * d, d * sizeof(floating))
 
 
+cdef void _label_rows(const unsigned char* src, const Py_ssize_t* idx,
+                      Py_ssize_t start, Py_ssize_t n, Py_ssize_t d,
+                      floating* dst) noexcept nogil:
+    """dst = rows idx[0:n] (or start:start+n) of 0/1 labels, as floating."""
+    cdef Py_ssize_t i, j, r
+    for i in range(n):
+        r = idx[i] if idx != NULL else start + i
+        for j in range(d):
+            dst[i * d + j] = src[r * d + j]
+
+
 cdef double _epoch(const NetSpec* s, floating* theta, const floating* X,
-                   const floating* Y, const floating* sw,
+                   const floating* Y, const unsigned char* Y8, const floating* sw,
                    const Py_ssize_t* order, Py_ssize_t N, Py_ssize_t batch,
                    double alpha, Optim* o, floating* s1, floating* s2,
                    floating* Z, floating* A, floating* D, floating* work,
@@ -115,7 +127,8 @@ cdef double _epoch(const NetSpec* s, floating* theta, const floating* X,
         nb = batch if start + batch <= N else N - start
         if order != NULL:
             _gather_rows(X, order + start, nb, n0, Xb)
-            _gather_rows(Y, order + start, nb, nL, Yb)
+            if Y8 == NULL:
+                _gather_rows(Y, order + start, nb, nL, Yb)
             if sw != NULL:
                 _gather_rows(sw, order + start, nb, 1, swb)
             xp = Xb
@@ -125,6 +138,12 @@ cdef double _epoch(const NetSpec* s, floating* theta, const floating* X,
             xp = X + start * n0
             yp = Y + start * nL
             wp = sw + start if sw != NULL else NULL
+        if Y8 != NULL:
+            # Class labels stay 0/1 bytes (an eighth of float64 targets)
+            # and become floating rows batch by batch.
+            _label_rows(Y8, order + start if order != NULL else NULL, start, nb,
+                        nL, Yb)
+            yp = Yb
         wsum = nb
         if wp != NULL:
             wsum = 0.0
@@ -144,7 +163,7 @@ cdef double _epoch(const NetSpec* s, floating* theta, const floating* X,
 
 
 def run_epoch(NetPlan plan, floating[::1] theta, const floating[:, ::1] X,
-              const floating[:, ::1] Y, const floating[::1] sw,
+              Y, const floating[::1] sw,
               const Py_ssize_t[::1] order, Py_ssize_t batch_size, double alpha,
               dict opt, floating[::1] state1, floating[::1] state2, buffers):
     """Run one epoch in place on theta and the optimizer state.
@@ -153,7 +172,8 @@ def run_epoch(NetPlan plan, floating[::1] theta, const floating[:, ::1] X,
     ----------
     plan : NetPlan
     theta : (P,) parameters, updated in place
-    X, Y : (N, n_0), (N, n_L) training data; sw : (N,) or None
+    X, Y : (N, n_0), (N, n_L) training data, Y of X's dtype or 0/1
+        labels as uint8 (converted batch by batch); sw : (N,) or None
     order : (N,) visiting order, or None for the stored order (no gather)
     batch_size : rows per update
     alpha : L2 penalty of the objective
@@ -182,9 +202,19 @@ def run_epoch(NetPlan plan, floating[::1] theta, const floating[:, ::1] X,
     cdef const floating* swp = NULL if sw is None else &sw[0]
     cdef const Py_ssize_t* op = NULL if order is None else &order[0]
     cdef floating* s2 = &state2[0] if o.adam else NULL
+    cdef const floating[:, ::1] Yf
+    cdef const unsigned char[:, ::1] Yu
+    cdef const floating* yp = NULL
+    cdef const unsigned char* y8 = NULL
+    if Y.dtype == np.uint8:
+        Yu = Y
+        y8 = &Yu[0, 0]
+    else:
+        Yf = Y
+        yp = &Yf[0, 0]
     cdef double total
     with nogil:
-        total = _epoch(&plan.spec, &theta[0], &X[0, 0], &Y[0, 0], swp, op,
+        total = _epoch(&plan.spec, &theta[0], &X[0, 0], yp, y8, swp, op,
                        X.shape[0], batch_size, alpha, &o, &state1[0], s2,
                        &Z[0], &A[0], &D[0], &work[0], &Xb[0], &Yb[0], &swb[0],
                        &grad[0])
