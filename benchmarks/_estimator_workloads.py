@@ -25,15 +25,37 @@ def digits_split():
     return train_test_split(d.data / 16.0, d.target, random_state=0)
 
 
+def gemm_passes(layer_sizes, n_rows, batch, dtype=np.float64, passes=1):
+    """The GEMMs alone of `passes` loss-and-gradient sweeps over n_rows in
+    batches (same shapes and BLAS as the kernels, no elementwise work): the
+    time that no implementation of these passes can go below."""
+    sizes = tuple(layer_sizes)
+    n_full, rest = divmod(n_rows, batch)
+    full = LossGradWorkload(sizes, batch, "relu", "log_loss", 0.0,
+                            dtype=np.dtype(dtype)).build("gemm") if n_full else None
+    tail = LossGradWorkload(sizes, rest, "relu", "log_loss", 0.0,
+                            dtype=np.dtype(dtype)).build("gemm") if rest else None
+
+    def run():
+        for _ in range(passes):
+            for _ in range(n_full):
+                full()
+            if tail is not None:
+                tail()
+    return run
+
+
 def workload_a(epochs=200):
-    """load_digits, (100,), adam, batch 200, tol=0, n_iter_no_change=inf."""
+    """load_digits, (100,), adam, batch 200, tol=0, n_iter_no_change=inf;
+    and the GEMMs alone of the same epochs."""
     import cbackprop as cb
     from sklearn.neural_network import MLPClassifier
     X, Xt, y, yt = digits_split()
     params = dict(hidden_layer_sizes=(100,), solver="adam", batch_size=200, max_iter=epochs,
                   tol=0.0, n_iter_no_change=np.inf, random_state=0)
     return {"cbackprop": _quiet(lambda: cb.MLPClassifier(**params).fit(X, y)),
-            "sklearn": _quiet(lambda: MLPClassifier(**params).fit(X, y))}
+            "sklearn": _quiet(lambda: MLPClassifier(**params).fit(X, y)),
+            "gemm_epoch": gemm_passes((64, 100, 10), X.shape[0], 200, passes=epochs)}
 
 
 def classification_b(dtype=np.float64):
@@ -51,21 +73,9 @@ def workload_b(dtype=np.float64, epochs=2):
     X, y = classification_b(dtype)
     params = dict(hidden_layer_sizes=(256, 256), solver="adam", batch_size=256,
                   max_iter=epochs, tol=0.0, n_iter_no_change=np.inf, random_state=0)
-    full = LossGradWorkload((784, 256, 256, 10), 256, "relu", "log_loss", 0.0,
-                            dtype=np.dtype(dtype)).build("gemm")
-    n_full, rest = divmod(X.shape[0], 256)
-    tail = LossGradWorkload((784, 256, 256, 10), rest, "relu", "log_loss", 0.0,
-                            dtype=np.dtype(dtype)).build("gemm") if rest else None
-
-    def gemm_epoch():
-        for _ in range(n_full):
-            full()
-        if tail is not None:
-            tail()
-
     return {"cbackprop": _quiet(lambda: cb.MLPClassifier(**params).fit(X, y)),
             "sklearn": _quiet(lambda: MLPClassifier(**params).fit(X, y)),
-            "gemm_epoch": gemm_epoch}
+            "gemm_epoch": gemm_passes((784, 256, 256, 10), X.shape[0], 256, dtype)}
 
 
 def workload_c(dtype=np.float64):
@@ -86,7 +96,8 @@ def workload_c(dtype=np.float64):
     ig = [np.empty(b, dtype) for b in sizes[1:]]
     Yb = clf._label_binarizer.transform(y).astype(dtype)
     return {"cbackprop": lambda: net.loss_grad(theta, X, Y, out=grad),
-            "sklearn": lambda: clf._backprop(X, Yb, None, acts, deltas, cg, ig)}
+            "sklearn": lambda: clf._backprop(X, Yb, None, acts, deltas, cg, ig),
+            "gemm_epoch": gemm_passes(sizes, X.shape[0], X.shape[0], dtype)}
 
 
 def workload_d(epochs=50):

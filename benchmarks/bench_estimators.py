@@ -23,9 +23,9 @@ class _Bench:
 
 
 class DigitsAdam(_Bench):
-    """Workload a: 200 epochs of adam on load_digits."""
+    """Workload a: 200 epochs of adam on load_digits; and their GEMMs alone."""
 
-    params = [["cbackprop", "sklearn"]]
+    params = [["cbackprop", "sklearn", "gemm_epoch"]]
     param_names = ["library"]
     repeat = (2, 5, 30.0)
     number = 1
@@ -58,9 +58,10 @@ class LargeAdam(_Bench):
 
 
 class LbfgsEvaluation(_Bench):
-    """Workload c: one loss-and-gradient evaluation on all 20000 rows."""
+    """Workload c: one loss-and-gradient evaluation on all 20000 rows; and its
+    GEMMs alone."""
 
-    params = [["cbackprop", "sklearn"]]
+    params = [["cbackprop", "sklearn", "gemm_epoch"]]
     param_names = ["library"]
     repeat = (2, 5, 30.0)
 
