@@ -163,28 +163,32 @@ cdef void hess_prod_rows(Loss loss, const floating* Z, const floating* Y,
     sum(y) (diag(p) - p p^T) or diag(s (1 - s)).
     """
     cdef Py_ssize_t i, r, c
-    cdef double w, lse, pv, sy
+    cdef double w, pv, ws
     cdef const floating* v
     cdef floating* h
+    cdef floating* p
     for i in range(N):
         w = scale * (1.0 if sw == NULL else sw[i])
-        if loss == LOG_LOSS:
-            lse = _log_softmax_norm(Z + i * C, C)
-            sy = _row_sum(Y + i * C, C)
-        for r in range(k):
-            v = V + (r * N + i) * C
-            h = HV + (r * N + i) * C
-            if loss == LOG_LOSS:
-                # p is written into h first, then h = w sy p (v - p.v) in place.
-                pv = 0.0
-                for c in range(C):
-                    h[c] = <floating>cb_exp(Z[i * C + c] - lse)
-                    pv += h[c] * v[c]
-                for c in range(C):
-                    h[c] = <floating>(w * sy * h[c] * (v[c] - pv))
-            else:
+        if loss != LOG_LOSS:
+            for r in range(k):
+                v = V + (r * N + i) * C
+                h = HV + (r * N + i) * C
                 for c in range(C):
                     h[c] = <floating>(w * _diag_curv(loss, Z[i * C + c]) * v[c])
+            continue
+        # p goes into block 0's row, read by the other blocks, which are
+        # done first; then that row becomes w sy p (v - p.v) in place.
+        ws = w * _row_sum(Y + i * C, C)
+        p = HV + i * C
+        _softmax_row(Z + i * C, p, C)
+        for r in range(k - 1, -1, -1):
+            v = V + (r * N + i) * C
+            h = HV + (r * N + i) * C
+            pv = 0.0
+            for c in range(C):
+                pv += p[c] * v[c]
+            for c in range(C):
+                h[c] = <floating>(ws * p[c] * (v[c] - pv))
 
 
 cdef void sqrt_hess_rows(Loss loss, const floating* Z, const floating* Y,
@@ -198,7 +202,7 @@ cdef void sqrt_hess_rows(Loss loss, const floating* Z, const floating* Y,
     elementwise pairs F is the diagonal sqrt(diag H).
     """
     cdef Py_ssize_t i, c, j
-    cdef double w, lse, sy, pc
+    cdef double w, sy, pc
     cdef floating* last
     for i in range(N):
         w = scale * (1.0 if sw == NULL else sw[i])
@@ -211,11 +215,9 @@ cdef void sqrt_hess_rows(Loss loss, const floating* Z, const floating* Y,
             continue
         # p goes into the last block's row, read by the others, then that
         # row is transformed in place last.
-        lse = _log_softmax_norm(Z + i * C, C)
         sy = _row_sum(Y + i * C, C)
         last = S + ((C - 1) * N + i) * C
-        for j in range(C):
-            last[j] = <floating>cb_exp(Z[i * C + j] - lse)
+        _softmax_row(Z + i * C, last, C)
         for c in range(C - 1):
             pc = sqrt(w * sy * last[c])
             for j in range(C):
