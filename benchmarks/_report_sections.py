@@ -86,11 +86,18 @@ ANCHORS = {
 def section_curvature(opts, measure):
     """Net A: each curvature quantity in multiples of one gradient, with the
     reference libraries' figures of workloads.md next to it."""
-    fns = CW.cbackprop_quantities(*CW.net_a())
-    med = {k: v[0] for k, v in measure(fns, opts.repeat, opts.min_time, opts.warmup).items()}
+    args = CW.net_a()
+    fns = CW.cbackprop_quantities(*args)
+    try:
+        theirs = {("backpack", q): fn for q, fn in CW.backpack_quantities(*args).items()}
+    except ImportError:
+        theirs = {}
+    med = {k: v[0] for k, v in measure({**fns, **theirs}, opts.repeat, opts.min_time,
+                                       opts.warmup).items()}
     g = med["loss_grad"]
     rows = []
-    for q, t in med.items():
+    for q in fns:
+        t = med[q]
         ref, who = ANCHORS.get(q, (None, ""))
         rows.append((q, _ms(t), f"{t / g:.1f}", who or "n/a",
                      "n/a" if ref is None else f"{ref:g}",
@@ -102,7 +109,28 @@ def section_curvature(opts, measure):
         "Reference figures are those of the project's workloads file (another run, possibly "
         "another machine and thread count): anchors, not side-by-side timings. `asv run` times torch.func side by side "
         "(`bench_curvature.py`, one process per benchmark). Eigenvalues: top 5 of the "
-        "Hessian by ARPACK through `cbackprop.curvature.eigenvalues` (default tolerance)."])
+        "Hessian by ARPACK through `cbackprop.curvature.eigenvalues` (default tolerance).",
+        _backpack_table(med) if theirs else
+        "(BackPACK is not installed: no side-by-side table.)"])
+
+
+# BackPACK's counterpart of each cbackprop quantity: (key, cbackprop key, label).
+BACKPACK_PAIRS = [
+    ("loss_grad", "loss_grad", "gradient (PyTorch autograd)"),
+    ("diag_ggn", "diag_ggn", "DiagGGNExact"),
+    ("diag_hessian", "diag_hessian", "DiagHessian"),
+    ("kfac", "kfac", "KFLR (exact K-FAC, what `kfac` computes)"),
+    ("kfac_mc", "kfac", "KFAC (1-sample Monte-Carlo)"),
+]
+
+
+def _backpack_table(med):
+    rows = [(who, q, _ms(med[q]), _ms(med[("backpack", bq)]),
+             f"{med[('backpack', bq)] / med[q]:.1f}") for bq, q, who in BACKPACK_PAIRS]
+    return "\n".join([
+        "", "Side by side with BackPACK (PyTorch CPU) in the same run, interleaved:", "",
+        _table(["BackPACK", "cbackprop quantity", "cbackprop ms", "BackPACK ms",
+                "BackPACK / cbackprop"], rows)])
 
 
 def section_solvers(opts, measure=None):
