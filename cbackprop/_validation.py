@@ -34,19 +34,29 @@ def _as_numeric(a, name):
     return arr
 
 
+# Below this many entries the exact elementwise test is cheaper than the
+# errstate context the sum needs (a few us per call, paid by every product
+# of an optimizer or eigensolver loop).
+_SMALL = 1 << 16
+
+
 def _check_finite(arr, name):
     """ValueError if a float array holds NaN or inf.
 
-    A sum propagates NaN and inf, so a finite sum proves every entry finite
-    without the full-size boolean temporary of np.isfinite; only a sum that
-    is not finite (NaN, inf, or an overflow of finite values) needs the
-    exact elementwise test.
+    For large arrays a sum propagates NaN and inf, so a finite sum proves
+    every entry finite without the full-size boolean temporary of
+    np.isfinite; only a sum that is not finite (NaN, inf, or an overflow of
+    finite values) needs the exact elementwise test.
     """
     if arr.dtype.kind != "f" or arr.size == 0:
         return
-    with np.errstate(over="ignore", invalid="ignore"):
-        total = np.add.reduce(arr, axis=None, dtype=np.float64)
-    if not np.isfinite(total) and not np.isfinite(arr).all():
+    if arr.size <= _SMALL:
+        finite = np.isfinite(arr).all()
+    else:
+        with np.errstate(over="ignore", invalid="ignore"):
+            total = np.add.reduce(arr, axis=None, dtype=np.float64)
+        finite = np.isfinite(total) or np.isfinite(arr).all()
+    if not finite:
         raise ValueError(f"{name} contains NaN or infinity")
 
 
@@ -56,6 +66,8 @@ def as_float_array(a, name, dtype, ndim):
     if arr.ndim != ndim:
         raise ValueError(f"{name} must be {ndim}-dimensional, got shape {arr.shape}")
     _check_finite(arr, name)
+    if arr.dtype == dtype and arr.flags.c_contiguous:
+        return arr
     with np.errstate(over="ignore"):
         out = np.ascontiguousarray(arr, dtype=dtype)
     if out.dtype.itemsize < arr.dtype.itemsize:

@@ -94,14 +94,18 @@ class Network(CurvatureMixin):
         pools = getattr(self._local, "pools", None)
         if pools is None:
             pools = self._local.pools = {}
-        bufs = pools.get(key)
+        sizes = tuple(sizes)
+        bufs, last_sizes, views = pools.get(key, (None, None, None))
+        if sizes == last_sizes:  # the views of the previous call, as they are
+            return views
         if bufs is None or len(bufs) != len(sizes) or any(
                 b.shape[0] < n for b, n in zip(bufs, sizes)):
             old = bufs if bufs is not None and len(bufs) == len(sizes) else [None] * len(sizes)
             bufs = [np.empty(max(n, 1, 0 if b is None else b.shape[0]), self.dtype)
                     for n, b in zip(sizes, old)]
-            pools[key] = bufs
-        return tuple(b[:n] for b, n in zip(bufs, sizes))
+        views = tuple(b[:n] for b, n in zip(bufs, sizes))
+        pools[key] = (bufs, sizes, views)
+        return views
 
     def __repr__(self):
         return (f"Network({list(self.layer_sizes)}, activation={self.activation!r}, "

@@ -747,6 +747,26 @@ def test_float32_overflow_raises(cb, what):
         net.loss_grad(args["theta"], args["X"], args["y"], sample_weight=args["sample_weight"])
 
 
+@pytest.mark.parametrize("n_rows", [4, 40000], ids=["small", "large"])
+@pytest.mark.parametrize("value", [np.nan, np.inf, -np.inf, 1e308],
+                         ids=["nan", "inf", "-inf", "huge-finite"])
+def test_finiteness_check_both_paths(cb, value, n_rows):
+    """Small arrays are tested entry by entry, large ones by a float64 sum
+    first; either way a NaN or infinity anywhere is refused and finite values
+    whose sum overflows are accepted, without a warning."""
+    arch, loss = [3, 4, 2], "squared_error"
+    theta, X, y, _ = ref.make_problem(arch, loss, n=n_rows, seed=3)
+    X[:2, 0] = value  # two of them: a huge finite pair overflows the sum
+    net = _net(cb, arch, "tanh", loss)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        if np.isfinite(value):
+            net.predict(theta, X)
+        else:
+            with pytest.raises(ValueError, match=RE_FINITE):
+                net.predict(theta, X)
+
+
 _BAD_NETWORKS = {
     "activation-unknown": (dict(activation="sigmoid"), _re("activation")),
     "activation-none": (dict(activation=None), _re("activation")),
