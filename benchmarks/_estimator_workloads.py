@@ -78,6 +78,35 @@ def workload_b(dtype=np.float64, epochs=2):
             "gemm_epoch": gemm_passes((784, 256, 256, 10), X.shape[0], 256, dtype)}
 
 
+def torch_epoch_b(dtype=np.float64):
+    """A plain PyTorch CPU training loop on workload b's data: the same
+    architecture, Adam (lr 1e-3) and batch 256, a random permutation per
+    epoch; returns a callable running one epoch. ImportError without torch.
+    Threads: torch's own pool, set to the benchmark thread count."""
+    import torch
+
+    from ._common import bench_threads
+    torch.set_num_threads(bench_threads())
+    X, y = classification_b(dtype)
+    tdt = torch.float64 if np.dtype(dtype) == np.float64 else torch.float32
+    Xt, yt = torch.from_numpy(X), torch.from_numpy(y.astype(np.int64))
+    torch.manual_seed(0)
+    model = torch.nn.Sequential(
+        torch.nn.Linear(784, 256), torch.nn.ReLU(), torch.nn.Linear(256, 256),
+        torch.nn.ReLU(), torch.nn.Linear(256, 10)).to(tdt)
+    opt = torch.optim.Adam(model.parameters(), lr=1e-3)
+    lossf = torch.nn.CrossEntropyLoss()
+
+    def epoch():
+        perm = torch.randperm(X.shape[0])
+        for start in range(0, X.shape[0], 256):
+            idx = perm[start:start + 256]
+            opt.zero_grad()
+            lossf(model(Xt[idx]), yt[idx]).backward()
+            opt.step()
+    return epoch
+
+
 def workload_c(dtype=np.float64):
     """One loss-and-gradient evaluation of the lbfgs objective on b's data."""
     import cbackprop as cb

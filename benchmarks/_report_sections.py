@@ -30,6 +30,11 @@ def section_estimators(opts, measure):
             for impl, fn in EW.workload_b(dt, epochs=epochs).items():
                 if impl != "gemm_epoch" or epochs == 1:
                     fns[(f"b{epochs}", np.dtype(dt).name, impl)] = fn
+    for dt in (np.float64, np.float32):
+        try:
+            fns[("b", np.dtype(dt).name, "torch")] = EW.torch_epoch_b(dt)
+        except ImportError:
+            pass
     for impl, fn in EW.workload_c().items():
         fns[("c", "float64", impl)] = fn
     for impl, fn in EW.predict_workload().items():
@@ -56,11 +61,18 @@ def section_estimators(opts, measure):
                          "n/a" if gemm is None else _ms(gemm),
                          "n/a" if gemm is None else f"{cb / gemm:.2f}",
                          "n/a" if gemm is None else f"{sk / gemm:.2f}"))
+    torch_rows = [(desc["b"], dt, _ms(med[("b", dt, "cbackprop")]), _ms(med[("b", dt, "torch")]),
+                   f"{med[('b', dt, 'torch')] / med[('b', dt, 'cbackprop')]:.2f}")
+                  for dt in ("float64", "float32") if ("b", dt, "torch") in med]
+    torch_table = ["", "A plain PyTorch CPU training loop on workload b (same layers, Adam, batch "
+                   "256, `torch.set_num_threads` to the same count), one epoch, same run:", "",
+                   _table(["workload", "dtype", "cbackprop ms", "PyTorch ms",
+                           "PyTorch / cbackprop"], torch_rows)] if torch_rows else []
     return "\n".join([
         "## estimators: cbackprop.MLPClassifier / MLPRegressor vs scikit-learn", "",
         _table(["workload", "dtype", "cbackprop ms", "scikit-learn ms",
                 "speed-up", "GEMMs alone ms", "cbackprop / GEMMs",
-                "speed-up bound"], rows), "",
+                "speed-up bound"], rows), *torch_table, "",
         "Same parameters and random_state for both; workload b's epoch is (fit of 3 "
         "epochs - fit of 1 epoch) / 2. GEMMs alone: the matrix products of the same "
         "passes (a: all 200 epochs; b: one epoch; c: one evaluation), same shapes and "

@@ -7,8 +7,8 @@ are limited with threadpoolctl to ``CBACKPROP_BENCH_THREADS`` (default 1).
 import numpy as np
 
 from ._common import limit_threads
-from ._estimator_workloads import (predict_workload, workload_a, workload_b, workload_c,
-                                   workload_d)
+from ._estimator_workloads import (predict_workload, torch_epoch_b, workload_a, workload_b,
+                                   workload_c, workload_d)
 
 
 class _Bench:
@@ -55,6 +55,27 @@ class LargeAdam(_Bench):
     def peakmem_fit(self, dtype, impl):
         if impl != "gemm_epoch":
             self.fns[impl]()
+
+
+class TorchLoopB(_Bench):
+    """Workload b's reference loop in PyTorch (CPU, same layers, Adam, batch
+    256): one epoch, to set beside LargeAdam's per-epoch time. Skipped
+    when PyTorch is not installed."""
+
+    params = [["float64", "float32"]]
+    param_names = ["dtype"]
+    repeat = (1, 3, 60.0)
+    number = 1
+
+    def setup(self, dtype):
+        try:
+            epoch = torch_epoch_b(np.dtype(dtype).type)
+        except ImportError:
+            raise NotImplementedError("PyTorch is not installed")
+        self._setup({"torch": epoch})
+
+    def time_epoch(self, dtype):
+        self.fns["torch"]()
 
 
 class LbfgsEvaluation(_Bench):
