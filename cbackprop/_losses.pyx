@@ -78,7 +78,7 @@ cdef inline void _tile_exp(const floating* z, const floating* y, Py_ssize_t n,
                            Py_ssize_t C, floating* e, double* m, double* s,
                            double* sy) noexcept nogil:
     """For n <= _TILE rows: m = row max of z, e = exp(z - m), s = row sums
-    of e, sy = row sums of y. The rows are innermost in every reduction, so
+    of e, sy = row sums of y (unless y is NULL). The rows are innermost in every reduction, so
     that the rows' sums are independent chains the CPU overlaps (one row's
     sum over ten classes is a chain of dependent additions); the
     exponentials are a loop of their own, which gcc vectorizes (it leaves a
@@ -89,7 +89,8 @@ cdef inline void _tile_exp(const floating* z, const floating* y, Py_ssize_t n,
     for r in range(n):
         m[r] = z[r * C]
         s[r] = 0.0
-        sy[r] = 0.0
+        if y != NULL:
+            sy[r] = 0.0
     for k in range(1, C):
         for r in range(n):
             q = z[r * C + k]
@@ -100,7 +101,10 @@ cdef inline void _tile_exp(const floating* z, const floating* y, Py_ssize_t n,
     for k in range(C):
         for r in range(n):
             s[r] += e[r * C + k]
-            sy[r] += y[r * C + k]
+    if y != NULL:
+        for k in range(C):
+            for r in range(n):
+                sy[r] += y[r * C + k]
 
 
 cdef double _log_loss_tile(const floating* z, const floating* y,
@@ -156,28 +160,31 @@ cdef double loss_grad_rows(Loss loss, const floating* Z, const floating* Y,
     return total
 
 
-cdef inline void _softmax_row(const floating* z, floating* p,
-                              Py_ssize_t C) noexcept nogil:
-    """p = softmax(z): exp shifted by the row max, then divided by its sum
-    (elementwise loops apart from the reductions, see _log_loss_tile)."""
-    cdef Py_ssize_t k
-    cdef double m = _row_max(z, C), s = 0.0
-    for k in range(C):
-        p[k] = <floating>cb_exp(z[k] - m)
-    for k in range(C):
-        s += p[k]
-    for k in range(C):
-        p[k] = <floating>(p[k] / s)
+cdef inline void _softmax_tile(const floating* z, Py_ssize_t n, Py_ssize_t C,
+                               floating* p) noexcept nogil:
+    """p = softmax(z) for n <= _TILE rows: _tile_exp's exponentials divided
+    by their row sums."""
+    cdef double m[_TILE]
+    cdef double s[_TILE]
+    cdef Py_ssize_t r, k
+    _tile_exp(z, <const floating*>NULL, n, C, p, m, s, <double*>NULL)
+    for r in range(n):
+        for k in range(C):
+            p[r * C + k] = <floating>(p[r * C + k] / s[r])
 
 
 cdef void link_rows(Loss loss, const floating* Z, floating* P,
                     Py_ssize_t N, Py_ssize_t C) noexcept nogil:
-    """P = link(Z) row by row: identity, exp, softmax or logistic."""
+    """P = link(Z): identity, exp, softmax (in tiles of rows) or logistic."""
     cdef Py_ssize_t i, k
+    cdef Py_ssize_t tile = _TILE
+    if loss == LOG_LOSS:
+        i = 0
+        while i < N:
+            _softmax_tile(Z + i * C, min(tile, N - i), C, P + i * C)
+            i += tile
+        return
     for i in range(N):
-        if loss == LOG_LOSS:
-            _softmax_row(Z + i * C, P + i * C, C)
-            continue
         for k in range(C):
             if loss == SQUARED_ERROR:
                 P[i * C + k] = Z[i * C + k]
@@ -289,7 +296,7 @@ cdef void sqrt_hess_rows(Loss loss, const floating* Z, const floating* Y,
         # row is transformed in place last.
         sy = _row_sum(Y + i * C, C)
         last = S + ((C - 1) * N + i) * C
-        _softmax_row(Z + i * C, last, C)
+        _softmax_tile(Z + i * C, 1, C, last)
         for c in range(C - 1):
             pc = sqrt(w * sy * last[c])
             for j in range(C):
