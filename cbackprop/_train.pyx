@@ -136,14 +136,13 @@ cdef double _epoch(const NetSpec* s, floating* theta, const floating* X,
             wp = swb if sw != NULL else NULL
         else:
             xp = X + start * n0
-            yp = Y + start * nL
+            yp = Y + start * nL if Y8 == NULL else Yb  # (Y is NULL with Y8)
             wp = sw + start if sw != NULL else NULL
         if Y8 != NULL:
             # Class labels stay 0/1 bytes (an eighth of float64 targets)
             # and become floating rows batch by batch.
             _label_rows(Y8, order + start if order != NULL else NULL, start, nb,
                         nL, Yb)
-            yp = Yb
         wsum = nb
         if wp != NULL:
             wsum = 0.0
