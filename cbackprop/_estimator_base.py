@@ -25,7 +25,8 @@ from sklearn.utils import check_random_state
 from sklearn.utils._param_validation import StrOptions
 from sklearn.utils.validation import _check_sample_weight, check_is_fitted, validate_data
 
-from cbackprop import _network, _train
+from cbackprop import _train
+from cbackprop._problem import Problem
 from cbackprop._second_order_fit import SecondOrderFitMixin
 from cbackprop._stochastic import AdamState, SGDState
 from cbackprop.network import ACTIVATIONS, Network
@@ -39,14 +40,6 @@ except ImportError:  # pragma: no cover
 STOCHASTIC_SOLVERS = ("sgd", "adam")
 SECOND_ORDER_SOLVERS = ("lm", "hessian-free", "newton")
 SOLVERS = ("lbfgs", "sgd", "adam") + SECOND_ORDER_SOLVERS
-
-# Rows per forward pass in predict: bounds the workspace (two N * width
-# caches, kept per thread by network_) whatever the number of rows.
-_PREDICT_CHUNK_ENTRIES = 1 << 18
-
-# Rows per kernel call of the full-batch objective ('lbfgs'): bounds its
-# workspace to about 2 * 8 * this many bytes plus the deltas.
-_FULL_BATCH_CHUNK_ENTRIES = 1 << 21
 
 # An epoch whose mean loss exceeds this factor times the reference loss
 # (see BaseMLP._reference_loss) is taken as diverged.
@@ -85,55 +78,6 @@ def _zero_weight_batch(sw, order, batch_size):
     w = sw if order is None else sw[order]
     sums = np.add.reduceat(w, np.arange(0, w.shape[0], batch_size))
     return bool((sums == 0).any())
-
-
-class _FullBatchObjective:
-    """The training objective over all rows, evaluated in row chunks.
-
-    One kernel call per chunk of at most ``_FULL_BATCH_CHUNK_ENTRIES /
-    width`` rows, so the workspace (the (Z, A) caches of N * width entries
-    and the deltas) stays bounded whatever N; with several chunks the L2
-    penalty is added once here instead of by each kernel call. A pure
-    function of theta: it writes only into its own scratch arrays.
-    """
-
-    def __init__(self, net, X, Y, sw, alpha):
-        self.net, self.X, self.Y, self.sw = net, X, Y, sw
-        self.alpha = float(alpha)
-        n = X.shape[0]
-        self.sw_sum = float(n) if sw is None else float(sw.sum(dtype=np.float64))
-        rows = max(256, _FULL_BATCH_CHUNK_ENTRIES // net._plan.width)
-        self.bounds = [(a, min(a + rows, n)) for a in range(0, n, rows)]
-        self.grad = np.empty(net.n_params, net.dtype)
-        self.part = np.empty(net.n_params, net.dtype) if len(self.bounds) > 1 else None
-        self.weights = []  # slices of theta holding W_l (not the biases)
-        start = 0
-        for n_in, n_out in zip(net.layer_sizes[:-1], net.layer_sizes[1:]):
-            self.weights.append(slice(start, start + n_in * n_out))
-            start += n_in * n_out + n_out
-
-    def __call__(self, theta, with_grad=True):
-        """Objective at theta; the gradient is left in self.grad."""
-        plan, X, Y, sw = self.net._plan, self.X, self.Y, self.sw
-        if self.part is None:
-            return _network.loss_grad(plan, theta, X, Y, sw, self.sw_sum, self.alpha,
-                                      self.grad if with_grad else None,
-                                      self.net._workspace(X.shape[0]))
-        total = 0.0
-        for i, (a, b) in enumerate(self.bounds):
-            out = (self.grad if i == 0 else self.part) if with_grad else None
-            total += _network.loss_grad(plan, theta, X[a:b], Y[a:b],
-                                        None if sw is None else sw[a:b], self.sw_sum, 0.0,
-                                        out, self.net._workspace(b - a))
-            if with_grad and i > 0:
-                self.grad += self.part
-        if self.alpha:
-            coef = self.alpha / self.sw_sum
-            for w in self.weights:
-                total += 0.5 * coef * float(np.dot(theta[w], theta[w]))
-                if with_grad:
-                    self.grad[w] += coef * theta[w]
-        return total
 
 
 class BaseMLP(SecondOrderFitMixin, BaseEstimator):
@@ -229,17 +173,12 @@ class BaseMLP(SecondOrderFitMixin, BaseEstimator):
         elif X.dtype != self.network_.dtype or not X.flags.c_contiguous:
             X = np.ascontiguousarray(X, dtype=self.network_.dtype)
         net = self.network_
-        theta = self._current_theta()
-        n = X.shape[0]
-        out = np.empty((n, net.n_outputs), net.dtype)
-        if n == 0:
+        out = np.empty((X.shape[0], net.n_outputs), net.dtype)
+        if X.shape[0] == 0:
             return out
-        chunk = max(64, _PREDICT_CHUNK_ENTRIES // net._plan.width)
-        for start in range(0, n, chunk):
-            stop = min(start + chunk, n)
-            _network.raw_output(net._plan, theta, X[start:stop], out[start:stop], True,
-                                net._workspace(stop - start, 0))
-        return out
+        # Chunks of rows bound the workspace whatever the number of rows.
+        problem = Problem(net, X, validate=False)
+        return problem.raw_output(self._current_theta(), out, True)
 
     def _score_with_function(self, X, y, sample_weight, score_function):
         y_pred = self._predict(X, check_input=False)
@@ -349,8 +288,8 @@ class BaseMLP(SecondOrderFitMixin, BaseEstimator):
     # ------------------------------------------------------------ lbfgs
     def _fit_lbfgs(self, X, y, sample_weight):
         net = self._scratch_network()
-        objective = _FullBatchObjective(net, X, self._as_targets(y), sample_weight,
-                                        self.alpha)
+        problem = Problem(net, X, self._as_targets(y), sample_weight, validate=False)
+        grad = np.empty(net.n_params, net.dtype)
         x_cast = None if net.dtype == np.float64 else np.empty(net.n_params, net.dtype)
         best = {"f": np.inf, "x": None}
 
@@ -361,11 +300,11 @@ class BaseMLP(SecondOrderFitMixin, BaseEstimator):
             else:
                 x_cast[:] = x
                 theta = x_cast
-            f = objective(theta)
+            f = problem.loss_grad(theta, grad)
             if f < best["f"]:
                 best["f"] = f
                 best["x"] = np.array(x, dtype=np.float64)
-            return f, objective.grad.astype(np.float64)  # a fresh float64 array
+            return f, grad.astype(np.float64)  # a fresh float64 array
 
         iprint = 1 if (self.verbose is True or self.verbose >= 1) else -1
         opt_res = scipy.optimize.minimize(
@@ -576,8 +515,9 @@ class BaseMLP(SecondOrderFitMixin, BaseEstimator):
             raise ValueError(
                 "A minibatch has sample weights summing to zero, so its loss is "
                 "undefined; use a larger batch_size or fewer zero weights.")
-        loss = _FullBatchObjective(self._scratch_network(), X, self._as_targets(Y), sw,
-                                   self.alpha)(candidate, with_grad=False)
+        problem = Problem(self._scratch_network(), X, self._as_targets(Y), sw,
+                          validate=False)
+        loss = problem.loss(candidate)
         if not (math.isfinite(loss) and _finite_sum(candidate)):
             raise ValueError("Solver produced non-finite parameter weights. The input "
                              "data may contain large values and need to be "

@@ -35,6 +35,8 @@ cdef class NetPlan:
         w_off = starts
         b_off = (starts + fan).astype(np.intp)
         h_off = np.concatenate([[0], np.cumsum(sizes[1:])[:-1]]).astype(np.intp)
+        for a in (sizes, w_off, b_off, h_off):
+            a.flags.writeable = False
         self._arrays = (sizes, w_off, b_off, h_off)
         cdef const Py_ssize_t[::1] sv = sizes, wv = w_off, bv = b_off, hv = h_off
         self.spec.n_layers = <int>L
@@ -59,6 +61,12 @@ cdef class NetPlan:
     @property
     def max_hidden(self):
         return self.spec.max_hidden
+
+    @property
+    def offsets(self):
+        """Read-only (sizes, w_off, b_off, h_off) intp arrays: layer widths,
+        offsets of W_l and b_l in theta, and of layer l in stacked caches."""
+        return self._arrays
 
 
 cdef void forward(const NetSpec* s, const floating* theta, const floating* X,

@@ -32,6 +32,9 @@ import numpy as np
 from scipy.linalg import eigh_tridiagonal
 from scipy.sparse.linalg import LinearOperator, eigsh
 
+from cbackprop._problem import Problem
+from cbackprop._validation import check_theta
+
 __all__ = ["CurvatureOperator", "HessianOperator", "GGNOperator", "EFisherOperator",
            "eigenvalues", "trace", "spectral_density", "stochastic_lanczos_quadrature"]
 
@@ -61,14 +64,6 @@ def _rng(random_state):
 def _rademacher(rng, shape):
     """Float64 array of independent +-1 entries."""
     return rng.integers(0, 2, size=shape).astype(np.float64) * 2.0 - 1.0
-
-
-def _weight_mask(layer_sizes):
-    """Float (P,) vector: 1 on the weight entries of theta, 0 on the biases."""
-    parts = []
-    for n_in, n_out in zip(layer_sizes[:-1], layer_sizes[1:]):
-        parts += [np.ones(n_in * n_out), np.zeros(n_out)]
-    return np.concatenate(parts)
 
 
 def _square_size(op):
@@ -108,10 +103,12 @@ def _float64(op):
 # operators
 # ======================================================================================
 class CurvatureOperator(LinearOperator):
-    """Base of the curvature operators: validation, data loop and normalization.
+    """Base of the curvature operators: the data, validated once, and the products.
 
-    Subclasses implement :meth:`_batch_matmat`, one product of a Network method with
-    a block of vectors on one chunk of rows. Nothing is computed at construction.
+    Each subclass names one curvature product of the prepared problem
+    (``'hvp'``, ``'ggn_vp'``, ``'efisher_vp'``); the problem owns the loop over
+    chunks of rows, the normalization by the global weight sum and the
+    regularizer. Nothing is computed at construction.
 
     Parameters
     ----------
@@ -126,8 +123,9 @@ class CurvatureOperator(LinearOperator):
     sample_weight : array-like of shape (N,), optional
         Sample weights ``w_i`` (all ones when None).
     batch_size : int >= 1, optional
-        Stream X in chunks of at most this many rows (None: all rows at once).
-        The result equals the unchunked product to rounding.
+        Stream X in chunks of at most this many rows (None: as many as the
+        memory budget allows). The result equals the unchunked product to
+        rounding.
 
     Attributes
     ----------
@@ -141,34 +139,25 @@ class CurvatureOperator(LinearOperator):
 
     Notes
     -----
-    Every Network product on a chunk ``b`` is normalized by the chunk's own weight
-    sum ``W_b`` and regularized by ``alpha / W_b``. The chunks are therefore computed
-    with an unregularized twin of ``net`` (same architecture, ``alpha = 0``) and
-    combined exactly as
-
-        ``A V = sum_b (W_b / W) A_b^data V + (alpha / W) D V``
-
-    with ``D`` the weight mask; chunks whose weights sum to zero contribute
-    nothing and are skipped. Without chunking (``batch_size`` None or ``>= N``) the
-    Network method is called once on all the data, with ``net`` itself.
+    Every chunk ``b`` contributes ``sum_{i in b} w_i M_i V / W`` (normalized by the
+    global W) and the regularizer ``(alpha / W) D V`` is added once, D the 0/1
+    diagonal of the weight entries; chunks whose weights sum to zero are skipped.
     """
+
+    _kind = None  # the problem's product: 'hvp', 'ggn_vp' or 'efisher_vp'
 
     def __init__(self, net, theta, X, y, sample_weight=None, batch_size=None):
         if batch_size is not None:
             batch_size = _check_int(batch_size, "batch_size", 1)
-        theta, X, y, sw, sw_sum = net._check(theta, X, y, sample_weight)
+        self._problem = Problem(net, X, y, sample_weight, max_rows=batch_size)
         self.net = net
-        self.theta, self.X, self.y, self.sample_weight = theta, X, y, sw
-        self.sample_weight_sum = sw_sum
+        self.theta = check_theta(theta, net.n_params, net.dtype)
+        self.X, self.y, self.sample_weight = (self._problem.X, self._problem.Y,
+                                              self._problem.sw)
+        self.sample_weight_sum = self._problem.weight_sum
         self.batch_size = batch_size
-        self._data_net = None  # the alpha = 0 twin, built by the first chunked product
         P = int(net.n_params)
         super().__init__(np.dtype(net.dtype), (P, P))
-
-    # ------------------------------------------------------------------ subclass hook
-    def _batch_matmat(self, net, X, y, sample_weight, V):
-        """``net``'s curvature product with ``V`` (P, k) on one chunk of rows."""
-        raise NotImplementedError
 
     # ------------------------------------------------------------------ validation
     def _check_block(self, V, ndims=(1, 2)):
@@ -206,40 +195,11 @@ class CurvatureOperator(LinearOperator):
         return super().dot(x)
 
     # ------------------------------------------------------------------ products
-    def _chunks(self):
-        """Row slices of the data, one per chunk."""
-        N = self.X.shape[0]
-        step = N if self.batch_size is None else self.batch_size
-        return [slice(start, min(start + step, N)) for start in range(0, N, step)]
-
-    def _unregularized_net(self):
-        net = self.net
-        if net.alpha == 0:
-            return net
-        if self._data_net is None:
-            self._data_net = type(net)(net.layer_sizes, activation=net.activation,
-                                       loss=net.loss_name, alpha=0.0, dtype=net.dtype)
-        return self._data_net
-
     def _matmat(self, V):
-        V = self._check_block(V, ndims=(2,))
-        chunks = self._chunks()
-        if len(chunks) == 1:
-            return self._batch_matmat(self.net, self.X, self.y, self.sample_weight, V)
-        data_net = self._unregularized_net()
-        W = self.sample_weight_sum
-        out = np.zeros_like(V)
-        for rows in chunks:
-            sw = None if self.sample_weight is None else self.sample_weight[rows]
-            W_b = rows.stop - rows.start if sw is None else float(sw.sum(dtype=np.float64))
-            if W_b == 0:
-                continue
-            out += (W_b / W) * self._batch_matmat(data_net, self.X[rows], self.y[rows],
-                                                  sw, V)
-        if self.net.alpha != 0:
-            mask = _weight_mask(self.net.layer_sizes).astype(self.dtype)
-            out += (self.net.alpha / W) * mask[:, None] * V
-        return out
+        # (P, k) at the boundary, (k, P) rows inside: k vectors per kernel call.
+        Vk = np.ascontiguousarray(self._check_block(V, ndims=(2,)).T)
+        out = self._problem.product(self._kind, self.theta, Vk, np.empty_like(Vk))
+        return np.ascontiguousarray(out.T)
 
     def _matvec(self, x):
         return self._matmat(np.reshape(x, (-1, 1))).reshape(-1)
@@ -258,33 +218,30 @@ class CurvatureOperator(LinearOperator):
 
 
 class HessianOperator(CurvatureOperator):
-    """The Hessian of the objective, products by ``Network.hvp`` (Pearlmutter's R-operator).
+    """The Hessian of the objective, products by the R-operator (``Network.hvp``).
 
     Parameters and attributes: see :class:`CurvatureOperator`.
     """
 
-    def _batch_matmat(self, net, X, y, sample_weight, V):
-        return net.hvp(self.theta, X, y, V, sample_weight=sample_weight)
+    _kind = "hvp"
 
 
 class GGNOperator(CurvatureOperator):
-    """The generalized Gauss-Newton matrix ``J^T H_loss J``, products by ``Network.ggn_vp``.
+    """The generalized Gauss-Newton matrix ``J^T H_loss J`` (``Network.ggn_vp``).
 
     Parameters and attributes: see :class:`CurvatureOperator`.
     """
 
-    def _batch_matmat(self, net, X, y, sample_weight, V):
-        return net.ggn_vp(self.theta, X, y, V, sample_weight=sample_weight)
+    _kind = "ggn_vp"
 
 
 class EFisherOperator(CurvatureOperator):
-    """The empirical Fisher ``sum_i c_i g_i g_i^T``, products by ``Network.efisher_vp``.
+    """The empirical Fisher ``sum_i c_i g_i g_i^T`` (``Network.efisher_vp``).
 
     Parameters and attributes: see :class:`CurvatureOperator`.
     """
 
-    def _batch_matmat(self, net, X, y, sample_weight, V):
-        return net.efisher_vp(self.theta, X, y, V, sample_weight=sample_weight)
+    _kind = "efisher_vp"
 
 
 # ======================================================================================

@@ -10,12 +10,12 @@ import threading
 import numpy as np
 from sklearn.utils import check_random_state
 
-from cbackprop import _network
-from cbackprop._curvature_methods import CurvatureMixin
+from cbackprop import _assembly, _network
+from cbackprop._layout import Layout
+from cbackprop._problem import Problem, check_block
 from cbackprop._activations import Activation
 from cbackprop._losses import Loss
-from cbackprop._validation import (check_float_dtype, check_option, check_sample_weight,
-                                   check_theta, check_X, check_y)
+from cbackprop._validation import check_float_dtype, check_option, check_theta
 
 ACTIVATIONS = {
     "identity": Activation.IDENTITY,
@@ -45,7 +45,7 @@ def _check_layer_sizes(layer_sizes):
     return tuple(int(n) for n in sizes)
 
 
-class Network(CurvatureMixin):
+class Network:
     """A multilayer perceptron with one hidden activation and a fused loss.
 
     Parameters
@@ -75,6 +75,7 @@ class Network(CurvatureMixin):
         self.dtype = check_float_dtype(dtype)
         self._plan = _network.NetPlan(self.layer_sizes, ACTIVATIONS[activation],
                                       LOSSES[loss])
+        self.layout = Layout(self._plan)
         self._local = threading.local()
 
     def _workspace(self, n_samples, k=1):
@@ -175,23 +176,20 @@ class Network(CurvatureMixin):
         theta = np.asarray(theta)
         if theta.ndim != 1 or theta.shape[0] != self.n_params:
             raise ValueError(f"theta must have shape ({self.n_params},), got {theta.shape}")
-        coefs, intercepts, start = [], [], 0
-        for ws, bs in self._shapes():
-            n = ws[0] * ws[1]
-            coefs.append(theta[start:start + n].reshape(ws))
-            intercepts.append(theta[start + n:start + n + bs[0]])
-            start += n + bs[0]
+        lay, coefs, intercepts = self.layout, [], []
+        for l, ((n_in, n_out), _) in enumerate(self._shapes()):
+            w, b = int(lay.w_off[l]), int(lay.b_off[l])
+            coefs.append(theta[w:b].reshape(n_in, n_out))
+            intercepts.append(theta[b:b + n_out])
         return coefs, intercepts
 
-    # -------------------------------------------------------- validation
-    def _check(self, theta, X, y=None, sample_weight=None):
-        theta = check_theta(theta, self.n_params, self.dtype)
-        X = check_X(X, self.layer_sizes[0], self.dtype)
-        if y is not None:
-            y = check_y(y, X.shape[0], self.n_outputs, self.dtype, self.loss_name)
-        sw = check_sample_weight(sample_weight, X.shape[0], self.dtype)
-        sw_sum = float(X.shape[0]) if sw is None else float(sw.sum(dtype=np.float64))
-        return theta, X, y, sw, sw_sum
+
+    # -------------------------------------------------------- data
+    def _problem(self, X, y=None, sample_weight=None):
+        return Problem(self, X, y, sample_weight)
+
+    def _theta(self, theta):
+        return check_theta(theta, self.n_params, self.dtype)
 
     def _check_out(self, out, shape):
         if out is None:
@@ -207,33 +205,76 @@ class Network(CurvatureMixin):
     def predict(self, theta, X):
         """Outputs after the link: identity, exp, softmax or logistic.
 
+        Parameters
+        ----------
+        theta : array-like of shape (n_params,)
+        X : array-like of shape (N, n_0)
+
         Returns
         -------
         out : ndarray of shape (N, n_L), or (N,) when n_L == 1
+
+        Examples
+        --------
+        >>> import numpy as np, cbackprop as cb
+        >>> net = cb.Network([3, 5, 2], activation="tanh", loss="log_loss")
+        >>> theta = net.init_params(random_state=0)
+        >>> net.predict(theta, np.ones((4, 3))).sum(axis=1)
+        array([1., 1., 1., 1.])
         """
-        theta, X, _, _, _ = self._check(theta, X)
-        out = np.empty((X.shape[0], self.n_outputs), self.dtype)
-        _network.raw_output(self._plan, theta, X, out, True, self._workspace(X.shape[0], 0))
+        theta, problem = self._theta(theta), self._problem(X)
+        out = np.empty((problem.n_rows, self.n_outputs), self.dtype)
+        problem.raw_output(theta, out, True)
         return out[:, 0] if self.n_outputs == 1 else out
 
     def raw_output(self, theta, X):
-        """Raw predictions z_L (before the link), shape (N, n_L)."""
-        theta, X, _, _, _ = self._check(theta, X)
-        out = np.empty((X.shape[0], self.n_outputs), self.dtype)
-        _network.raw_output(self._plan, theta, X, out, False, self._workspace(X.shape[0], 0))
-        return out
+        """Raw predictions z_L (before the link).
+
+        Parameters
+        ----------
+        theta : array-like of shape (n_params,)
+        X : array-like of shape (N, n_0)
+
+        Returns
+        -------
+        z : ndarray of shape (N, n_L)
+        """
+        theta, problem = self._theta(theta), self._problem(X)
+        out = np.empty((problem.n_rows, self.n_outputs), self.dtype)
+        return problem.raw_output(theta, out, False)
 
     def loss(self, theta, X, y, sample_weight=None):
-        """Objective ``sum_i w_i l_i / W + alpha / (2 W) sum ||W_l||^2``."""
-        theta, X, y, sw, sw_sum = self._check(theta, X, y, sample_weight)
-        return _network.loss_grad(self._plan, theta, X, y, sw, sw_sum, self.alpha, None,
-                                  self._workspace(X.shape[0]))
+        """Objective ``sum_i w_i l_i / W + alpha / (2 W) sum_l ||W_l||_F^2``.
+
+        The value is the one :meth:`loss_grad` returns, bit for bit.
+
+        Parameters
+        ----------
+        theta : array-like of shape (n_params,)
+        X : array-like of shape (N, n_0)
+        y : array-like of shape (N, n_L) or (N,)
+            One-hot rows for log_loss, 0/1 for binary_log_loss, targets for
+            squared_error and poisson (1-D when n_L == 1).
+        sample_weight : array-like of shape (N,), optional
+            Non-negative weights w_i with a positive sum W (all ones: W = N).
+
+        Returns
+        -------
+        loss : float
+        """
+        theta = self._theta(theta)
+        return self._problem(X, y, sample_weight).loss(theta)
 
     def loss_grad(self, theta, X, y, sample_weight=None, *, out=None):
         """Objective and its gradient in one forward and one backward pass.
 
         Parameters
         ----------
+        theta : array-like of shape (n_params,)
+        X : array-like of shape (N, n_0)
+        y : array-like of shape (N, n_L) or (N,)
+            Targets, as for :meth:`loss`.
+        sample_weight : array-like of shape (N,), optional
         out : ndarray of shape (n_params,), optional
             C-contiguous array of the network's dtype to write the gradient
             into (saves an allocation per call in optimizer loops).
@@ -241,13 +282,23 @@ class Network(CurvatureMixin):
         Returns
         -------
         loss : float
-        grad : ndarray of shape (n_params,), ``out`` when given
+        grad : ndarray of shape (n_params,)
+            ``out`` when given.
+
+        Examples
+        --------
+        >>> import numpy as np, cbackprop as cb
+        >>> net = cb.Network([2, 4, 1], activation="tanh", alpha=1e-3)
+        >>> theta = net.init_params(random_state=0)
+        >>> X, y = np.array([[0.0, 1.0], [1.0, 0.0]]), np.array([1.0, -1.0])
+        >>> loss, grad = net.loss_grad(theta, X, y)
+        >>> grad.shape == (net.n_params,) and loss == net.loss(theta, X, y)
+        True
         """
-        theta, X, y, sw, sw_sum = self._check(theta, X, y, sample_weight)
+        theta = self._theta(theta)
+        problem = self._problem(X, y, sample_weight)
         grad = self._check_out(out, (self.n_params,))
-        loss = _network.loss_grad(self._plan, theta, X, y, sw, sw_sum, self.alpha, grad,
-                                  self._workspace(X.shape[0]))
-        return loss, grad
+        return problem.loss_grad(theta, grad), grad
 
     def per_sample_grads(self, theta, X, y, sample_weight=None):
         """Gradients of the raw per-sample losses l_i.
@@ -255,24 +306,226 @@ class Network(CurvatureMixin):
         Row i is unscaled by ``w_i / W`` and has no regularizer;
         ``sample_weight`` is validated but does not enter.
 
+        Parameters
+        ----------
+        theta : array-like of shape (n_params,)
+        X : array-like of shape (N, n_0)
+        y : array-like of shape (N, n_L) or (N,)
+        sample_weight : array-like of shape (N,), optional
+
         Returns
         -------
         G : ndarray of shape (N, n_params)
         """
-        theta, X, y, _, _ = self._check(theta, X, y, sample_weight)
-        out = np.empty((X.shape[0], self.n_params), self.dtype)
-        _network.per_sample_grads(self._plan, theta, X, y, out, self._workspace(X.shape[0]))
+        theta, p = self._theta(theta), self._problem(X, y, sample_weight)
+        out = np.empty((p.n_rows, self.n_params), self.dtype)
+        _network.per_sample_grads(self._plan, theta, p.X, p.Y, out,
+                                  self._workspace(p.n_rows))
         return out
 
     def jacobian(self, theta, X):
-        """Jacobian of the raw outputs with respect to theta.
+        """Jacobian of the raw outputs z_L with respect to theta.
+
+        Parameters
+        ----------
+        theta : array-like of shape (n_params,)
+        X : array-like of shape (N, n_0)
 
         Returns
         -------
         J : ndarray of shape (N, n_L, n_params)
         """
-        theta, X, _, _, _ = self._check(theta, X)
-        N = X.shape[0]
-        out = np.empty((N * self.n_outputs, self.n_params), self.dtype)
-        _network.jacobian(self._plan, theta, X, out, self._workspace(N, self.n_outputs))
-        return out.reshape(N, self.n_outputs, self.n_params)
+        theta, p = self._theta(theta), self._problem(X)
+        N, C = p.n_rows, self.n_outputs
+        out = np.empty((N * C, self.n_params), self.dtype)
+        _network.jacobian(self._plan, theta, p.X, out, self._workspace(N, C))
+        return out.reshape(N, C, self.n_params)
+
+    # -------------------------------------------------------- products
+    def _product(self, kind, theta, X, y, V, sample_weight):
+        theta = self._theta(theta)
+        problem = self._problem(X, y, sample_weight)
+        Vk, vec = check_block(self, V)
+        out = problem.product(kind, theta, Vk, np.empty_like(Vk))
+        return out[0] if vec else np.ascontiguousarray(out.T)
+
+    def hvp(self, theta, X, y, V, sample_weight=None):
+        """Exact Hessian-vector products by Pearlmutter's R-operator.
+
+        Parameters
+        ----------
+        theta : array-like of shape (n_params,)
+        X : array-like of shape (N, n_0)
+        y : array-like of shape (N, n_L) or (N,)
+        V : array-like of shape (n_params,) or (n_params, k)
+            The k vectors travel through the network together, as
+            (k * N)-row GEMM blocks.
+        sample_weight : array-like of shape (N,), optional
+
+        Returns
+        -------
+        HV : ndarray, same shape as V
+            Includes ``alpha / W`` on the weight entries.
+
+        Examples
+        --------
+        >>> import numpy as np, cbackprop as cb
+        >>> net = cb.Network([2, 3, 1], activation="tanh")
+        >>> theta = net.init_params(random_state=0)
+        >>> X, y = np.eye(2), np.array([0.5, -0.5])
+        >>> H = net.hessian(theta, X, y)
+        >>> v = np.arange(net.n_params, dtype=float)
+        >>> bool(np.allclose(net.hvp(theta, X, y, v), H @ v))
+        True
+        """
+        return self._product("hvp", theta, X, y, V, sample_weight)
+
+    def ggn_vp(self, theta, X, y, V, sample_weight=None):
+        """Generalized Gauss-Newton products ``J^T H_loss J V`` (+ alpha / W).
+
+        Parameters and returns as :meth:`hvp`.
+        """
+        return self._product("ggn_vp", theta, X, y, V, sample_weight)
+
+    def efisher_vp(self, theta, X, y, V, sample_weight=None):
+        """Empirical Fisher products ``sum_i c_i g_i (g_i . V)`` (+ alpha / W).
+
+        ``c_i = w_i / W`` and ``g_i`` the per-sample gradients of
+        :meth:`per_sample_grads`. Parameters and returns as :meth:`hvp`.
+        """
+        return self._product("efisher_vp", theta, X, y, V, sample_weight)
+
+    # -------------------------------------------------------- matrices
+    def _assemble(self, quantity, theta, X, y, sample_weight, **kw):
+        theta = self._theta(theta)
+        return quantity(self._problem(X, y, sample_weight), theta, **kw)
+
+    def hessian(self, theta, X, y, sample_weight=None, *, max_bytes=None):
+        """Dense exact Hessian by Hessian backpropagation.
+
+        Parameters
+        ----------
+        theta : array-like of shape (n_params,)
+        X : array-like of shape (N, n_0)
+        y : array-like of shape (N, n_L) or (N,)
+        sample_weight : array-like of shape (N,), optional
+        max_bytes : int, optional
+            Refuse (ValueError) a matrix larger than this (default 2 GiB).
+
+        Returns
+        -------
+        H : ndarray of shape (n_params, n_params)
+            Symmetric, ``alpha / W`` on the weight entries of the diagonal.
+        """
+        return self._assemble(_assembly.hessian, theta, X, y, sample_weight,
+                              max_bytes=max_bytes)
+
+    def ggn(self, theta, X, y, sample_weight=None, *, max_bytes=None):
+        """Dense generalized Gauss-Newton matrix ``sum_i c_i J_i^T H_i J_i``.
+
+        Parameters and returns as :meth:`hessian` (positive semi-definite).
+        """
+        return self._assemble(_assembly.ggn, theta, X, y, sample_weight,
+                              max_bytes=max_bytes)
+
+    def efisher(self, theta, X, y, sample_weight=None, *, max_bytes=None):
+        """Dense empirical Fisher ``sum_i c_i g_i g_i^T`` (+ alpha / W).
+
+        Parameters and returns as :meth:`hessian`.
+        """
+        return self._assemble(_assembly.efisher, theta, X, y, sample_weight,
+                              max_bytes=max_bytes)
+
+    def diag_hessian(self, theta, X, y, sample_weight=None):
+        """Exact Hessian diagonal.
+
+        Parameters
+        ----------
+        theta : array-like of shape (n_params,)
+        X : array-like of shape (N, n_0)
+        y : array-like of shape (N, n_L) or (N,)
+        sample_weight : array-like of shape (N,), optional
+
+        Returns
+        -------
+        d : ndarray of shape (n_params,)
+            Includes ``alpha / W`` on the weight entries.
+        """
+        return self._assemble(_assembly.diag_hessian, theta, X, y, sample_weight)
+
+    def diag_ggn(self, theta, X, y, sample_weight=None):
+        """Exact GGN diagonal (squared inputs times squared loss factors).
+
+        Parameters and returns as :meth:`diag_hessian`.
+        """
+        return self._assemble(_assembly.diag_ggn, theta, X, y, sample_weight)
+
+    def diag_efisher(self, theta, X, y, sample_weight=None):
+        """Empirical Fisher diagonal ``sum_i c_i g_i^2`` (+ alpha / W).
+
+        Parameters and returns as :meth:`diag_hessian`.
+        """
+        return self._assemble(_assembly.diag_efisher, theta, X, y, sample_weight)
+
+    def diag_ggn_mc(self, theta, X, y, sample_weight=None, mc_samples=1,
+                    random_state=None):
+        """Monte-Carlo GGN diagonal: the loss factor times Gaussian vectors.
+
+        ``E[(S e)(S e)^T] = S S^T = H`` for ``e ~ N(0, I)``, so the estimate
+        is unbiased for every loss.
+
+        Parameters
+        ----------
+        theta, X, y, sample_weight : as :meth:`diag_hessian`
+        mc_samples : int >= 1
+            Gaussian vectors per sample (the variance falls as 1 / mc_samples).
+        random_state : None, int or RandomState
+            Reproducible for a given seed.
+
+        Returns
+        -------
+        d : ndarray of shape (n_params,)
+        """
+        if not isinstance(mc_samples, numbers.Integral) or mc_samples < 1:
+            raise ValueError(f"mc_samples must be an integer >= 1, got {mc_samples!r}")
+        return self._assemble(_assembly.diag_ggn_mc, theta, X, y, sample_weight,
+                              mc_samples=int(mc_samples),
+                              rs=check_random_state(random_state))
+
+    def block_hessian(self, theta, X, y, sample_weight=None):
+        """Exact per-layer Hessian blocks.
+
+        Parameters
+        ----------
+        theta, X, y, sample_weight : as :meth:`diag_hessian`
+
+        Returns
+        -------
+        blocks : list of ndarray
+            One ``(P_l, P_l)`` block per layer, ``P_l = (n_{l-1} + 1) n_l``,
+            indexed as theta's ``W_l`` (row-major) then ``b_l``; includes
+            ``alpha / W`` on the weight entries.
+        """
+        return self._assemble(_assembly.block_hessian, theta, X, y, sample_weight)
+
+    def block_ggn(self, theta, X, y, sample_weight=None):
+        """Exact per-layer GGN blocks (list of (P_l, P_l), as :meth:`block_hessian`)."""
+        return self._assemble(_assembly.block_ggn, theta, X, y, sample_weight)
+
+    def kfac(self, theta, X, y, sample_weight=None):
+        """Kronecker factors of the GGN's layer blocks.
+
+        Parameters
+        ----------
+        theta, X, y, sample_weight : as :meth:`diag_hessian`
+
+        Returns
+        -------
+        factors : list of (A_l, G_l) tuples, one per layer
+            ``A_l = sum_i c_i a~_i a~_i^T`` of shape ``(n_{l-1} + 1,) * 2`` (the
+            layer input with a 1 appended last) and ``G_l = sum_i c_i B_i^T H_i
+            B_i`` of shape ``(n_l, n_l)`` (the loss-Hessian factor carried to
+            z_l), ``c_i = w_i / W``. ``kron(A_l, G_l)`` approximates the
+            (W_l, b_l) GGN block, exactly for one sample (regularizer excluded).
+        """
+        return self._assemble(_assembly.kfac, theta, X, y, sample_weight)

@@ -33,7 +33,10 @@ import numpy as np
 from scipy.optimize import OptimizeResult, minimize
 from sklearn.utils import check_random_state
 
-from cbackprop import _curvature, _lm, _network
+from cbackprop import _lm
+from cbackprop._assembly import check_dense, diag_efisher, diag_ggn
+from cbackprop._problem import Problem
+from cbackprop._validation import check_theta
 
 __all__ = ["levenberg_marquardt", "hessian_free", "newton", "quasi_hessian",
            "TERMINATION_MESSAGES"]
@@ -89,11 +92,23 @@ def _check_callback(callback):
     return callback
 
 
-def _problem(net, theta0, X, y, sample_weight):
-    """Validated (theta copy, X, Y, sw, sw_sum), all in the network's dtype."""
-    theta, X, Y, sw, sw_sum = net._check(theta0, X, y, sample_weight)
+def _prepare(net, theta0, X, y, sample_weight):
+    """(a private working copy of theta0, the prepared problem)."""
+    theta = check_theta(theta0, net.n_params, net.dtype)
     # A private working copy: theta0 is never written to, whatever its type.
-    return np.array(theta, copy=True), X, Y, sw, sw_sum
+    return np.array(theta, copy=True), Problem(net, X, y, sample_weight)
+
+
+def _gradient_converged(g, gtol):
+    """The gradient test of every solver: ``max|g_j| <= gtol`` with g finite
+    (the max-norm, as L-BFGS-B's ``pgtol`` and scikit-learn's ``tol``)."""
+    gmax = float(np.max(np.abs(g)))
+    return gmax <= gtol and math.isfinite(gmax)
+
+
+def _stalled(f_old, f_new, ftol):
+    """The loss test after an accepted step: ``f_old - f_new <= ftol * |f_old|``."""
+    return f_old - f_new <= ftol * abs(f_old)
 
 
 ACCUMULATIONS = ("auto", "rows", "kronecker")
@@ -157,28 +172,6 @@ def _block_rows(block_size, net, n_samples, kron=False):
     return int(min(block, n_samples))
 
 
-class _Evaluator:
-    """Objective (and gradient) on validated arrays, own workspace, counted."""
-
-    def __init__(self, net, X, Y, sw, sw_sum):
-        self.plan, self.alpha = net._plan, net.alpha
-        self.X, self.Y, self.sw, self.sw_sum = X, Y, sw, sw_sum
-        self.ws = [np.empty(n, net.dtype)
-                   for n in _network.workspace_sizes(net._plan, X.shape[0], 1)]
-        self.nfev = self.njev = 0
-
-    def loss(self, theta):
-        self.nfev += 1
-        return _network.loss_grad(self.plan, theta, self.X, self.Y, self.sw,
-                                  self.sw_sum, self.alpha, None, self.ws)
-
-    def loss_grad(self, theta, out):
-        self.nfev += 1
-        self.njev += 1
-        return _network.loss_grad(self.plan, theta, self.X, self.Y, self.sw,
-                                  self.sw_sum, self.alpha, out, self.ws)
-
-
 def _result(status, **fields):
     return OptimizeResult(status=status, success=status > 0,
                           message=TERMINATION_MESSAGES[status], **fields)
@@ -222,14 +215,14 @@ def quasi_hessian(net, theta, X, y, sample_weight=None, *, block_size=None,
     G : ndarray of shape (n_params, n_params), symmetric
     """
     P = net.n_params
-    net._check_dense((P, P), None)
+    check_dense(net, None)
     kron = _check_accumulation(accumulation, net)
-    theta, X, Y, sw, sw_sum = net._check(theta, X, y, sample_weight)
-    block = _block_rows(block_size, net, X.shape[0], kron)
+    theta, problem = _prepare(net, theta, X, y, sample_weight)
+    block = _block_rows(block_size, net, problem.n_rows, kron)
     G = np.empty((P, P), net.dtype)
     g = np.empty(P, net.dtype)
-    f = _lm.quasi_hessian(net._plan, theta, X, Y, sw, sw_sum, net.alpha, block, G, g,
-                          kron)
+    f = _lm.quasi_hessian(net._plan, theta, problem.X, problem.Y, problem.sw,
+                          problem.weight_sum, net.alpha, block, G, g, kron)
     G = np.triu(G)
     G += np.triu(G, 1).T
     return f, g, G
@@ -308,9 +301,9 @@ def levenberg_marquardt(net, theta0, X, y, sample_weight=None, *, mu=1e-3, mu_de
     callback = _check_callback(callback)
     kron = _check_accumulation(accumulation, net)
     P = net.n_params
-    net._check_dense((P, P), None)
-    theta, X, Y, sw, sw_sum = _problem(net, theta0, X, y, sample_weight)
-    block = _block_rows(block_size, net, X.shape[0], kron)
+    check_dense(net, None)
+    theta, problem = _prepare(net, theta0, X, y, sample_weight)
+    block = _block_rows(block_size, net, problem.n_rows, kron)
     G = np.empty((P, P), net.dtype)
     g = np.empty(P, net.dtype)
 
@@ -321,61 +314,35 @@ def levenberg_marquardt(net, theta0, X, y, sample_weight=None, *, mu=1e-3, mu_de
                                                   nit=nit, mu=mu_now))
 
     status, nit, nfev, njev, nhev, f, mu = _lm.lm_loop(
-        net._plan, theta, X, Y, sw, sw_sum, net.alpha, block, mu, mu_dec, mu_inc,
+        net._plan, theta, problem.X, problem.Y, problem.sw, problem.weight_sum, net.alpha,
+        block, mu, mu_dec, mu_inc,
         mu_max, MU_MIN, max_iter, ftol, gtol, g, G, kron, report)
     return _result(int(status), x=theta, fun=float(f), jac=g, nit=nit, nfev=nfev,
                    njev=njev, nhev=nhev, mu=mu)
 
 
 # ----------------------------------------------------------- Hessian-free
-def _product_workspace(net, n_samples, kind):
-    """Workspace arrays of the Cython curvature products, allocated once."""
-    return [np.empty(max(n, 1), net.dtype)
-            for n in _curvature.product_sizes(net._plan, n_samples, 1, kind)]
+class _GGN:
+    """Damped-solver view of a problem's GGN: float64 products ``G v``.
 
-
-class _Curvature:
-    """Damped GGN products on the full batch or a mini-batch of rows.
-
-    Calls the Cython kernel on validated arrays with a workspace allocated
-    once (the public ``net.ggn_vp`` would validate X at every CG step).
+    ``G`` includes the problem's regularizer (a curvature mini-batch from
+    ``Problem.subsample`` keeps the full data's ``alpha / W``).
     """
 
-    def __init__(self, net, theta, X, Y, sw, sw_sum, full_sw_sum=None, ws=None):
-        self.net, self.theta = net, theta
-        self.X, self.Y, self.sw, self.sw_sum = X, Y, sw, sw_sum
-        self.full_sw_sum = sw_sum if full_sw_sum is None else full_sw_sum
-        self.ws = _product_workspace(net, X.shape[0], "ggn_vp") if ws is None else ws
-        self.V = np.empty((1, net.n_params), net.dtype)
-        self.out = np.empty((1, net.n_params), net.dtype)
-
-    def subset(self, idx):
-        """Restrict to rows idx (the regularizer stays alpha / W of all rows)."""
-        X, Y = self.X[idx], self.Y[idx]
-        sw = None if self.sw is None else self.sw[idx]
-        sw_sum = float(len(idx)) if sw is None else float(sw.sum(dtype=np.float64))
-        if not sw_sum > 0:
-            return self
-        ws = [w[:n] for w, n in zip(self.ws, _curvature.product_sizes(
-            self.net._plan, len(idx), 1, "ggn_vp"))]
-        return _Curvature(self.net, self.theta, X, Y, sw, sw_sum, self.full_sw_sum, ws)
+    def __init__(self, problem, theta):
+        self.problem, self.theta = problem, theta
+        P, dtype = problem.net.n_params, problem.net.dtype
+        self.V = np.empty((1, P), dtype)
+        self.out = np.empty((1, P), dtype)
 
     def ggn_vp(self, v):
-        """G v (float64) with the objective's regularizer alpha / W."""
         self.V[0] = v
-        # ggn_vp adds alpha_c / W_c on the weights: alpha_c = alpha W_c / W.
-        alpha = self.net.alpha * self.sw_sum / self.full_sw_sum
-        _curvature.ggn_vp(self.net._plan, self.theta, self.X, self.Y, self.sw,
-                          self.sw_sum, alpha, self.V, self.out, self.ws)
+        self.problem.product("ggn_vp", self.theta, self.V, self.out)
         return self.out[0].astype(np.float64)
 
     def diagonal(self, kind):
-        net = self.net
-        d = getattr(net, kind)(self.theta, self.X, self.Y, self.sw).astype(np.float64)
-        coef = net.alpha / self.full_sw_sum - net.alpha / self.sw_sum
-        if coef != 0.0:
-            d = net._add_l2_diag(d, coef)
-        return d
+        quantity = {"diag_ggn": diag_ggn, "diag_efisher": diag_efisher}[kind]
+        return quantity(self.problem, self.theta).astype(np.float64)
 
 
 def _check_batch(curvature_batch_size, n_samples):
@@ -532,33 +499,33 @@ def hessian_free(net, theta0, X, y, sample_weight=None, *, max_iter=100, damping
     ftol = _check_real(ftol, "ftol", ge=0)
     gtol = _check_real(gtol, "gtol", ge=0)
     callback = _check_callback(callback)
-    theta, X, Y, sw, sw_sum = _problem(net, theta0, X, y, sample_weight)
-    N, P, dtype = X.shape[0], net.n_params, net.dtype
+    theta, problem = _prepare(net, theta0, X, y, sample_weight)
+    N, P, dtype = problem.n_rows, net.n_params, net.dtype
     batch = _check_batch(curvature_batch_size, N)
     rs = check_random_state(random_state)
-    ev = _Evaluator(net, X, Y, sw, sw_sum)
 
     g = np.empty(P, dtype)
-    f = ev.loss_grad(theta, g)
+    f = problem.loss_grad(theta, g)
+    nfev = njev = 1
     if not math.isfinite(f):
         raise ValueError(f"the loss at theta0 is not finite ({f})")
     trial = np.empty(P, dtype)
-    full = _Curvature(net, theta, X, Y, sw, sw_sum)   # theta: the working array
+    full = _GGN(problem, theta)   # theta: the working array
     nhev = ncg = nit = 0
     d_prev = None
     status = 0
     while True:
-        if not np.max(np.abs(g)) > gtol:   # NaN gradients do not pass
-            if np.isfinite(g).all():
-                status = 1
-                break
+        if _gradient_converged(g, gtol):
+            status = 1
+            break
         if nit >= max_iter:
             status = 0
             break
         # ---- curvature (at theta: `full` reads the working array)
         curv = full
         if batch is not None:
-            curv = full.subset(np.sort(rs.choice(N, batch, replace=False)))
+            idx = np.sort(rs.choice(N, batch, replace=False))
+            curv = _GGN(problem.subsample(idx), theta)
         if preconditioner is None:
             M = np.ones(P)
         else:
@@ -574,7 +541,8 @@ def hessian_free(net, theta0, X, y, sample_weight=None, *, max_iter=100, damping
         best = None
         for i, x, phi in reversed(kept):
             trial[:] = theta + x
-            f_try = ev.loss(trial)
+            f_try = problem.loss(trial)
+            nfev += 1
             if not math.isfinite(f_try):
                 f_try = math.inf
             if best is not None and not f_try < best[0]:
@@ -601,27 +569,30 @@ def hessian_free(net, theta0, X, y, sample_weight=None, *, max_iter=100, damping
                     break
                 c *= 0.8 if math.isfinite(f_c) else 0.1
                 trial[:] = theta + c * p
-                f_c = ev.loss(trial)
+                f_c = problem.loss(trial)
+                nfev += 1
                 if not math.isfinite(f_c):
                     f_c = math.inf
         nit += 1
         f_old = f
         if accepted:
             theta[:] = theta + c * p
-            f = ev.loss_grad(theta, g)
+            f = problem.loss_grad(theta, g)
+            nfev += 1
+            njev += 1
         if callback is not None and _call(callback, OptimizeResult(
                 x=theta.copy(), fun=f, jac=g.copy(), nit=nit, damping=lam,
                 cg_iter=kept[-1][0], accepted=accepted)):
             status = -2
             break
-        if accepted and f_old - f <= ftol * abs(f_old):
+        if accepted and _stalled(f_old, f, ftol):
             status = 2
             break
         if not accepted and lam > damping_max:
             status = -3
             break
-    return _result(status, x=theta, fun=float(f), jac=g, nit=nit, nfev=ev.nfev,
-                   njev=ev.njev, nhev=nhev, damping=lam, ncg=ncg)
+    return _result(status, x=theta, fun=float(f), jac=g, nit=nit, nfev=nfev,
+                   njev=njev, nhev=nhev, damping=lam, ncg=ncg)
 
 
 # ----------------------------------------------------------------- Newton
@@ -646,8 +617,8 @@ def newton(net, theta0, X, y, sample_weight=None, *, method="trust-krylov", max_
     max_iter : int >= 1
         Trust-region iterations, accepted or not (scipy's count; status 0).
     gtol : float >= 0
-        Stop (status 1) when the Euclidean norm of the gradient is below it
-        (scipy's trust-region test).
+        Stop (status 1) when ``max|g| <= gtol``, the gradient test of every
+        solver here (checked after each iteration, and at theta0).
     initial_trust_radius, max_trust_radius, eta : scipy's options.
     callback : callable, optional
         ``callback(intermediate_result)`` after every iteration, with ``x``
@@ -670,51 +641,70 @@ def newton(net, theta0, X, y, sample_weight=None, *, method="trust-krylov", max_
         raise ValueError("initial_trust_radius must not exceed max_trust_radius")
     eta = _check_real(eta, "eta", ge=0, lt=0.25)
     callback = _check_callback(callback)
-    theta, X, Y, sw, sw_sum = _problem(net, theta0, X, y, sample_weight)
-    P, dtype, plan, alpha = net.n_params, net.dtype, net._plan, net.alpha
-    ev = _Evaluator(net, X, Y, sw, sw_sum)
+    theta, problem = _prepare(net, theta0, X, y, sample_weight)
+    P, dtype = net.n_params, net.dtype
     xbuf = np.empty(P, dtype)
     grad = np.empty(P, dtype)
     V = np.empty((1, P), dtype)
     HV = np.empty((1, P), dtype)
-    ws = _product_workspace(net, X.shape[0], "hvp")
-    counts = {"nhev": 0, "nit": 0, "stopped": False}
+    counts = {"nfev": 0, "nhev": 0, "nit": 0, "stopped": False, "converged": False}
+    last = {"x": None, "g": None}   # the last point evaluated, and its gradient
 
     def fun(x):
         xbuf[:] = x
-        f = ev.loss_grad(xbuf, grad)
+        f = problem.loss_grad(xbuf, grad)
+        counts["nfev"] += 1
         if not math.isfinite(f):
-            if ev.nfev == 1:
+            if counts["nfev"] == 1:
                 raise ValueError(f"the loss at theta0 is not finite ({f})")
             f = math.inf
+        last["x"], last["g"] = np.array(x), grad.copy()
         return f, grad.astype(np.float64)
 
     def hessp(x, p):
         xbuf[:] = x
         V[0] = p
-        _curvature.hvp(plan, xbuf, X, Y, sw, sw_sum, alpha, V, HV, ws)
+        problem.product("hvp", xbuf, V, HV)
         counts["nhev"] += 1
         return HV[0].astype(np.float64)
 
-    scipy_callback = None
-    if callback is not None:
-        def scipy_callback(intermediate_result):
-            counts["nit"] += 1
-            res = OptimizeResult(x=intermediate_result.x.astype(dtype),
-                                 fun=float(intermediate_result.fun), nit=counts["nit"])
+    def gradient_at(x):
+        if last["x"] is None or not np.array_equal(last["x"], x):
+            fun(x)
+        return last["g"]
+
+    def scipy_callback(intermediate_result):
+        # The gradient test is cbackprop's (max|g| <= gtol), not scipy's
+        # Euclidean one, so that gtol means the same for every solver.
+        counts["nit"] += 1
+        x = intermediate_result.x
+        if callback is not None:
+            res = OptimizeResult(x=x.astype(dtype), fun=float(intermediate_result.fun),
+                                 nit=counts["nit"])
             if _call(callback, res):
                 counts["stopped"] = True
                 raise StopIteration
+        if _gradient_converged(gradient_at(x), gtol):
+            counts["converged"] = True
+            raise StopIteration
 
-    res = minimize(fun, theta.astype(np.float64), jac=True, hessp=hessp, method=method,
+    x0 = theta.astype(np.float64)
+    if _gradient_converged(gradient_at(x0), gtol):
+        f0 = problem.loss(theta)
+        return _result(1, x=theta, fun=float(f0), jac=last["g"].astype(dtype), nit=0,
+                       nfev=counts["nfev"], njev=counts["nfev"], nhev=0)
+    res = minimize(fun, x0, jac=True, hessp=hessp, method=method,
                    callback=scipy_callback,
-                   options=dict(maxiter=max_iter, gtol=gtol,
+                   options=dict(maxiter=max_iter, gtol=0.0,
                                 initial_trust_radius=initial_trust_radius,
                                 max_trust_radius=max_trust_radius, eta=eta))
-    if counts["stopped"] or res.status == 99:
+    if counts["stopped"]:
         status = -2
+    elif counts["converged"]:
+        status = 1
     else:
         status = _SCIPY_STATUS.get(int(res.status), -4)
-    return _result(status, x=res.x.astype(dtype), fun=float(res.fun),
-                   jac=np.asarray(res.jac).astype(dtype), nit=int(res.nit), nfev=ev.nfev,
-                   njev=ev.njev, nhev=counts["nhev"])
+    jac = gradient_at(res.x)
+    return _result(status, x=res.x.astype(dtype), fun=float(res.fun), jac=jac.astype(dtype),
+                   nit=int(res.nit), nfev=counts["nfev"], njev=counts["nfev"],
+                   nhev=counts["nhev"])

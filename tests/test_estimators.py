@@ -149,7 +149,7 @@ def test_lbfgs_matches_sklearn(kind):
 
 def test_lbfgs_row_chunks_give_the_same_fit(monkeypatch):
     # Large N: the full-batch objective runs in row chunks (bounded memory).
-    import cbackprop._estimator_base as base
+    import cbackprop._problem as problem
 
     X, y = _data("multiclass", n=300)
     sw = np.random.RandomState(3).uniform(0.5, 2, 300)
@@ -157,7 +157,7 @@ def test_lbfgs_row_chunks_give_the_same_fit(monkeypatch):
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", ConvergenceWarning)
         whole = MLPClassifier(**kw).fit(X, y, sample_weight=sw)
-        monkeypatch.setattr(base, "_FULL_BATCH_CHUNK_ENTRIES", 256 * 21)
+        monkeypatch.setattr(problem, "CHUNK_ENTRIES", 1)   # chunks of 256 rows
         chunked = MLPClassifier(**kw).fit(X, y, sample_weight=sw)
         ref = sknn.MLPClassifier(**kw).fit(X, y, sample_weight=sw)
     _assert_same_params(whole, chunked, rtol=1e-8)

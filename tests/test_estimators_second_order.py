@@ -112,8 +112,8 @@ def test_pickle_round_trip(digits):
 
 
 def test_lm_too_large_suggests_hessian_free(monkeypatch, digits):
-    from cbackprop import _curvature_methods
-    monkeypatch.setattr(_curvature_methods, "DEFAULT_MAX_BYTES", 1000)
+    from cbackprop import _assembly
+    monkeypatch.setattr(_assembly, "DEFAULT_MAX_BYTES", 1000)
     X, _, y, _ = digits
     with pytest.raises(ValueError, match="bytes.*hessian-free"):
         MLPClassifier((8,), solver="lm", max_iter=2).fit(X[:50], y[:50])

@@ -1,13 +1,8 @@
 """Tests of ``cbackprop.curvature``: the LinearOperators and the spectral tools.
 
-Two backends drive the operators:
-
-* ``fake``: ``DenseNet`` below, a stand-in for ``cb.Network`` whose products are the
-  dense reference matrices of ``tests/reference.py``, normalized per call exactly as
-  the Network contract says (each call divides by ITS OWN weight sum W_b and adds
-  ``alpha / W_b``). It tests ``curvature.py`` on its own, chunking included.
-* ``cbackprop``: the real ``cb.Network`` (skipped while its curvature methods are
-  missing); the operators must equal the Network's own dense matrices.
+The operators of a ``cb.Network`` are compared with its dense matrices (themselves
+checked against ``tests/reference.py`` in ``tests/test_curvature.py``), chunking
+included.
 
 ``eigenvalues``, ``trace`` and ``spectral_density`` are also checked on plain
 ``aslinearoperator`` matrices with a known spectrum.
@@ -21,7 +16,8 @@ from numpy.testing import assert_allclose, assert_array_equal
 from scipy.sparse.linalg import LinearOperator, aslinearoperator
 
 import reference as ref
-from cbackprop import curvature
+import cbackprop as cb
+from cbackprop import _curvature, curvature
 
 DTYPES = {"f64": np.float64, "f32": np.float32}
 KINDS = ("hessian", "ggn", "efisher")
@@ -51,107 +47,16 @@ def assert_close(actual, expected, dtype, factor=1.0, err_msg="", scale=None):
 
 
 # ======================================================================================
-# the fake Network
+# the networks and their dense matrices
 # ======================================================================================
-class DenseNet:
-    """Stand-in for ``cb.Network``: products with dense reference matrices.
-
-    Per-sample matrices ``M_i`` (Hessian of ``l_i`` by finite differences, ``J_i^T
-    H_i J_i``, ``g_i g_i^T``) are computed in float64 at the given (dtype-rounded)
-    inputs and cached by row; a call on rows R returns, in ``dtype``,
-    ``(sum_{i in R} w_i M_i / W_R + alpha / W_R D) V`` -- the contract's normalization.
-    ``calls`` counts the product calls per method.
-    """
-
-    def __init__(self, layer_sizes, activation="tanh", loss="squared_error", alpha=0.0,
-                 dtype=np.float64):
-        self.layer_sizes = tuple(layer_sizes)
-        self.activation, self.loss_name = activation, loss
-        self.alpha, self.dtype = float(alpha), np.dtype(dtype).type
-        self.n_params = ref.n_params(self.layer_sizes)
-        self.calls = collections.Counter()
-
-    def _check(self, theta, X, y, sample_weight=None):
-        theta = np.ascontiguousarray(theta, dtype=self.dtype)
-        X = np.ascontiguousarray(X, dtype=self.dtype)
-        y = np.ascontiguousarray(ref.as_2d_y(y, self.layer_sizes[-1]), dtype=self.dtype)
-        if sample_weight is None:
-            return theta, X, y, None, float(X.shape[0])
-        sw = np.ascontiguousarray(sample_weight, dtype=self.dtype)
-        return theta, X, y, sw, float(sw.sum(dtype=np.float64))
-
-    _cache = {}  # shared by all instances: the same rows recur across tests
-
-    def _per_sample(self, kind, theta, x, y):
-        key = (kind, self.layer_sizes, self.activation, self.loss_name,
-               theta.astype(np.float64).tobytes(), x.astype(np.float64).tobytes(),
-               y.astype(np.float64).tobytes())
-        if key not in self._cache:
-            args = (self.layer_sizes, self.activation, self.loss_name,
-                    theta.astype(np.float64), x[None].astype(np.float64),
-                    y[None].astype(np.float64))
-            if kind == "hessian":
-                M = ref.per_sample_hessians(*args)[0]
-            elif kind == "ggn":
-                M = ref.ggn(*args)
-            else:
-                M = ref.efisher(*args)
-            self._cache[key] = M
-        return self._cache[key]
-
-    def dense(self, kind, theta, X, y, sample_weight=None):
-        """The float64 (P, P) matrix of ``kind`` on these rows."""
-        theta, X, y, sw, W = self._check(theta, X, y, sample_weight)
-        w = np.ones(X.shape[0]) if sw is None else sw.astype(np.float64)
-        M = sum(w[i] / W * self._per_sample(kind, theta, X[i], y[i])
-                for i in range(X.shape[0]))
-        return M + np.diag(self.alpha / W * ref.weight_mask(self.layer_sizes))
-
-    def _product(self, kind, theta, X, y, V, sample_weight):
-        self.calls[kind] += 1
-        M = self.dense(kind, theta, X, y, sample_weight)
-        return (M @ np.asarray(V, dtype=np.float64)).astype(self.dtype)
-
-    def hvp(self, theta, X, y, V, sample_weight=None):
-        return self._product("hessian", theta, X, y, V, sample_weight)
-
-    def ggn_vp(self, theta, X, y, V, sample_weight=None):
-        return self._product("ggn", theta, X, y, V, sample_weight)
-
-    def efisher_vp(self, theta, X, y, V, sample_weight=None):
-        return self._product("efisher", theta, X, y, V, sample_weight)
-
-
-def _real_network_class():
-    try:
-        import cbackprop as cb
-    except ImportError:
-        return None
-    net_cls = getattr(cb, "Network", None)
-    if net_cls is None or not all(hasattr(net_cls, m) for m in
-                                  ("hvp", "ggn_vp", "efisher_vp", "hessian", "ggn",
-                                   "efisher")):
-        return None
-    return net_cls
-
-
-BACKENDS = ("fake", "cbackprop")
-
-
-def _make_net(backend, sizes, act, loss, alpha, dtype):
-    if backend == "fake":
-        return DenseNet(sizes, act, loss, alpha, dtype)
-    net_cls = _real_network_class()
-    if net_cls is None:
-        pytest.skip("cb.Network has no curvature methods yet")
-    return net_cls(list(sizes), activation=act, loss=loss, alpha=alpha, dtype=dtype)
-
-
 def _dense(net, kind, theta, X, y, sw):
-    """The backend's own dense matrix (float64)."""
-    if isinstance(net, DenseNet):
-        return net.dense(kind, theta, X, y, sw)
+    """The Network's own dense matrix (float64); tests/test_curvature.py checks
+    those against the references of tests/reference.py."""
     return np.asarray(getattr(net, kind)(theta, X, y, sample_weight=sw), dtype=np.float64)
+
+
+def _make_net(sizes, act, loss, alpha, dtype):
+    return cb.Network(list(sizes), activation=act, loss=loss, alpha=alpha, dtype=dtype)
 
 
 def _problem(sizes, loss, weighted, *seed_parts, n=N):
@@ -174,10 +79,9 @@ ARCH, ACT, LOSS = (3, 4, 5, 2), "tanh", "log_loss"
                          ids=["unweighted-alpha0", "weighted-alpha0.3"])
 @pytest.mark.parametrize("dtype", DTYPES.values(), ids=DTYPES.keys())
 @pytest.mark.parametrize("kind", KINDS)
-@pytest.mark.parametrize("backend", BACKENDS)
-def test_operator_matches_dense(backend, kind, dtype, weighted, alpha, batch_size):
+def test_operator_matches_dense(kind, dtype, weighted, alpha, batch_size):
     theta, X, y, sw = _problem(ARCH, LOSS, weighted, "op", kind)
-    net = _make_net(backend, ARCH, ACT, LOSS, alpha, dtype)
+    net = _make_net(ARCH, ACT, LOSS, alpha, dtype)
     M = _dense(net, kind, theta, X, y, sw)
     op = OPERATORS[kind](net, theta, X, y, sample_weight=sw, batch_size=batch_size)
     P = net.n_params
@@ -201,11 +105,10 @@ def test_operator_matches_dense(backend, kind, dtype, weighted, alpha, batch_siz
         assert_close(out, expected, dtype, factor=10, err_msg=name)
 
 
-@pytest.mark.parametrize("backend", BACKENDS)
-def test_chunked_equals_unchunked_to_rounding(backend):
+def test_chunked_equals_unchunked_to_rounding():
     """Chunks of 1, 2, 4 and 5 rows (uneven) with weights and alpha: the same product."""
     theta, X, y, sw = _problem(ARCH, LOSS, True, "chunks")
-    net = _make_net(backend, ARCH, ACT, LOSS, 0.7, np.float64)
+    net = _make_net(ARCH, ACT, LOSS, 0.7, np.float64)
     V = np.random.default_rng(1).standard_normal((net.n_params, 4))
     for kind in KINDS:
         full = OPERATORS[kind](net, theta, X, y, sample_weight=sw) @ V
@@ -215,38 +118,36 @@ def test_chunked_equals_unchunked_to_rounding(backend):
                             err_msg=f"{kind} batch_size={bs}")
 
 
-@pytest.mark.parametrize("backend", BACKENDS)
-def test_zero_weight_chunk_is_skipped(backend):
+def test_zero_weight_chunk_is_skipped():
     theta, X, y, _ = _problem(ARCH, LOSS, False, "zero-chunk")
     sw = np.array([1.0, 2.0, 0.0, 0.0, 0.5, 1.5])
-    net = _make_net(backend, ARCH, ACT, LOSS, 0.3, np.float64)
+    net = _make_net(ARCH, ACT, LOSS, 0.3, np.float64)
     V = np.random.default_rng(2).standard_normal((net.n_params, 2))
     M = _dense(net, "ggn", theta, X, y, sw)
     op = curvature.GGNOperator(net, theta, X, y, sample_weight=sw, batch_size=2)
     assert_close(op @ V, M @ V, np.float64)
 
 
-def _counting(monkeypatch, net):
-    """Count product calls of ``type(net)`` (the unregularized twin included)."""
+def _counting(monkeypatch):
+    """Count the curvature kernels' calls (one per chunk of rows)."""
     calls = collections.Counter()
-    for kind, method in PRODUCTS.items():
-        original = getattr(type(net), method)
+    for kind, kernel in PRODUCTS.items():
+        original = getattr(_curvature, kernel)
 
-        def counted(self, *args, _original=original, _kind=kind, **kwargs):
+        def counted(*args, _original=original, _kind=kind):
             calls[_kind] += 1
-            return _original(self, *args, **kwargs)
+            return _original(*args)
 
-        monkeypatch.setattr(type(net), method, counted)
+        monkeypatch.setattr(_curvature, kernel, counted)
     return calls
 
 
-@pytest.mark.parametrize("backend", BACKENDS)
-def test_one_call_per_chunk_and_none_at_construction(backend, monkeypatch):
-    """k vectors go through the network together: one product call per chunk; the
+def test_one_call_per_chunk_and_none_at_construction(monkeypatch):
+    """k vectors go through the network together: one kernel call per chunk; the
     constructor (dtype given) computes nothing."""
     theta, X, y, sw = _problem(ARCH, LOSS, True, "calls")
-    net = _make_net(backend, ARCH, ACT, LOSS, 0.3, np.float64)
-    calls = _counting(monkeypatch, net)
+    net = _make_net(ARCH, ACT, LOSS, 0.3, np.float64)
+    calls = _counting(monkeypatch)
     ops = {kind: OPERATORS[kind](net, theta, X, y, sample_weight=sw) for kind in KINDS}
     chunked = {kind: OPERATORS[kind](net, theta, X, y, sample_weight=sw, batch_size=4)
                for kind in KINDS}
@@ -263,7 +164,7 @@ def test_one_call_per_chunk_and_none_at_construction(backend, monkeypatch):
 
 def test_operator_validates_once_at_construction():
     theta, X, y, sw = _problem(ARCH, LOSS, True, "validate")
-    net = DenseNet(ARCH, ACT, LOSS, 0.3, np.float32)
+    net = _make_net(ARCH, ACT, LOSS, 0.3, np.float32)
     op = curvature.GGNOperator(net, theta.tolist(), X, y, sample_weight=sw.tolist())
     assert op.theta.dtype == np.float32 and op.X.dtype == np.float32
     assert op.sample_weight.dtype == np.float32
@@ -275,7 +176,7 @@ def test_operator_validates_once_at_construction():
 @pytest.mark.parametrize("kind", KINDS)
 def test_operator_bad_input(kind):
     theta, X, y, sw = _problem(ARCH, LOSS, True, "bad")
-    net = DenseNet(ARCH, ACT, LOSS, 0.3, np.float64)
+    net = _make_net(ARCH, ACT, LOSS, 0.3, np.float64)
     P = net.n_params
     op = OPERATORS[kind](net, theta, X, y, sample_weight=sw)
     bad = {
@@ -338,10 +239,9 @@ def test_eigenvalues_known_matrix(which):
 
 @pytest.mark.parametrize("dtype", DTYPES.values(), ids=DTYPES.keys())
 @pytest.mark.parametrize("kind", KINDS)
-@pytest.mark.parametrize("backend", BACKENDS)
-def test_eigenvalues_match_eigvalsh(backend, kind, dtype):
+def test_eigenvalues_match_eigvalsh(kind, dtype):
     theta, X, y, sw = _problem(ARCH, LOSS, True, "eig", kind)
-    net = _make_net(backend, ARCH, ACT, LOSS, 0.3, dtype)
+    net = _make_net(ARCH, ACT, LOSS, 0.3, dtype)
     M = _dense(net, kind, theta, X, y, sw)
     lam = np.linalg.eigvalsh(M)
     op = OPERATORS[kind](net, theta, X, y, sample_weight=sw, batch_size=4)
@@ -431,10 +331,9 @@ def test_hutchpp_beats_hutchinson_on_a_decaying_spectrum():
 
 
 @pytest.mark.parametrize("dtype", DTYPES.values(), ids=DTYPES.keys())
-@pytest.mark.parametrize("backend", BACKENDS)
-def test_trace_of_curvature_operators(backend, dtype):
+def test_trace_of_curvature_operators(dtype):
     theta, X, y, sw = _problem(ARCH, LOSS, True, "trace")
-    net = _make_net(backend, ARCH, ACT, LOSS, 0.3, dtype)
+    net = _make_net(ARCH, ACT, LOSS, 0.3, dtype)
     for kind in KINDS:
         M = _dense(net, kind, theta, X, y, sw)
         op = OPERATORS[kind](net, theta, X, y, sample_weight=sw, batch_size=4)
@@ -503,10 +402,9 @@ def test_slq_invariant_subspace_stops_early():
 
 @pytest.mark.parametrize("dtype", DTYPES.values(), ids=DTYPES.keys())
 @pytest.mark.parametrize("kind", KINDS)
-@pytest.mark.parametrize("backend", BACKENDS)
-def test_spectral_density_of_curvature(backend, kind, dtype):
+def test_spectral_density_of_curvature(kind, dtype):
     theta, X, y, sw = _problem(ARCH, LOSS, True, "slq", kind)
-    net = _make_net(backend, ARCH, ACT, LOSS, 0.3, dtype)
+    net = _make_net(ARCH, ACT, LOSS, 0.3, dtype)
     M = _dense(net, kind, theta, X, y, sw)
     P = net.n_params
     op = OPERATORS[kind](net, theta, X, y, sample_weight=sw)

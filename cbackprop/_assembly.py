@@ -1,0 +1,415 @@
+"""Dense curvature matrices, per-layer blocks, diagonals and K-FAC factors.
+
+Each quantity is a sum over rows: a chunk builder computes one chunk's terms
+from the backpropagated per-sample factors, :func:`accumulate` sums the chunks
+of a :class:`~cbackprop._problem.Problem` (normalized by its global weight W),
+and the regularizer ``reg_coef`` is added once on the weight entries. With
+``a~_i`` a layer's input with a 1 appended (weights and bias form the augmented
+``(n_in + 1, n_out)`` block, contiguous in theta), every curvature block is
+
+    C_lm = sum_i (a~_li a~_mi^T) (x) K_lm,i      (Kronecker product)
+
+with ``K_lm,i`` an ``(n_l, n_m)`` output-space matrix: the backpropagated loss
+Hessian (GGN), the outer product of deltas (empirical Fisher) or the exact
+z-Hessian of the Hessian backpropagation (plus, for the Hessian, the terms
+where a layer's input depends on lower parameters). Reshaped, the sum over
+samples is ``A2^T K`` with ``A2_i = vec(a~_li a~_mi^T)``: ``2 N P_l P_m`` flops,
+a factor n_L below ``J^T S S^T J``.
+"""
+import numbers
+
+import numpy as np
+
+from cbackprop import _curvature
+from cbackprop._problem import first_order_state, loss_factors
+
+DEFAULT_MAX_BYTES = 2 ** 31  # refuse dense matrices above 2 GiB by default
+ASSEMBLY_ENTRIES = 1 << 22   # per-chunk intermediates: about 32 MB of float64
+
+
+# ---------------------------------------------------------------- the data loop
+def _entries_per_row(net):
+    """Intermediates per sample: the products of the widest layer's inputs
+    (a~ a~^T), the output-space matrices (n_l^2 per layer), the
+    backpropagated loss factor (n_L per unit) and the first-order state."""
+    s = net.layer_sizes
+    width = sum(s[1:])
+    return (max(s[:-1]) + 1) ** 2 + sum(n * n for n in s[1:]) + (s[-1] + 8) * width
+
+
+def accumulate(problem, theta, build):
+    """Sum over row chunks of ``build(net, theta, X_c, Y_c, sw_c, W)``.
+
+    Parts are arrays or lists of arrays; each is normalized by the problem's
+    global weight W, so the sum is the whole data term.
+    """
+    net, W = problem.net, problem.weight_sum
+    total = None
+    for c in problem.chunks(_entries_per_row(net), ASSEMBLY_ENTRIES, min_rows=1):
+        X, Y, sw = problem._part(c)
+        part = build(net, theta, X, Y, sw, W)
+        if total is None:
+            total = part
+        elif isinstance(part, list):
+            total = [t + p for t, p in zip(total, part)]
+        else:
+            total = total + part
+    return total
+
+
+def check_dense(net, max_bytes):
+    """ValueError when a dense (P, P) matrix exceeds ``max_bytes``."""
+    limit = DEFAULT_MAX_BYTES if max_bytes is None else max_bytes
+    if not isinstance(limit, numbers.Real) or limit < 0:
+        raise ValueError(f"max_bytes must be a number >= 0, got {max_bytes!r}")
+    P = net.n_params
+    nbytes = P * P * np.dtype(net.dtype).itemsize
+    if nbytes > limit:
+        raise ValueError(f"a dense {P} x {P} matrix of {np.dtype(net.dtype).name} "
+                         f"needs {nbytes} bytes, above the limit of {int(limit)} bytes "
+                         f"(pass max_bytes= to raise it, or use the matrix-free operators)")
+
+
+# ---------------------------------------------------------------- Kronecker sums
+def _inputs(net, X, A):
+    """Augmented layer inputs a~_l (N, n_in + 1), 1 appended last."""
+    N, lay = X.shape[0], net.layout
+    ins = []
+    for l in range(net.n_layers):
+        a = X if l == 0 else lay.layer(A, l - 1, N)[0]
+        ins.append(np.hstack([a, np.ones((N, 1), net.dtype)]))
+    return ins
+
+
+def _tri_table(a):
+    """Upper-triangle pairs (i <= j) of range(a) and the (a, a) table mapping
+    either order of a pair to its position among them."""
+    ia, ib = np.triu_indices(a)
+    table = np.empty((a, a), np.intp)
+    table[ia, ib] = table[ib, ia] = np.arange(ia.size)
+    return ia, ib, table
+
+
+def _sym_sum(A, K):
+    """Compact sum_i (A_i A_i^T) (x) K_i for symmetric K_i.
+
+    The sum is symmetric in (p, p') and, separately, in (q, q'): the GEMM runs
+    over the upper triangles of both pairs, a quarter of the flops.
+    """
+    pa, pb, _ = _tri_table(A.shape[1])
+    qa, qb, _ = _tri_table(K.shape[1])
+    return (A[:, pa] * A[:, pb]).T @ K[:, qa, qb]
+
+
+def _pair_sum(Al, Am, K):
+    """Compact sum_i vec(Al_i Am_i^T) vec(K_i)^T: (al * am, nl * nm)."""
+    N = Al.shape[0]
+    A2 = (Al[:, :, None] * Am[:, None, :]).reshape(N, -1)
+    return A2.T @ K.reshape(N, -1)
+
+
+def _all_pairs(net):
+    L = net.n_layers
+    return [(l, m) for l in range(L) for m in range(l, L)]
+
+
+def _compact_pairs(ins, kmat, pairs):
+    """Per pair (l, m): the compact sums over one chunk's samples."""
+    return [_sym_sum(ins[l], kmat(l, l)) if l == m
+            else _pair_sum(ins[l], ins[m], kmat(l, m)) for l, m in pairs]
+
+
+def _scatter(net, pairs, compact):
+    """The dense symmetric (P, P) matrix from the compact pair sums, written
+    in Kronecker order by one pass of the scatter kernels."""
+    blocks = net.layout.blocks()
+    out = np.zeros((net.n_params, net.n_params), net.dtype)
+    for (l, m), G in zip(pairs, compact):
+        (ol, al, nl), (om, am, nm) = blocks[l], blocks[m]
+        G = np.ascontiguousarray(G, net.dtype)
+        if l == m:
+            _curvature.scatter_sym(G, _tri_table(al)[2], _tri_table(nl)[2], out, ol)
+        else:
+            _curvature.scatter_pair(G, al, am, nl, nm, out, ol, om)
+    return out
+
+
+def _blocks(problem, compact):
+    """Dense per-layer blocks from compact sums, + reg_coef on weights."""
+    net, out = problem.net, []
+    for (_, a, n), G in zip(net.layout.blocks(), compact):
+        B = np.empty((a * n, a * n), net.dtype)
+        _curvature.scatter_sym(np.ascontiguousarray(G, net.dtype), _tri_table(a)[2],
+                               _tri_table(n)[2], B, 0)
+        idx = np.arange((a - 1) * n)
+        B[idx, idx] += problem.reg_coef
+        out.append(B)
+    return out
+
+
+def _diag_from_factors(net, ins, S):
+    """sum_i sum_c a~_i^2 (x) s_ic^2 per layer: one GEMM each."""
+    parts = [(a * a).T @ np.einsum("cij,cij->ij", s, s) for a, s in zip(ins, S)]
+    return np.concatenate([p.ravel() for p in parts]).astype(net.dtype)
+
+
+def _regularized(problem, M):
+    return problem.net.layout.add_weight_diag(M, problem.reg_coef)
+
+
+# ---------------------------------------------------------------- per-sample factors
+def _ggn_factors(net, theta, X, Y, sw, W):
+    """Layer inputs and S_l (C, N, n_l): the loss factor at each z_l."""
+    A, S = loss_factors(net, theta, X, Y, sw, W)
+    return _inputs(net, X, A), net.layout.layers(S, X.shape[0], net.n_outputs)
+
+
+def _fisher_factors(net, theta, X, Y, sw, W):
+    """Layer inputs and sqrt(c_i) delta_l (1, N, n_l) of the raw losses."""
+    N = X.shape[0]
+    # Unit weights and W = 1: the deltas are the raw per-sample ones.
+    _, A, _, _, DL, _ = first_order_state(net, theta, X, Y, None, 1.0)
+    c = (np.ones(N) if sw is None else sw) / W
+    root = np.sqrt(c).astype(net.dtype)[:, None]
+    return _inputs(net, X, A), [(b[0] * root)[None] for b in net.layout.layers(DL, N)]
+
+
+def _ggn_kmat(S):
+    return lambda l, m: np.matmul(S[l].transpose(1, 2, 0), S[m].transpose(1, 0, 2))
+
+
+def _ggn_chunk(net, theta, X, Y, sw, W):
+    ins, S = _ggn_factors(net, theta, X, Y, sw, W)
+    return _compact_pairs(ins, _ggn_kmat(S), _all_pairs(net))
+
+
+def _efisher_chunk(net, theta, X, Y, sw, W):
+    ins, S = _fisher_factors(net, theta, X, Y, sw, W)
+    kmat = lambda l, m: S[l][0][:, :, None] * S[m][0][:, None, :]
+    return _compact_pairs(ins, kmat, _all_pairs(net))
+
+
+def _block_ggn_chunk(net, theta, X, Y, sw, W):
+    ins, S = _ggn_factors(net, theta, X, Y, sw, W)
+    kmat = _ggn_kmat(S)
+    return [_sym_sum(a, kmat(l, l)) for l, a in enumerate(ins)]
+
+
+# ---------------------------------------------------------------- GGN and Fisher
+def ggn(problem, theta, max_bytes=None):
+    """Dense GGN (P, P) of the problem, + reg_coef on the weight entries."""
+    net = problem.net
+    check_dense(net, max_bytes)
+    compact = accumulate(problem, theta, _ggn_chunk)
+    return _regularized(problem, _scatter(net, _all_pairs(net), compact))
+
+
+def efisher(problem, theta, max_bytes=None):
+    """Dense empirical Fisher (P, P), + reg_coef on the weight entries."""
+    net = problem.net
+    check_dense(net, max_bytes)
+    compact = accumulate(problem, theta, _efisher_chunk)
+    return _regularized(problem, _scatter(net, _all_pairs(net), compact))
+
+
+def block_ggn(problem, theta):
+    """Exact per-layer GGN blocks, list of (P_l, P_l)."""
+    return _blocks(problem, accumulate(problem, theta, _block_ggn_chunk))
+
+
+def diag_ggn(problem, theta):
+    """Exact GGN diagonal (P,)."""
+    build = lambda *a: _diag_from_factors(a[0], *_ggn_factors(*a))
+    return _regularized(problem, accumulate(problem, theta, build))
+
+
+def diag_efisher(problem, theta):
+    """Empirical Fisher diagonal (P,)."""
+    build = lambda *a: _diag_from_factors(a[0], *_fisher_factors(*a))
+    return _regularized(problem, accumulate(problem, theta, build))
+
+
+def diag_ggn_mc(problem, theta, mc_samples, rs):
+    """Monte-Carlo GGN diagonal: the loss factor times Gaussian vectors.
+
+    ``E[(S e)(S e)^T] = S S^T = H`` for ``e ~ N(0, I)``: unbiased for every
+    loss; the draws come from ``rs`` chunk by chunk.
+    """
+    def build(net, theta, X, Y, sw, W):
+        ins, S = _ggn_factors(net, theta, X, Y, sw, W)
+        E = rs.standard_normal((mc_samples, net.n_outputs, X.shape[0]))
+        E /= np.sqrt(mc_samples)
+        # Backpropagation is linear: mixing the factor's columns at the
+        # output mixes them identically at every layer.
+        Smc = [np.einsum("mcn,cnj->mnj", E, s).astype(net.dtype) for s in S]
+        return _diag_from_factors(net, ins, Smc)
+    return _regularized(problem, accumulate(problem, theta, build))
+
+
+def kfac(problem, theta):
+    """Kronecker factors [(A_l, G_l)] per layer (regularizer excluded)."""
+    factors = accumulate(problem, theta, _kfac_chunk)
+    return [(factors[2 * l], factors[2 * l + 1]) for l in range(problem.net.n_layers)]
+
+
+def _kfac_chunk(net, theta, X, Y, sw, W):
+    N = X.shape[0]
+    A, S = loss_factors(net, theta, X, Y, sw, W)
+    c = (np.full(N, 1.0 / W) if sw is None else sw / W).astype(net.dtype)
+    root = np.sqrt(c)[:, None]
+    out = []
+    for l, s in enumerate(net.layout.layers(S, N, net.n_outputs)):
+        a = X if l == 0 else net.layout.layer(A, l - 1, N)[0]
+        b = a * root
+        n_in = a.shape[1]
+        # [a, 1]^T diag(c) [a, 1] blockwise: syrk on sqrt(c)-scaled rows,
+        # the bias row and column from weighted column sums.
+        F = np.empty((n_in + 1, n_in + 1), net.dtype)
+        F[:n_in, :n_in] = b.T @ b
+        F[n_in, :n_in] = F[:n_in, n_in] = c @ a
+        F[n_in, n_in] = c.sum()
+        Sf = s.reshape(-1, s.shape[-1])
+        out += [F, Sf.T @ Sf]
+    return out
+
+
+# ---------------------------------------------------------------- exact Hessian
+def _left_mul(W, K):
+    """W @ K_i for every sample as ONE GEMM: K (N, a, b) -> (N, W.shape[0], b).
+
+    (W K_i)^T = K_i^T W^T, so the transposed stack times W^T does all samples
+    at once instead of N small products.
+    """
+    N, a, b = K.shape
+    Kt = np.ascontiguousarray(K.transpose(0, 2, 1)).reshape(N * b, a)
+    return (Kt @ W.T).reshape(N, b, W.shape[0]).transpose(0, 2, 1)
+
+
+def _sandwich(W, K, f1, q):
+    """diag(f') W K W^T diag(f') + diag(q) per sample: one z-Hessian step."""
+    T = _left_mul(W, K)
+    H = _left_mul(W, np.ascontiguousarray(T.transpose(0, 2, 1)))
+    H *= f1[:, :, None] * f1[:, None, :]
+    n = H.shape[1]
+    H[:, np.arange(n), np.arange(n)] += q
+    return H
+
+
+def _first_order_layers(net, theta, X, Y, sw, W):
+    """f', the residual weights Q and the weighted deltas per layer (N, n_l)."""
+    N = X.shape[0]
+    _, _, F1, _, DL, Q = first_order_state(net, theta, X, Y, sw, W)
+    lay = net.layout
+    return ([b[0] for b in lay.layers(F1, N)], [b[0] for b in lay.layers(Q, N)],
+            [b[0] for b in lay.layers(DL, N)])
+
+
+def _hessian_state(net, theta, X, Y, sw, W):
+    """Inputs, f', weighted deltas and the z-Hessians Hz_l (N, n_l, n_l).
+
+    Hessian backpropagation: Hz_L = c_i H_i and
+    Hz_l = diag(f'_l) W_{l+1} Hz_{l+1} W_{l+1}^T diag(f'_l) + diag(Q_l),
+    Q_l = (dL/da_l) f''(z_l) the residual of the nonlinearity.
+    """
+    L = net.n_layers
+    f1, q, delta = _first_order_layers(net, theta, X, Y, sw, W)
+    ins, S = _ggn_factors(net, theta, X, Y, sw, W)
+    coefs, _ = net.unpack(theta)
+    Hz = [None] * L
+    Hz[L - 1] = _ggn_kmat(S)(L - 1, L - 1)
+    for l in range(L - 2, -1, -1):
+        Hz[l] = _sandwich(coefs[l + 1], Hz[l + 1], f1[l], q[l])
+    return ins, f1, delta, coefs, Hz
+
+
+def _block_hessian_chunk(net, theta, X, Y, sw, W):
+    ins, _, _, _, Hz = _hessian_state(net, theta, X, Y, sw, W)
+    return [_sym_sum(a, H) for a, H in zip(ins, Hz)]
+
+
+def block_hessian(problem, theta):
+    """Exact per-layer Hessian blocks, list of (P_l, P_l)."""
+    return _blocks(problem, accumulate(problem, theta, _block_hessian_chunk))
+
+
+def _diag_hessian_chunk(net, theta, X, Y, sw, W):
+    """GGN diagonal from the loss factor plus the residual's diagonal.
+
+    Hz_l = (GGN part) + R_l with R_{L-1} = 0 and
+    R_l = diag(f'_l) W_{l+1} R_{l+1} W_{l+1}^T diag(f'_l) + diag(Q_l): the
+    residual is diagonal one layer below the output and needs full (N, n, n)
+    matrices only further down, so shallow nets pay nothing.
+    """
+    N = X.shape[0]
+    ins, S = _ggn_factors(net, theta, X, Y, sw, W)
+    f1, q, _ = _first_order_layers(net, theta, X, Y, sw, W)
+    coefs, _ = net.unpack(theta)
+    diags = [np.einsum("cij,cij->ij", s, s) for s in S]
+    R = None                        # residual z-Hessian of the layer above
+    for l in range(net.n_layers - 2, -1, -1):
+        if R is None:
+            diags[l] += q[l]
+            if l:
+                n = q[l].shape[1]
+                R = np.zeros((N, n, n), net.dtype)
+                R[:, np.arange(n), np.arange(n)] = q[l]
+            continue
+        M = _sandwich(coefs[l + 1], R, f1[l], q[l])
+        idx = np.arange(M.shape[1])
+        diags[l] += M[:, idx, idx]
+        R = M if l else None
+    parts = [(a * a).T @ d for a, d in zip(ins, diags)]
+    return np.concatenate([p.ravel() for p in parts]).astype(net.dtype)
+
+
+def diag_hessian(problem, theta):
+    """Exact Hessian diagonal (P,)."""
+    return _regularized(problem, accumulate(problem, theta, _diag_hessian_chunk))
+
+
+def hessian(problem, theta, max_bytes=None):
+    """Dense exact Hessian (P, P) by Hessian backpropagation.
+
+    Block (l, m), l < m: ``sum_i (a~_l a~_m^T) (x) Hz_lm`` with
+    ``Hz_lm = diag(f'_l) W_{l+1} Hz_{l+1,m}``, plus the terms of layer m's
+    input depending on z_l: ``sum_i a~_l,p delta_m,q' d a_m,p' / d z_l,q``.
+    """
+    net = problem.net
+    check_dense(net, max_bytes)
+    parts = accumulate(problem, theta, _hessian_chunk)
+    pairs = _all_pairs(net)
+    H = _scatter(net, pairs, parts[:len(pairs)])
+    blocks = net.layout.blocks()
+    for (l, m), C in zip([p for p in pairs if p[0] < p[1]], parts[len(pairs):]):
+        (ol, al, nl), (om, am, nm) = blocks[l], blocks[m]
+        H[ol:ol + al * nl, om:om + (am - 1) * nm] += C
+        H[om:om + (am - 1) * nm, ol:ol + al * nl] += C.T
+    return _regularized(problem, H)
+
+
+def _hessian_chunk(net, theta, X, Y, sw, W):
+    """Compact pair sums of the z-Hessians, then the cross terms."""
+    ins, f1, delta, coefs, Hz = _hessian_state(net, theta, X, Y, sw, W)
+    pairs = _all_pairs(net)
+    kz = {}
+    for m in range(net.n_layers):
+        K = kz[m, m] = Hz[m]
+        for l in range(m - 1, -1, -1):
+            K = kz[l, m] = f1[l][:, :, None] * _left_mul(coefs[l + 1], K)
+    compact = _compact_pairs(ins, lambda l, m: kz[l, m], pairs)
+    cross = [_cross_term(net, ins[l], delta[m], f1, coefs, l, m)
+             for l, m in pairs if l < m]
+    return compact + cross
+
+
+def _cross_term(net, a_l, delta_m, f1, coefs, l, m):
+    """sum_i a~_l,ip delta_m,iq' (d a_{m-1} / d z_l)_i[p', q] in block order."""
+    N = a_l.shape[0]
+    Ja = f1[l][:, :, None] * np.eye(net.layer_sizes[l + 1], dtype=net.dtype)
+    for j in range(l + 1, m):
+        Ja = f1[j][:, :, None] * _left_mul(coefs[j].T, Ja)
+    al, nm = a_l.shape[1], delta_m.shape[1]
+    n_in, nl = Ja.shape[1], Ja.shape[2]
+    lhs = (a_l[:, :, None] * delta_m[:, None, :]).reshape(N, al * nm)
+    Xp = lhs.T @ Ja.reshape(N, n_in * nl)
+    return Xp.reshape(al, nm, n_in, nl).transpose(0, 3, 2, 1).reshape(al * nl, n_in * nm)
