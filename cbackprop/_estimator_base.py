@@ -25,9 +25,8 @@ from sklearn.utils import check_random_state
 from sklearn.utils._param_validation import StrOptions
 from sklearn.utils.validation import _check_sample_weight, check_is_fitted, validate_data
 
-from cbackprop import _train
+from cbackprop import _train, optimize
 from cbackprop._problem import Problem
-from cbackprop._second_order_fit import SecondOrderFitMixin
 from cbackprop._stochastic import AdamState, SGDState
 from cbackprop.network import ACTIVATIONS, Network
 
@@ -37,6 +36,7 @@ except ImportError:  # pragma: no cover
     def _get_additional_lbfgs_options_dict(key, value):
         return {}
 
+_DAMPING = {"lm": "mu", "hessian-free": "damping"}  # the damping in each result
 STOCHASTIC_SOLVERS = ("sgd", "adam")
 SECOND_ORDER_SOLVERS = ("lm", "hessian-free", "newton")
 SOLVERS = ("lbfgs", "sgd", "adam") + SECOND_ORDER_SOLVERS
@@ -80,7 +80,7 @@ def _zero_weight_batch(sw, order, batch_size):
     return bool((sums == 0).any())
 
 
-class BaseMLP(SecondOrderFitMixin, BaseEstimator):
+class BaseMLP(BaseEstimator):
     """Base class of the MLP estimators; use MLPClassifier or MLPRegressor."""
 
     _parameter_constraints = _parameter_constraints(_SkMLPRegressor)
@@ -211,16 +211,7 @@ class BaseMLP(SecondOrderFitMixin, BaseEstimator):
         self._bind(self.network_.init_params(self._random_state))
         self._best_theta = None  # created by _fit_stochastic for early stopping
         if self.solver in STOCHASTIC_SOLVERS:
-            self.loss_curve_ = []
-            self._no_improvement_count = 0
-            if self.early_stopping:
-                self.validation_scores_ = []
-                self.best_validation_score_ = -np.inf
-                self.best_loss_ = None
-            else:
-                self.best_loss_ = np.inf
-                self.validation_scores_ = None
-                self.best_validation_score_ = None
+            self._start_records()
 
     def _fit(self, X, y, sample_weight=None, incremental=False):
         hidden = _hidden_layer_sizes(self.hidden_layer_sizes)
@@ -335,6 +326,65 @@ class BaseMLP(SecondOrderFitMixin, BaseEstimator):
         self._theta[:] = x
         self.loss_ = f
 
+    # ------------------------------------------------------------ lm, hessian-free, newton
+    # Full batch: max_iter counts outer iterations, tol is the gradient
+    # tolerance (max|g|, as for 'lbfgs'), loss_curve_ gets one entry per
+    # iteration; early_stopping scores the validation split after every
+    # iteration through the solver's callback; warm_start continues from the
+    # fitted weights (and, for 'lm' and 'hessian-free', the last damping).
+    def _fit_second_order(self, X, y, sample_weight):
+        X_tr, y_tr, sw_tr, X_val, y_val, sw_val = self._validation_split(X, y, sample_weight)
+        net = self._scratch_network()
+        X_tr = np.ascontiguousarray(X_tr, dtype=net.dtype)
+        Y_tr = self._as_targets(y_tr)
+        curve = self.loss_curve_ if self.warm_start and getattr(
+            self, "loss_curve_", None) else ()
+        self._start_records(curve)
+        if self.early_stopping:
+            self._best_theta = self._theta.copy()
+        callback = self._second_order_callback(X_val, y_val, sw_val)
+        try:
+            res = self._run_second_order(net, X_tr, Y_tr, sw_tr, callback)
+        except ValueError as exc:
+            if "bytes" in str(exc) and self.solver == "lm":
+                raise ValueError(f"{exc}; solver='hessian-free' needs no P x P matrix") from exc
+            raise
+        self._damping = res.get(_DAMPING.get(self.solver, ""), None)
+        self.n_iter_, self.loss_ = int(res.nit), float(res.fun)
+        self._theta[:] = self._best_theta if self.early_stopping else res.x
+        if res.status <= 0 and res.status != -2:
+            warnings.warn(f"{self.solver} stopped after {res.nit} iteration(s) "
+                          f"(status={res.status}): {res.message}", ConvergenceWarning,
+                          stacklevel=3)
+
+    def _second_order_callback(self, X_val, y_val, sw_val):
+        verbose = self.verbose is True or self.verbose >= 1
+        key = _DAMPING.get(self.solver)
+
+        def callback(r):
+            if verbose:
+                extra = f", {key} = {r[key]:.3g}" if key and key in r else ""
+                print(f"Iteration {len(self.loss_curve_) + 1}, loss = {r.fun:.8f}{extra}")
+            if self.early_stopping:
+                self._theta[:] = r.x            # scored through coefs_ views
+            self._record(float(r.fun), X_val, y_val, sw_val)
+            # The solvers have their own tolerances; only a validation score
+            # that stopped improving ends the fit early.
+            if self.early_stopping and self._no_improvement_count > self.n_iter_no_change:
+                raise StopIteration
+        return callback
+
+    def _run_second_order(self, net, X, Y, sw, callback):
+        kw = dict(max_iter=self.max_iter, gtol=self.tol, callback=callback)
+        damping = getattr(self, "_damping", None) if self.warm_start else None
+        if self.solver == "lm":
+            return optimize.levenberg_marquardt(net, self._theta, X, Y, sw,
+                                                mu=damping or 1e-3, **kw)
+        if self.solver == "hessian-free":
+            return optimize.hessian_free(net, self._theta, X, Y, sw, damping=damping or 1.0,
+                                         random_state=self._random_state, **kw)
+        return optimize.newton(net, self._theta, X, Y, sw, **kw)
+
     # ------------------------------------------------------------ sgd, adam
     def _new_optimizer(self):
         net = self.network_
@@ -372,10 +422,7 @@ class BaseMLP(SecondOrderFitMixin, BaseEstimator):
         if not incremental or not hasattr(self, "_optimizer"):
             self._optimizer = self._new_optimizer()
         if not hasattr(self, "loss_curve_"):
-            # A warm start from an 'lbfgs' fit: start the stochastic records.
-            self.loss_curve_, self._no_improvement_count = [], 0
-            self.best_loss_ = None if self.early_stopping else np.inf
-            self.validation_scores_ = self.best_validation_score_ = None
+            self._start_records()   # a warm start from an 'lbfgs' fit
         if self.early_stopping and self.validation_scores_ is None:
             self.validation_scores_, self.best_validation_score_ = [], -np.inf
         if self.early_stopping and getattr(self, "_best_theta", None) is None:
@@ -453,10 +500,9 @@ class BaseMLP(SecondOrderFitMixin, BaseEstimator):
                 self.n_iter_ += 1
                 self.loss_ = accumulated / n_samples
                 self.t_ += n_samples
-                self.loss_curve_.append(self.loss_)
                 if self.verbose:
                     print("Iteration %d, loss = %.8f" % (self.n_iter_, self.loss_))
-                self._update_no_improvement_count(early_stopping, X_val, y_val, sw_val)
+                self._record(self.loss_, X_val, y_val, sw_val)
                 optimizer.iteration_ends(self.t_)
 
                 if self._no_improvement_count > self.n_iter_no_change:
@@ -534,6 +580,26 @@ class BaseMLP(SecondOrderFitMixin, BaseEstimator):
             f"large or the data are not scaled. Stopped and restored the weights with "
             f"the best training loss seen ({loss:.6g}).", ConvergenceWarning,
             stacklevel=4)
+
+    # ------------------------------------------------------------ records
+    def _start_records(self, curve=()):
+        """Fresh loss_curve_ (continuing ``curve``), best_loss_ and the
+        validation records, as scikit-learn's ``_initialize`` sets them."""
+        self.loss_curve_ = list(curve)
+        self._no_improvement_count = 0
+        if self.early_stopping:
+            self.validation_scores_, self.best_validation_score_ = [], -np.inf
+            self.best_loss_ = None
+        else:
+            self.validation_scores_ = self.best_validation_score_ = None
+            self.best_loss_ = min(self.loss_curve_, default=np.inf)
+
+    def _record(self, loss, X_val, y_val, sw_val):
+        """One epoch or iteration: loss_curve_, then the no-improvement count
+        (validation score, best weights and best_validation_score_ with
+        early stopping; best_loss_ otherwise)."""
+        self.loss_curve_.append(loss)
+        self._update_no_improvement_count(self.early_stopping, X_val, y_val, sw_val)
 
     def _update_no_improvement_count(self, early_stopping, X, y, sample_weight):
         if early_stopping:
