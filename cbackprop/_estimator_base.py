@@ -298,10 +298,21 @@ class BaseMLP(BaseEstimator):
             return f, grad.astype(np.float64)  # a fresh float64 array
 
         iprint = 1 if (self.verbose is True or self.verbose >= 1) else -1
-        opt_res = scipy.optimize.minimize(
-            fun, self._theta.astype(np.float64), method="L-BFGS-B", jac=True,
-            options={"maxfun": self.max_fun, "maxiter": self.max_iter, "gtol": self.tol,
-                     **_get_additional_lbfgs_options_dict("iprint", iprint)})
+        nit = [0]
+
+        def count(intermediate_result):
+            nit[0] += 1
+
+        try:
+            opt_res = scipy.optimize.minimize(
+                fun, self._theta.astype(np.float64), method="L-BFGS-B", jac=True,
+                callback=count,
+                options={"maxfun": self.max_fun, "maxiter": self.max_iter,
+                         "gtol": self.tol,
+                         **_get_additional_lbfgs_options_dict("iprint", iprint)})
+        except KeyboardInterrupt:
+            self._interrupted(best["f"], best["x"], nit[0])
+            return
         self.n_iter_ = min(opt_res.nit, self.max_iter)
         x, f = opt_res.x, float(opt_res.fun)
         if not (math.isfinite(f) and np.isfinite(x).all()):
@@ -315,8 +326,10 @@ class BaseMLP(BaseEstimator):
                 "data or increase alpha.", ConvergenceWarning, stacklevel=3)
             x, f = best["x"], best["f"]
         elif opt_res.status != 0:
+            status = optimize.LBFGSB_STATUS.get(int(opt_res.status), -6)
             msg = (f"lbfgs failed to converge after {self.n_iter_} iteration(s) "
-                   f"(status={opt_res.status}):\n{opt_res.message}\n")
+                   f"(status={status}: {optimize.TERMINATION_MESSAGES[status]}):\n"
+                   f"{opt_res.message}\n")
             if self.n_iter_ == self.max_iter:
                 msg += ("\nIncrease the number of iterations to improve the "
                         f"convergence (max_iter={self.max_iter}).")
@@ -342,6 +355,7 @@ class BaseMLP(BaseEstimator):
         self._start_records(curve)
         if self.early_stopping:
             self._best_theta = self._theta.copy()
+        self._best_seen = (math.inf, None)
         callback = self._second_order_callback(X_val, y_val, sw_val)
         try:
             res = self._run_second_order(net, X_tr, Y_tr, sw_tr, callback)
@@ -349,6 +363,9 @@ class BaseMLP(BaseEstimator):
             if "bytes" in str(exc) and self.solver == "lm":
                 raise ValueError(f"{exc}; solver='hessian-free' needs no P x P matrix") from exc
             raise
+        except KeyboardInterrupt:
+            self._interrupted(*self._best_seen, len(self.loss_curve_))
+            return
         self._damping = res.get(_DAMPING.get(self.solver, ""), None)
         self.n_iter_, self.loss_ = int(res.nit), float(res.fun)
         self._theta[:] = self._best_theta if self.early_stopping else res.x
@@ -367,6 +384,8 @@ class BaseMLP(BaseEstimator):
                 print(f"Iteration {len(self.loss_curve_) + 1}, loss = {r.fun:.8f}{extra}")
             if self.early_stopping:
                 self._theta[:] = r.x            # scored through coefs_ views
+            if r.fun < self._best_seen[0]:      # kept for an interrupt
+                self._best_seen = (float(r.fun), np.array(r.x, copy=True))
             self._record(float(r.fun), X_val, y_val, sw_val)
             # The solvers have their own tolerances; only a validation score
             # that stopped improving ends the fit early.
@@ -580,6 +599,19 @@ class BaseMLP(BaseEstimator):
             f"large or the data are not scaled. Stopped and restored the weights with "
             f"the best training loss seen ({loss:.6g}).", ConvergenceWarning,
             stacklevel=4)
+
+    def _interrupted(self, best_loss, best_theta, n_iter):
+        """Ctrl-C during a full-batch solver: warn as scikit-learn does and
+        keep the best weights seen (the validation-best with early stopping),
+        so that the estimator is a usable fitted model."""
+        warnings.warn("Training interrupted by user.")
+        if self.early_stopping and getattr(self, "_best_theta", None) is not None:
+            self._theta[:] = self._best_theta
+        elif best_theta is not None:
+            self._theta[:] = best_theta
+        if best_theta is not None or not hasattr(self, "loss_"):
+            self.loss_ = best_loss
+        self.n_iter_ = n_iter
 
     # ------------------------------------------------------------ records
     def _start_records(self, curve=()):

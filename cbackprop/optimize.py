@@ -42,6 +42,7 @@ __all__ = ["levenberg_marquardt", "hessian_free", "newton", "quasi_hessian",
            "TERMINATION_MESSAGES"]
 
 TERMINATION_MESSAGES = {
+    -6: "The line search found no lower loss (L-BFGS-B's abnormal termination).",
     -5: "A linear algebra error occurred in the trust-region subproblem.",
     -4: "The quadratic model predicted no decrease: the trust-region step failed.",
     -3: "The damping exceeded its maximum without a step that lowered the loss.",
@@ -50,6 +51,9 @@ TERMINATION_MESSAGES = {
     1: "`gtol` termination condition is satisfied.",
     2: "`ftol` termination condition is satisfied.",
 }
+# scipy's L-BFGS-B codes in this convention: 0 converged (its gradient or
+# relative-reduction test), 1 an iteration or evaluation limit, 2 abnormal.
+LBFGSB_STATUS = {0: 1, 1: 0, 2: -6}
 # The LM kernel's codes are these.
 assert {int(v): k for k, v in _lm.LMStatus.__members__.items()} == {
     -3: "MU_MAX", -2: "CALLBACK", 0: "MAX_ITER", 1: "GTOL", 2: "FTOL"}
