@@ -100,7 +100,8 @@ def assert_close(actual, expected, dtype, kind="reference", *, factor=1.0, scale
     bad = ~(err <= tol)
     if bad.any():
         tol = np.broadcast_to(tol, err.shape)
-        worst = np.unravel_index(np.argmax(np.where(bad, err / tol, -np.inf)), err.shape)
+        worst = tuple(int(i) for i in np.unravel_index(
+            np.argmax(np.where(bad, err / tol, -np.inf)), err.shape))
         raise AssertionError(
             f"{err_msg}: {int(bad.sum())} of {bad.size} entries off ({kind}, factor "
             f"{factor}, {dtype_id(dtype)}); worst at {worst}: actual "
