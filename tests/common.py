@@ -7,13 +7,14 @@ Tolerances
 ----------
 :func:`assert_close` checks, entry by entry,
 
-    |actual - expected| <= factor * RTOL[kind][dtype] * (|expected| + scale) + tiny
+    |actual - expected| <= factor * RTOL[kind][dtype] * (|expected| + scale)
 
 ``scale`` (a number, or an array broadcasting against ``expected``) is the floor of
 the tolerance: entries of sums can cancel to nearly zero while their rounding error
-stays that of the largest terms, hence the default ``max|expected|``; ``tiny`` (the
-smallest normal number of ``dtype``) absorbs gradual underflow. ``dtype`` is the dtype
-in which ``actual`` was computed: it picks the row of the table.
+stays that of the largest terms, hence the default ``max|expected|``. ``tiny=True``
+adds the smallest normal number of ``dtype`` (results that underflow gradually).
+``dtype`` is the dtype in which ``actual`` was computed: it picks the row of the
+table.
 
 Kinds of comparison (``RTOL``), one relative tolerance per dtype:
 
@@ -72,8 +73,8 @@ def rtol(dtype, kind="reference"):
 
 
 def assert_close(actual, expected, dtype, kind="reference", *, factor=1.0, scale=None,
-                 err_msg=""):
-    """Assert ``|actual - expected| <= factor rtol (|expected| + scale) + tiny``.
+                 tiny=False, err_msg=""):
+    """Assert ``|actual - expected| <= factor rtol (|expected| + scale)``.
 
     Parameters
     ----------
@@ -87,6 +88,8 @@ def assert_close(actual, expected, dtype, kind="reference", *, factor=1.0, scale
         Multiplies the tolerance of the kind.
     scale : float or array-like, optional
         Floor of the tolerance, in units of ``expected`` (default ``max|expected|``).
+    tiny : bool
+        Add the smallest normal number of ``dtype`` to the tolerance.
     err_msg : str
     """
     expected = np.asarray(expected, dtype=np.float64)
@@ -94,8 +97,9 @@ def assert_close(actual, expected, dtype, kind="reference", *, factor=1.0, scale
     assert actual.shape == expected.shape, (actual.shape, expected.shape, err_msg)
     if scale is None:
         scale = float(np.max(np.abs(expected))) if expected.size else 1.0
-    tol = (factor * rtol(dtype, kind) * (np.abs(expected) + np.asarray(scale, np.float64))
-           + np.finfo(dtype).tiny)
+    tol = factor * rtol(dtype, kind) * (np.abs(expected) + np.asarray(scale, np.float64))
+    if tiny:
+        tol = tol + np.finfo(dtype).tiny
     err = np.abs(actual.astype(np.float64) - expected)
     bad = ~(err <= tol)
     if bad.any():
