@@ -1,7 +1,9 @@
 """Shared fixtures for the cbackprop tests.
 
 ``OPENBLAS_NUM_THREADS=1`` is set by CI, not here.  The dense NumPy reference lives in
-``tests/reference.py`` (``import reference`` from any test module).
+``tests/reference.py`` (``import reference`` from any test module); the tolerances
+(``assert_close``), seeds, architectures and dtype parametrization shared by the tests
+in ``tests/common.py`` (``import common``).
 """
 import numpy as np
 import pytest

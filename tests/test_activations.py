@@ -22,8 +22,8 @@ import pytest
 from scipy.special import expit
 
 from cbackprop._activations import Activation, activation_memview
+from common import DTYPES, assert_close
 
-DTYPES = [pytest.param(np.float64, id="float64"), pytest.param(np.float32, id="float32")]
 ACTS = [pytest.param(a, id=a.name.lower()) for a in Activation]
 SMOOTH = [pytest.param(a, id=a.name.lower()) for a in Activation
           if a not in (Activation.IDENTITY, Activation.RELU)]
@@ -90,15 +90,13 @@ REGIONS = ["tiny", "core", "neg_tail", "pos_tail"]
 @pytest.mark.parametrize("act", ACTS)
 def test_value_matches_closed_form(act, dtype, region):
     """f(z) to a few eps (relative) of the float64 closed form, per region."""
-    eps = np.finfo(dtype).eps
     z = regions(dtype)[region]
     f = kernel(act, z, dtype)[0]
     assert f.dtype == dtype
     ref = reference(act, z.astype(np.float64))
-    # atol only absorbs the gradual underflow of results below the normal range
-    np.testing.assert_allclose(f.astype(np.float64), ref, rtol=4 * eps,
-                               atol=np.finfo(dtype).tiny,
-                               err_msg=f"{act.name} {np.dtype(dtype).name} {region}")
+    # relative only (scale 0); tiny absorbs results below the normal range
+    assert_close(f, ref, dtype, "eps", factor=4, scale=0.0, tiny=True,
+                 err_msg=f"{act.name} {np.dtype(dtype).name} {region}")
 
 
 DENSE = ["logistic", "tanh", "softplus"]
@@ -141,7 +139,7 @@ def test_tanh_tiny_is_identity(z):
 @pytest.mark.parametrize("z", [1e-37, 1e-20, -1e-20, -1e-37], ids=["1e-37", "1e-20", "-1e-20", "-1e-37"])
 def test_tanh_tiny_is_identity_float32(z):
     f = kernel(Activation.TANH, [z], np.float32)[0]
-    np.testing.assert_allclose(f, np.float32([z]), rtol=2 * np.finfo(np.float32).eps, atol=0)
+    assert_close(f, np.float32([z]), np.float32, "eps", factor=2, scale=0.0)
 
 
 # (f(0), f'(0), f''(0)); relu'(0) = 0 by convention (z > 0).
@@ -159,10 +157,10 @@ AT_ZERO = {
 @pytest.mark.parametrize("dtype", DTYPES)
 @pytest.mark.parametrize("act", ACTS)
 def test_values_at_zero(act, dtype):
-    eps = np.finfo(dtype).eps
     out = kernel(act, [0.0], dtype)
     for name, got, want in zip(("f", "f'", "f''"), out, AT_ZERO[act]):
-        np.testing.assert_allclose(got, [want], rtol=4 * eps, atol=0, err_msg=f"{act.name} {name}(0)")
+        assert_close(got, [want], dtype, "eps", factor=4, scale=0.0,
+                     err_msg=f"{act.name} {name}(0)")
     if act == Activation.LOGISTIC:
         assert out[0][0] == 0.5  # exactly
 
@@ -210,14 +208,12 @@ def test_float32_matches_float64_kernel(act):
     """float32 (f, f', f'') within a few float32 eps of the float64 kernel on
     [-8, 8] (absolute on the O(1) scale of f' and f'': f' of logistic/tanh is
     computed from a = f(z), so its relative accuracy degrades as it gets small)."""
-    eps = np.finfo(np.float32).eps
     z = np.linspace(-8.0, 8.0, 1601).astype(np.float32)
     out32 = kernel(act, z, np.float32)
     out64 = kernel(act, z.astype(np.float64))
     for name, a, b in zip(("f", "f'", "f''"), out32, out64):
         assert a.dtype == np.float32
-        np.testing.assert_allclose(a.astype(np.float64), b, rtol=8 * eps, atol=8 * eps,
-                                   err_msg=f"{act.name} {name}")
+        assert_close(a, b, np.float32, "eps", factor=8, scale=1.0, err_msg=f"{act.name} {name}")
 
 
 # ---------------------------------------------------------------- stability
@@ -294,10 +290,9 @@ def test_negative_tail_sign(act, dtype):
 def test_negative_tail_relative_accuracy(act, dtype):
     """logistic(z) and softplus(z) ~ exp(z) for very negative z, to relative
     accuracy (no 1 - (1 - tiny) cancellation)."""
-    eps = np.finfo(dtype).eps
     z = -np.array([40.0, 60.0, 80.0] if dtype == np.float32 else [40.0, 100.0, 300.0, 700.0])
     f = kernel(act, z, dtype)[0]
-    np.testing.assert_allclose(f.astype(np.float64), np.exp(z), rtol=4 * eps, atol=0)
+    assert_close(f, np.exp(z), dtype, "eps", factor=4, scale=0.0)
     # and the positive side is exact: softplus(z) == z, logistic(z) == 1
     g = kernel(act, -z, dtype)[0]
     assert (g == (-z if act == Activation.SOFTPLUS else 1.0)).all()

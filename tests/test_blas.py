@@ -4,7 +4,9 @@ Every ``*_memview`` twin wraps the nogil kernel the package uses, on
 row-major C-contiguous float32/float64 arrays. Outputs are written in place
 (the twins return None). Errors are bounded the standard way,
 ``|fl(x) - x| <= c k eps (|alpha| |A| |B| + |beta| |C|)``, with the
-reference computed in float64.
+reference computed in float64: ``assert_close`` of kind 'eps' with factor
+``k + 4`` and that bound as scale (the bound exceeds ``|x|``, so the tolerance
+is at most ``2 (k + 4) eps`` times it).
 """
 import numpy as np
 import pytest
@@ -12,8 +14,8 @@ import pytest
 from cbackprop._blas import (BLAS_Trans, BLAS_Uplo, axpy_memview, dot_memview,
                              gemm_memview, gemv_memview, ger_memview, nrm2_memview,
                              scal_memview, syrk_memview)
+from common import DTYPES, assert_close
 
-DTYPES = [pytest.param(np.float32, id="float32"), pytest.param(np.float64, id="float64")]
 TRANS = [pytest.param(BLAS_Trans.NoTrans, id="N"), pytest.param(BLAS_Trans.Trans, id="T")]
 UPLO = [pytest.param(BLAS_Uplo.Upper, id="upper"), pytest.param(BLAS_Uplo.Lower, id="lower")]
 LENGTHS = [pytest.param(n, id=f"n{n}") for n in (1, 2, 7, 100)]
@@ -32,16 +34,6 @@ def f64(a):
     return np.asarray(a, dtype=np.float64)
 
 
-def assert_within(actual, desired, bound, dtype, k, what=""):
-    """|actual - desired| <= (k + 4) eps(dtype) * bound, elementwise."""
-    tol = 2 * (k + 4) * np.finfo(dtype).eps * np.asarray(bound, np.float64)
-    err = np.abs(f64(actual) - f64(desired))
-    bad = ~(err <= tol)
-    assert not bad.any(), (f"{what}: {bad.sum()} of {bad.size} off; actual "
-                           f"{np.ravel(actual)[bad.ravel()][:4]}, desired "
-                           f"{np.ravel(desired)[bad.ravel()][:4]}")
-
-
 def op(t, A):
     return A if t == BLAS_Trans.NoTrans else A.T
 
@@ -52,7 +44,8 @@ def op(t, A):
 def test_dot(dtype, n, rng):
     x, y = rand(rng, n, dtype), rand(rng, n, dtype)
     got = dot_memview(x, y)
-    assert_within(got, f64(x) @ f64(y), np.abs(f64(x)) @ np.abs(f64(y)), dtype, n, "dot")
+    assert_close(got, f64(x) @ f64(y), dtype, "eps", factor=n + 4,
+                 scale=np.abs(f64(x)) @ np.abs(f64(y)), err_msg="dot")
 
 
 @pytest.mark.parametrize("n", LENGTHS)
@@ -60,7 +53,7 @@ def test_dot(dtype, n, rng):
 def test_nrm2(dtype, n, rng):
     x = rand(rng, n, dtype)
     ref = np.linalg.norm(f64(x))
-    assert_within(nrm2_memview(x), ref, ref, dtype, n, "nrm2")
+    assert_close(nrm2_memview(x), ref, dtype, "eps", factor=n + 4, scale=ref, err_msg="nrm2")
     assert nrm2_memview(-x) == nrm2_memview(x)
 
 
@@ -74,7 +67,8 @@ def test_axpy_in_place(dtype, n, rng):
     assert y.__array_interface__["data"][0] == y_id
     np.testing.assert_array_equal(x, x0)  # input untouched
     ref = ALPHA * f64(x0) + f64(y0)
-    assert_within(y, ref, np.abs(ALPHA * f64(x0)) + np.abs(f64(y0)), dtype, 1, "axpy")
+    assert_close(y, ref, dtype, "eps", factor=5,
+                 scale=np.abs(ALPHA * f64(x0)) + np.abs(f64(y0)), err_msg="axpy")
 
 
 @pytest.mark.parametrize("n", LENGTHS)
@@ -92,13 +86,14 @@ def test_level1_on_views_of_a_larger_buffer(dtype, rng):
     buf = rand(rng, 20, dtype)
     x, y = buf[3:9], buf[11:17]
     ref_dot = f64(x) @ f64(y)
-    assert_within(dot_memview(x, y), ref_dot, np.abs(f64(x)) @ np.abs(f64(y)), dtype, 6)
+    assert_close(dot_memview(x, y), ref_dot, dtype, "eps", factor=10,
+                 scale=np.abs(f64(x)) @ np.abs(f64(y)))
     before = buf.copy()
     axpy_memview(2.0, x, y)
     np.testing.assert_array_equal(buf[:11], before[:11])
     np.testing.assert_array_equal(buf[17:], before[17:])
-    assert_within(buf[11:17], 2 * f64(before[3:9]) + f64(before[11:17]),
-                  2 * np.abs(f64(before[3:9])) + np.abs(f64(before[11:17])), dtype, 1)
+    assert_close(buf[11:17], 2 * f64(before[3:9]) + f64(before[11:17]), dtype, "eps",
+                 factor=5, scale=2 * np.abs(f64(before[3:9])) + np.abs(f64(before[11:17])))
 
 
 # ------------------------------------------------------------------ level 2
@@ -120,7 +115,7 @@ def test_gemv(dtype, ta, shape, rng):
     opA = op(ta, f64(A0))
     ref = ALPHA * opA @ f64(x0) + BETA * f64(y0)
     bound = abs(ALPHA) * np.abs(opA) @ np.abs(f64(x0)) + abs(BETA) * np.abs(f64(y0))
-    assert_within(y, ref, bound, dtype, nx, "gemv")
+    assert_close(y, ref, dtype, "eps", factor=nx + 4, scale=bound, err_msg="gemv")
 
 
 @pytest.mark.parametrize("ta", TRANS)
@@ -133,7 +128,8 @@ def test_gemv_beta_zero_ignores_y(dtype, ta, rng):
     y = np.full(ny, np.nan, dtype=dtype)
     gemv_memview(ta, 1.0, A, x, 0.0, y)
     opA = op(ta, f64(A))
-    assert_within(y, opA @ f64(x), np.abs(opA) @ np.abs(f64(x)), dtype, nx, "gemv beta=0")
+    assert_close(y, opA @ f64(x), dtype, "eps", factor=nx + 4,
+                 scale=np.abs(opA) @ np.abs(f64(x)), err_msg="gemv beta=0")
 
 
 @pytest.mark.parametrize("shape", MATRIX_SHAPES)
@@ -150,7 +146,7 @@ def test_ger(dtype, shape, rng):
     np.testing.assert_array_equal(y, y0)
     ref = ALPHA * np.outer(f64(x0), f64(y0)) + f64(A0)
     bound = abs(ALPHA) * np.abs(np.outer(f64(x0), f64(y0))) + np.abs(f64(A0))
-    assert_within(A, ref, bound, dtype, 1, "ger")
+    assert_close(A, ref, dtype, "eps", factor=5, scale=bound, err_msg="ger")
 
 
 # ------------------------------------------------------------------ level 3
@@ -174,7 +170,7 @@ def test_gemm(dtype, ta, tb, mnk, rng):
     opA, opB = op(ta, f64(A0)), op(tb, f64(B0))
     ref = ALPHA * opA @ opB + BETA * f64(C0)
     bound = abs(ALPHA) * np.abs(opA) @ np.abs(opB) + abs(BETA) * np.abs(f64(C0))
-    assert_within(C, ref, bound, dtype, k, "gemm")
+    assert_close(C, ref, dtype, "eps", factor=k + 4, scale=bound, err_msg="gemm")
 
 
 @pytest.mark.parametrize("tb", TRANS)
@@ -188,7 +184,8 @@ def test_gemm_beta_zero_ignores_c(dtype, ta, tb, rng):
     C = np.full((m, n), np.nan, dtype=dtype)
     gemm_memview(ta, tb, 1.0, A, B, 0.0, C)
     opA, opB = op(ta, f64(A)), op(tb, f64(B))
-    assert_within(C, opA @ opB, np.abs(opA) @ np.abs(opB), dtype, k, "gemm beta=0")
+    assert_close(C, opA @ opB, dtype, "eps", factor=k + 4, scale=np.abs(opA) @ np.abs(opB),
+                 err_msg="gemm beta=0")
 
 
 SYRK_SHAPES = [pytest.param(s, id="n{}k{}".format(*s)) for s in
@@ -218,7 +215,8 @@ def test_syrk(dtype, trans, uplo, nk, rng):
     bound = abs(ALPHA) * absP + abs(BETA) * np.abs(f64(C0))
     written = (np.triu(np.ones((n, n), bool)) if uplo == BLAS_Uplo.Upper
                else np.tril(np.ones((n, n), bool)))
-    assert_within(C[written], ref[written], bound[written], dtype, k, "syrk triangle")
+    assert_close(C[written], ref[written], dtype, "eps", factor=k + 4, scale=bound[written],
+                 err_msg="syrk triangle")
     np.testing.assert_array_equal(C[~written], C0[~written], err_msg="other triangle touched")
 
 
@@ -249,7 +247,8 @@ def test_syrk_beta_zero_ignores_c(dtype, uplo, rng):
     written = (np.triu(np.ones((n, n), bool)) if uplo == BLAS_Uplo.Upper
                else np.tril(np.ones((n, n), bool)))
     P = f64(A) @ f64(A).T
-    assert_within(C[written], P[written], (np.abs(f64(A)) @ np.abs(f64(A)).T)[written], dtype, k)
+    assert_close(C[written], P[written], dtype, "eps", factor=k + 4,
+                 scale=(np.abs(f64(A)) @ np.abs(f64(A)).T)[written])
     assert np.isnan(C[~written]).all()
 
 

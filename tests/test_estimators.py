@@ -25,10 +25,12 @@ from sklearn.pipeline import make_pipeline
 from sklearn.preprocessing import StandardScaler
 
 import cbackprop as cb
+import common
 from cbackprop import MLPClassifier, MLPRegressor
+from common import assert_close
 
 SMALL = dict(hidden_layer_sizes=(12, 6))
-RTOL = 1e-10  # float64 agreement with scikit-learn (pure rounding)
+RTOL = common.rtol(np.float64, "reference")  # float64 agreement with scikit-learn
 
 
 def _data(kind, n=120, seed=0):
@@ -68,8 +70,7 @@ def _assert_same_params(ref, ours, rtol=RTOL):
     assert len(ref.coefs_) == len(ours.coefs_)
     for a, b in zip(ref.coefs_ + ref.intercepts_, ours.coefs_ + ours.intercepts_):
         assert a.shape == b.shape
-        scale = np.max(np.abs(a))
-        assert_allclose(b, a, rtol=rtol, atol=rtol * scale)
+        assert_close(b, a, np.float64, "reference", factor=rtol / RTOL)
 
 
 def _assert_same_fit(ref, ours, rtol=RTOL):

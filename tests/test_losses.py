@@ -20,8 +20,8 @@ from scipy.special import expit, logsumexp, softmax, xlogy
 
 from cbackprop._losses import (Loss, hess_prod_memview, link_memview,
                                loss_grad_memview, sqrt_hess_memview)
+from common import DTYPES, assert_close
 
-DTYPES = [pytest.param(np.float64, id="float64"), pytest.param(np.float32, id="float32")]
 LOSSES = [pytest.param(l, id=l.name.lower()) for l in Loss]
 SHAPES = [pytest.param(s, id="N{}xC{}".format(*s)) for s in [(1, 1), (1, 3), (5, 1), (6, 4)]]
 
@@ -132,18 +132,6 @@ def make_data(loss, N, C, dtype, seed=0):
     return Z.astype(dtype), Y.astype(dtype)
 
 
-def assert_close(actual, desired, magnitude, dtype, factor=8, what=""):
-    """|actual - desired| <= factor * eps(dtype) * (|desired| + magnitude)."""
-    actual = np.asarray(actual, np.float64)
-    desired = np.asarray(desired, np.float64)
-    tol = factor * np.finfo(dtype).eps * (np.abs(desired) + magnitude) + np.finfo(dtype).tiny
-    err = np.abs(actual - desired)
-    bad = ~(err <= tol)
-    assert not bad.any(), (
-        f"{what}: {bad.sum()} of {bad.size} entries off; worst: actual "
-        f"{actual[bad].ravel()[:4]}, desired {desired[bad].ravel()[:4]}, tol {np.ravel(tol * np.ones_like(err))[bad.ravel()][:4]}")
-
-
 def fd1(fun, x, h):
     """4th-order central difference of fun at x (scalar step)."""
     return (fun(x - 2 * h) - 8 * fun(x - h) + 8 * fun(x + h) - fun(x + 2 * h)) / (12 * h)
@@ -158,9 +146,10 @@ def test_value_and_gradient_match_reference(loss, dtype, shape):
     total, G = loss_grad_memview(loss, Z, Y)
     assert G.shape == Z.shape and G.dtype == dtype
     assert np.isscalar(total) and np.isfinite(total)
-    assert_close(total, ref_rows(loss, Z, Y).sum(), ref_magnitude(loss, Z, Y).sum(), dtype,
-                 what="loss")
-    assert_close(G, ref_grad(loss, Z, Y), grad_magnitude(loss, Z, Y), dtype, what="gradient")
+    assert_close(total, ref_rows(loss, Z, Y).sum(), dtype, "eps", factor=8,
+                 scale=ref_magnitude(loss, Z, Y).sum(), tiny=True, err_msg="loss")
+    assert_close(G, ref_grad(loss, Z, Y), dtype, "eps", factor=8,
+                 scale=grad_magnitude(loss, Z, Y), tiny=True, err_msg="gradient")
 
 
 @pytest.mark.parametrize("shape", SHAPES)
@@ -189,7 +178,7 @@ def test_rows_are_independent(loss, dtype):
     Z, Y = make_data(loss, 6, 3, dtype, seed=2)
     total, G = loss_grad_memview(loss, Z, Y)
     parts = [loss_grad_memview(loss, Z[i:i + 1], Y[i:i + 1]) for i in range(6)]
-    np.testing.assert_allclose(total, sum(p[0] for p in parts), rtol=8 * np.finfo(dtype).eps)
+    assert_close(total, sum(p[0] for p in parts), dtype, "eps", factor=8, scale=0.0)
     np.testing.assert_array_equal(G, np.concatenate([p[1] for p in parts]))
 
 
@@ -204,17 +193,20 @@ def test_sample_weight_and_scale(loss, dtype, scale):
     total, G = loss_grad_memview(loss, Z, Y, sample_weight=w, scale=scale)
     rows = ref_rows(loss, Z, Y)
     w64 = w.astype(np.float64)
-    assert_close(total, (w64 * rows).sum(), (w64 * ref_magnitude(loss, Z, Y)).sum(), dtype,
-                 what="weighted loss")
+    assert_close(total, (w64 * rows).sum(), dtype, "eps", factor=8,
+                 scale=(w64 * ref_magnitude(loss, Z, Y)).sum(), tiny=True,
+                 err_msg="weighted loss")
     g = ref_grad(loss, Z, Y)
     mag = grad_magnitude(loss, Z, Y)
-    assert_close(G, scale * w64[:, None] * g, scale * w64[:, None] * mag, dtype,
-                 what="weighted gradient")
+    assert_close(G, scale * w64[:, None] * g, dtype, "eps", factor=8,
+                 scale=scale * w64[:, None] * mag, tiny=True, err_msg="weighted gradient")
     assert (G[2] == 0).all()
     # unweighted with a scale: the total is unscaled
     total1, G1 = loss_grad_memview(loss, Z, Y, scale=scale)
-    assert_close(total1, rows.sum(), ref_magnitude(loss, Z, Y).sum(), dtype, what="unweighted loss")
-    assert_close(G1, scale * g, scale * mag, dtype, what="scaled gradient")
+    assert_close(total1, rows.sum(), dtype, "eps", factor=8,
+                 scale=ref_magnitude(loss, Z, Y).sum(), tiny=True, err_msg="unweighted loss")
+    assert_close(G1, scale * g, dtype, "eps", factor=8, scale=scale * mag, tiny=True,
+                 err_msg="scaled gradient")
     # all-ones weights are the unweighted case
     total2, G2 = loss_grad_memview(loss, Z, Y, sample_weight=np.ones(6, dtype), scale=scale)
     assert total2 == total1
@@ -230,9 +222,10 @@ def test_link(loss, dtype):
     P = link_memview(loss, Z)
     assert P.shape == Z.shape and P.dtype == dtype
     mu = ref_link(loss, Z)
-    assert_close(P, mu, np.abs(mu) * amplification(loss, Z), dtype, factor=4, what="link")
+    assert_close(P, mu, dtype, "eps", factor=4, scale=np.abs(mu) * amplification(loss, Z),
+                 tiny=True, err_msg="link")
     if loss == Loss.LOG_LOSS:
-        np.testing.assert_allclose(P.sum(1), 1.0, rtol=4 * 4 * np.finfo(dtype).eps)
+        assert_close(P.sum(1), np.ones(P.shape[0]), dtype, "eps", factor=16, scale=0.0)
     if loss == Loss.SQUARED_ERROR:
         np.testing.assert_array_equal(P, Z)
 
@@ -255,7 +248,7 @@ def test_hess_prod_matches_closed_form(loss, dtype, shape):
         sy = Y.astype(np.float64).sum(1)
         pv = np.einsum("ic,ric->ri", p, np.abs(V.astype(np.float64)))
         mag = mag + scale * sy[None, :, None] * p[None] * (np.abs(V) + pv[..., None])
-    assert_close(HV, want, mag, dtype, factor=16, what="H V")
+    assert_close(HV, want, dtype, "eps", factor=16, scale=mag, tiny=True, err_msg="H V")
 
 
 @pytest.mark.parametrize("shape", SHAPES)
@@ -307,8 +300,7 @@ def test_sqrt_hess_factorizes_hessian(loss, dtype, shape):
         d = np.sqrt(scale * np.einsum("ijj->ij", ref_hess(loss, Z, Y)))
         F = np.eye(C)[:, None, :] * d.T[:, :, None]
     amp = amplification(loss, Z).max()
-    np.testing.assert_allclose(S64, F, rtol=8 * amp * np.finfo(dtype).eps,
-                               atol=8 * amp * np.finfo(dtype).eps * np.abs(F).max())
+    assert_close(S64, F, dtype, "eps", factor=8 * amp)
     if loss != Loss.LOG_LOSS:
         off = ~np.eye(C, dtype=bool)[:, None, :].repeat(N, axis=1)
         assert (S[off] == 0).all()
@@ -328,17 +320,20 @@ def test_log_loss_unnormalized_targets(dtype):
     sy = y.sum(1)
     lse = logsumexp(z, axis=1)
     p = softmax(z, axis=1)
-    assert_close(total, (sy * lse - (y * z).sum(1)).sum(), ref_magnitude(loss, Z, Y).sum(), dtype)
-    assert_close(G, sy[:, None] * p - y, grad_magnitude(loss, Z, Y), dtype)
+    assert_close(total, (sy * lse - (y * z).sum(1)).sum(), dtype, "eps", factor=8,
+                 scale=ref_magnitude(loss, Z, Y).sum(), tiny=True)
+    assert_close(G, sy[:, None] * p - y, dtype, "eps", factor=8,
+                 scale=grad_magnitude(loss, Z, Y), tiny=True)
     assert (G[2] == 0).all()  # y = 0: no loss, no gradient
     H = ref_hess(loss, Z, Y)
     V = np.random.default_rng(10).normal(size=(1, 4, 3)).astype(dtype)
     HV = hess_prod_memview(loss, Z, Y, V, 1.0)
     amp = amplification(loss, Z).max()
-    assert_close(HV, np.einsum("icd,rid->ric", H, V.astype(np.float64)),
-                 amp * sy[None, :, None] * 3 * np.abs(V).max(), dtype, factor=16)
+    assert_close(HV, np.einsum("icd,rid->ric", H, V.astype(np.float64)), dtype, "eps",
+                 factor=16, scale=amp * sy[None, :, None] * 3 * np.abs(V).max(), tiny=True)
     S = sqrt_hess_memview(loss, Z, Y, 1.0).astype(np.float64)
-    assert_close(np.einsum("cij,cik->ijk", S, S), H, amp * sy.max(), dtype, factor=16)
+    assert_close(np.einsum("cij,cik->ijk", S, S), H, dtype, "eps", factor=16,
+                 scale=amp * sy.max(), tiny=True)
     if dtype == np.float64:
         for i in range(4):
             for k in range(3):
@@ -358,12 +353,12 @@ def test_poisson_zero_targets(dtype):
     Y = np.zeros_like(Z)
     total, G = loss_grad_memview(Loss.POISSON, Z, Y)
     ez = np.exp(Z.astype(np.float64))
-    assert_close(total, ez.sum(), 0.0, dtype)
-    assert_close(G, ez, 0.0, dtype)
+    assert_close(total, ez.sum(), dtype, "eps", factor=8, scale=0.0, tiny=True)
+    assert_close(G, ez, dtype, "eps", factor=8, scale=0.0, tiny=True)
     Y[0] = [0.0, 2.0, 0.0]
     total = loss_grad_memview(Loss.POISSON, Z, Y)[0]
-    assert_close(total, ref_rows(Loss.POISSON, Z, Y).sum(),
-                 ref_magnitude(Loss.POISSON, Z, Y).sum(), dtype)
+    assert_close(total, ref_rows(Loss.POISSON, Z, Y).sum(), dtype, "eps", factor=8,
+                 scale=ref_magnitude(Loss.POISSON, Z, Y).sum(), tiny=True)
 
 
 # ------------------------------------------------------------------ stability
@@ -411,11 +406,15 @@ def test_extreme_predictions_finite_without_warnings(loss, dtype):
         H = ref_hess(loss, Z, Y)
         amp = amplification(loss, Z)
         gmag = grad_magnitude(loss, Z, Y)
-    assert_close(total, 0.5 * ref.sum(), 0.5 * mag.sum(), dtype, what="loss")
-    assert_close(G, 0.25 * g, 0.25 * gmag, dtype, what="gradient")
-    assert_close(P, mu, np.abs(mu) * amp, dtype, factor=4, what="link")
+    assert_close(total, 0.5 * ref.sum(), dtype, "eps", factor=8, scale=0.5 * mag.sum(),
+                 tiny=True, err_msg="loss")
+    assert_close(G, 0.25 * g, dtype, "eps", factor=8, scale=0.25 * gmag, tiny=True,
+                 err_msg="gradient")
+    assert_close(P, mu, dtype, "eps", factor=4, scale=np.abs(mu) * amp, tiny=True,
+                 err_msg="link")
     HH = np.einsum("cij,cik->ijk", S.astype(np.float64), S.astype(np.float64))
-    assert_close(HH, H, np.abs(H).max() * amp.max(), dtype, factor=16, what="S S^T")
+    assert_close(HH, H, dtype, "eps", factor=16, scale=np.abs(H).max() * amp.max(), tiny=True,
+                 err_msg="S S^T")
 
 
 @pytest.mark.parametrize("dtype", DTYPES)
@@ -426,7 +425,7 @@ def test_log_loss_dominant_class_on_losing_label(dtype):
     Z = np.array([[L, -L, 0.0], [L, 0.0, -L]], dtype=dtype)
     Y = np.array([[0.0, 1.0, 0.0], [0.0, 1.0, 0.0]], dtype=dtype)
     total, G = loss_grad_memview(Loss.LOG_LOSS, Z, Y)
-    np.testing.assert_allclose(total, 2 * L + L, rtol=4 * np.finfo(dtype).eps)
+    assert_close(total, 2 * L + L, dtype, "eps", factor=4, scale=0.0)
     # p = (1, e^-2L, e^-L) and (1, e^-L, e^-2L): exact saturation up to e^-L
     np.testing.assert_allclose(G, [[1.0, -1.0, 0.0], [1.0, -1.0, 0.0]], rtol=0,
                                atol=2 * np.exp(-L))
@@ -444,7 +443,7 @@ def test_binary_log_loss_saturated(dtype):
     Z = np.array([[L, -L, L, -L]], dtype=dtype)
     Y = np.array([[0.0, 1.0, 1.0, 0.0]], dtype=dtype)
     total, G = loss_grad_memview(Loss.BINARY_LOG_LOSS, Z, Y)
-    np.testing.assert_allclose(total, 2 * L, rtol=4 * np.finfo(dtype).eps)
+    assert_close(total, 2 * L, dtype, "eps", factor=4, scale=0.0)
     np.testing.assert_allclose(G, [[1.0, -1.0, 0.0, 0.0]], rtol=0, atol=2 * np.exp(-L))
     S = sqrt_hess_memview(Loss.BINARY_LOG_LOSS, Z, Y, 1.0)
     assert np.isfinite(S).all() and np.abs(S).max() <= 2 * np.exp(-L / 2)
