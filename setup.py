@@ -18,6 +18,7 @@ import subprocess
 import sys
 import sysconfig
 import tempfile
+import warnings
 from pathlib import Path
 
 import Cython
@@ -193,6 +194,11 @@ def _license_metadata():
     return {"license": "BSD-3-Clause", "license_files": ["LICENSE"]}
 
 
+# setuptools announces its editable strategy with an informational warning
+# ("folders in your working directory with the same name as your package may
+# take precedence during imports"): here that folder is the package, by design
+# (the editable install completes it with the compiled modules).
+warnings.filterwarnings("ignore", message="Editable installation")
 _write_config()
 EXTENSIONS, BuildExt.config_unchanged = _extensions()
 setup(ext_modules=EXTENSIONS, cmdclass={"build_ext": BuildExt},
