@@ -11,8 +11,7 @@ matrix-vector products, with the top five eigenvalues of each (ARPACK,
 ``G`` is positive semi-definite, so its density lives on ``[0, inf)``; ``H``
 adds the residual terms of the hidden activations, which are indefinite: near
 a minimum they are small, so both spectra share a bulk near zero and a few
-large outliers (about as many as there are classes), while ``H`` alone has
-negative eigenvalues.
+large outliers, while ``H`` alone has negative eigenvalues.
 """
 import warnings
 
