@@ -178,7 +178,8 @@ class BuildExt(build_ext):
         in_package = PKG / os.path.basename(built)
         if (self.config_unchanged and not self.force
                 and _up_to_date(in_package, [*ext.sources, *ext.depends])):
-            print(f"{ext.name}: up to date ({in_package.relative_to(HERE)})", file=sys.stderr)
+            # One write per line: extensions are built by parallel threads.
+            sys.stderr.write(f"{ext.name}: up to date ({in_package.relative_to(HERE)})\n")
             os.makedirs(os.path.dirname(built), exist_ok=True)
             if in_package.resolve() != Path(built).resolve():
                 shutil.copy2(in_package, built)
