@@ -1,6 +1,8 @@
 #!/usr/bin/env bash
 # Fill .asv/wheelhouse with the wheels asv's virtualenvs install (the matrix
-# of asv.conf.json, asv_runner, pip and wheel), once, with network access;
+# of asv.conf.json, the build-system requirements of pyproject.toml, and what
+# asv itself installs: asv_runner, build, pympler, pip, wheel), once, with
+# network access;
 # afterwards `asv continuous` / `asv run` build and benchmark commits offline:
 #
 #     bash benchmarks/wheelhouse.sh
@@ -8,4 +10,4 @@
 set -euo pipefail
 cd "$(dirname "${BASH_SOURCE[0]}")/.."
 python -m pip download --only-binary=:all: -d .asv/wheelhouse \
-    numpy scipy scikit-learn threadpoolctl Cython setuptools asv_runner pip wheel
+    numpy scipy scikit-learn threadpoolctl Cython setuptools asv_runner build pympler pip wheel
