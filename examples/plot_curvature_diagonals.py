@@ -10,8 +10,9 @@ map per weight matrix ``W_l`` (rows: inputs of the layer, columns: its units),
 on a log scale.
 
 Rows of ``W_1`` that belong to pixels blank in every sample (a few on the
-borders of the 8 x 8 digits) have zero curvature, drawn darkest: their input
-is zero for every sample. Summing the first layer's GGN diagonal over its units gives
+borders of the 8 x 8 digits) are the darkest: their input is zero for every
+sample, so all that is left of their curvature is the L2 penalty's
+``alpha / W`` (``1e-4 / 800`` here). Summing the first layer's GGN diagonal over its units gives
 one number per pixel, drawn last as an image.
 """
 import warnings
@@ -52,6 +53,9 @@ print(f"negative Hessian diagonal entries: {np.mean(diag_h < 0):.1%}; "
 # The first layer's curvature per input pixel (GGN diagonal summed over the
 # 24 units of the first hidden layer):
 coefs, _ = net.unpack(diag_ggn)
+blank = np.flatnonzero(X.max(axis=0) == 0)
+print(f"pixels blank in every sample: {blank.tolist()}; their W_1 entries: "
+      f"{np.unique(coefs[0][blank]).tolist()} (alpha / W = {est.alpha / len(X):.3g})")
 fig, ax = plt.subplots(figsize=(3.6, 3.2))
 image = ax.imshow(coefs[0].sum(axis=1).reshape(8, 8), cmap="magma")
 ax.set_title("curvature per pixel")
