@@ -22,6 +22,8 @@ import numpy as np
 from cbackprop import _curvature
 
 DEFAULT_MAX_BYTES = 2 ** 31  # refuse dense matrices above 2 GiB by default
+PRODUCT_WORKSPACES = {"hvp": _curvature.HvpWorkspace, "ggn_vp": _curvature.GgnVpWorkspace,
+                      "efisher_vp": _curvature.EfisherVpWorkspace}
 
 
 class CurvatureMixin:
@@ -48,24 +50,22 @@ class CurvatureMixin:
         theta, X, y, sw, sw_sum = self._check(theta, X, y, sample_weight)
         Vk, vec = self._check_V(V)
         out = np.empty_like(Vk)
-        name = kernel.__name__
-        sizes = _curvature.product_sizes(self._plan, X.shape[0], Vk.shape[0], name)
+        family = PRODUCT_WORKSPACES[kernel.__name__]
         kernel(self._plan, theta, X, y, sw, sw_sum, self.alpha, Vk, out,
-               self._scratch(name, sizes))
+               self._scratch(family, X.shape[0], Vk.shape[0]))
         return out[0] if vec else np.ascontiguousarray(out.T)
 
     def _first_order(self, theta, X, y, sw, sw_sum):
         """(Z, A, F1, F2, DL, Q) in per-thread scratch (valid until the next call)."""
-        n = X.shape[0] * self._plan.width
-        return _curvature.first_order_state(self._plan, theta, X, y, sw, sw_sum,
-                                            self._scratch("first_order", (n,) * 6))
+        return _curvature.first_order_state(
+            self._plan, theta, X, y, sw, sw_sum,
+            self._scratch(_curvature.StateWorkspace, X.shape[0], 0))
 
     def _loss_factors(self, theta, X, y, sw, sw_sum):
         """(A, S) in per-thread scratch (valid until the next call)."""
-        n = X.shape[0] * self._plan.width
         _, A, S = _curvature.loss_factors(
             self._plan, theta, X, y, sw, sw_sum,
-            self._scratch("loss_factors", (n, n, self.n_outputs * n)))
+            self._scratch(_curvature.FactorWorkspace, X.shape[0], 0))
         return A, S
 
     def _check_dense(self, shape, max_bytes):

@@ -147,11 +147,9 @@ def _block_rows(block_size, net, n_samples, kron=False):
     efficient GEMMs and few passes over G.
     """
     if block_size is None:
-        one, two = (sum(_lm.workspace_sizes(net._plan, b, kron)) for b in (1, 2))
-        per_row, fixed = two - one, 2 * one - two
-        budget = max(BLOCK_BYTES // np.dtype(net.dtype).itemsize, net.n_params ** 2 // 4)
-        budget -= fixed
-        block = max(MIN_BLOCK, budget // max(per_row, 1))
+        itemsize = np.dtype(net.dtype).itemsize
+        budget = max(BLOCK_BYTES, net.n_params ** 2 // 4 * itemsize)
+        block = max(MIN_BLOCK, _lm.block_rows(net._plan, budget, itemsize, kron))
     else:
         block = _check_int(block_size, "block_size", 1)
     return int(min(block, n_samples))
@@ -163,8 +161,7 @@ class _Evaluator:
     def __init__(self, net, X, Y, sw, sw_sum):
         self.plan, self.alpha = net._plan, net.alpha
         self.X, self.Y, self.sw, self.sw_sum = X, Y, sw, sw_sum
-        self.ws = [np.empty(n, net.dtype)
-                   for n in _network.workspace_sizes(net._plan, X.shape[0], 1)]
+        self.ws = _network.FirstOrderWorkspace(net._plan, X.shape[0], 1, net.dtype)
         self.nfev = self.njev = 0
 
     def loss(self, theta):
@@ -228,8 +225,8 @@ def quasi_hessian(net, theta, X, y, sample_weight=None, *, block_size=None,
     block = _block_rows(block_size, net, X.shape[0], kron)
     G = np.empty((P, P), net.dtype)
     g = np.empty(P, net.dtype)
-    f = _lm.quasi_hessian(net._plan, theta, X, Y, sw, sw_sum, net.alpha, block, G, g,
-                          kron)
+    f = _lm.quasi_hessian(net._plan, theta, X, Y, sw, sw_sum, net.alpha, G, g,
+                          _lm.LMWorkspace(net._plan, block, kron, net.dtype))
     G = np.triu(G)
     G += np.triu(G, 1).T
     return f, g, G
@@ -320,18 +317,20 @@ def levenberg_marquardt(net, theta0, X, y, sample_weight=None, *, mu=1e-3, mu_de
             return _call(callback, OptimizeResult(x=theta.copy(), fun=fun, jac=g.copy(),
                                                   nit=nit, mu=mu_now))
 
+    options = dict(mu=mu, mu_dec=mu_dec, mu_inc=mu_inc, mu_max=mu_max, mu_min=MU_MIN,
+                   max_iter=max_iter, ftol=ftol, gtol=gtol)
     status, nit, nfev, njev, nhev, f, mu = _lm.lm_loop(
-        net._plan, theta, X, Y, sw, sw_sum, net.alpha, block, mu, mu_dec, mu_inc,
-        mu_max, MU_MIN, max_iter, ftol, gtol, g, G, kron, report)
+        net._plan, theta, X, Y, sw, sw_sum, net.alpha, options, g, G,
+        _lm.LMWorkspace(net._plan, block, kron, net.dtype), report)
     return _result(int(status), x=theta, fun=float(f), jac=g, nit=nit, nfev=nfev,
                    njev=njev, nhev=nhev, mu=mu)
 
 
 # ----------------------------------------------------------- Hessian-free
-def _product_workspace(net, n_samples, kind):
-    """Workspace arrays of the Cython curvature products, allocated once."""
-    return [np.empty(max(n, 1), net.dtype)
-            for n in _curvature.product_sizes(net._plan, n_samples, 1, kind)]
+def _product_workspace(net, n_samples, family):
+    """A workspace of the Cython curvature products for one vector,
+    allocated once."""
+    return family(net._plan, n_samples, 1, net.dtype)
 
 
 class _Curvature:
@@ -345,7 +344,7 @@ class _Curvature:
         self.net, self.theta = net, theta
         self.X, self.Y, self.sw, self.sw_sum = X, Y, sw, sw_sum
         self.full_sw_sum = sw_sum if full_sw_sum is None else full_sw_sum
-        self.ws = _product_workspace(net, X.shape[0], "ggn_vp") if ws is None else ws
+        self.ws = _product_workspace(net, X.shape[0], _curvature.GgnVpWorkspace) if ws is None else ws
         self.V = np.empty((1, net.n_params), net.dtype)
         self.out = np.empty((1, net.n_params), net.dtype)
 
@@ -356,9 +355,9 @@ class _Curvature:
         sw_sum = float(len(idx)) if sw is None else float(sw.sum(dtype=np.float64))
         if not sw_sum > 0:
             return self
-        ws = [w[:n] for w, n in zip(self.ws, _curvature.product_sizes(
-            self.net._plan, len(idx), 1, "ggn_vp"))]
-        return _Curvature(self.net, self.theta, X, Y, sw, sw_sum, self.full_sw_sum, ws)
+        # The workspace serves any number of rows up to the full batch's.
+        return _Curvature(self.net, self.theta, X, Y, sw, sw_sum, self.full_sw_sum,
+                          self.ws)
 
     def ggn_vp(self, v):
         """G v (float64) with the objective's regularizer alpha / W."""
@@ -677,7 +676,7 @@ def newton(net, theta0, X, y, sample_weight=None, *, method="trust-krylov", max_
     grad = np.empty(P, dtype)
     V = np.empty((1, P), dtype)
     HV = np.empty((1, P), dtype)
-    ws = _product_workspace(net, X.shape[0], "hvp")
+    ws = _product_workspace(net, X.shape[0], _curvature.HvpWorkspace)
     counts = {"nhev": 0, "nit": 0, "stopped": False}
 
     def fun(x):
