@@ -22,6 +22,7 @@ import numpy as np
 from cbackprop import _curvature
 
 DEFAULT_MAX_BYTES = 2 ** 31  # refuse dense matrices above 2 GiB by default
+DENSE_BLOCK_BYTES = 32 << 20  # workspace of the dense GGN's blocks of rows
 PRODUCT_WORKSPACES = {"hvp": _curvature.HvpWorkspace, "ggn_vp": _curvature.GgnVpWorkspace,
                       "efisher_vp": _curvature.EfisherVpWorkspace}
 
@@ -238,15 +239,21 @@ class CurvatureMixin:
     # ------------------------------------------------------- the GGN
     def ggn(self, theta, X, y, sample_weight=None, *, max_bytes=None):
         """Dense generalized Gauss-Newton matrix (P, P), + alpha / W on weights."""
-        self._check_dense((self.n_params,) * 2, max_bytes)
-        compact, sw_sum = self._accumulate(self._ggn_chunk, theta, X, y, sample_weight)
-        G = self._scatter(self._all_pairs(), compact)
-        return self._add_l2_diag(G, self.alpha / sw_sum)
+        P = self.n_params
+        self._check_dense((P, P), max_bytes)
+        G = np.empty((P, P), self.dtype)
+        self._dense_ggn(theta, X, y, sample_weight, False, G.reshape(-1))
+        return G
 
-    def _ggn_chunk(self, theta, X, y, sw, sw_sum):
-        ins, S = self._ggn_factors(theta, X, y, sw, sw_sum)
-        kmat = lambda l, m: np.matmul(S[l].transpose(1, 2, 0), S[m].transpose(1, 0, 2))
-        return self._compact_pairs(ins, kmat, self._all_pairs())
+    def _dense_ggn(self, theta, X, y, sample_weight, diag_only, out):
+        """The nogil Kronecker-sum accumulation (``_curvature.dense_ggn``)
+        over blocks of rows whose workspace takes about DENSE_BLOCK_BYTES."""
+        theta, X, y, sw, sw_sum = self._check(theta, X, y, sample_weight)
+        rows = _curvature.dense_block_rows(self._plan, DENSE_BLOCK_BYTES,
+                                           np.dtype(self.dtype).itemsize)
+        ws = self._scratch(_curvature.DenseGgnWorkspace, min(rows, X.shape[0]), 0)
+        _curvature.dense_ggn(self._plan, theta, X, y, sw, sw_sum, self.alpha, diag_only,
+                             out, ws)
 
     def efisher(self, theta, X, y, sample_weight=None, *, max_bytes=None):
         """Dense empirical Fisher ``sum_i c_i g_i g_i^T`` (P, P), + alpha / W."""
@@ -265,13 +272,11 @@ class CurvatureMixin:
 
     def block_ggn(self, theta, X, y, sample_weight=None):
         """Exact per-layer GGN blocks: list of (P_l, P_l), W_l then b_l."""
-        compact, sw_sum = self._accumulate(self._block_ggn_chunk, theta, X, y, sample_weight)
-        return self._blocks(compact, sw_sum)
-
-    def _block_ggn_chunk(self, theta, X, y, sw, sw_sum):
-        ins, S = self._ggn_factors(theta, X, y, sw, sw_sum)
-        return [self._sym_sum(a, np.matmul(s.transpose(1, 2, 0), s.transpose(1, 0, 2)))
-                for a, s in zip(ins, S)]
+        sizes = [a * n for _, a, n in self._layer_slices()]
+        buf = np.empty(sum(p * p for p in sizes), self.dtype)
+        self._dense_ggn(theta, X, y, sample_weight, True, buf)
+        ends = np.cumsum([p * p for p in sizes])
+        return [b.reshape(p, p) for b, p in zip(np.split(buf, ends[:-1]), sizes)]
 
     def _blocks(self, compact, sw_sum):
         """Dense per-layer blocks from compact sums, + alpha / W on weights."""

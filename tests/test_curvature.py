@@ -378,6 +378,28 @@ def test_products_bad_V(cb, method):
 
 
 @pytest.mark.parametrize("dtype", DTYPES.values(), ids=DTYPES.keys())
+@pytest.mark.parametrize("arch", ["hidden1", "hidden2"])
+def test_dense_ggn_by_blocks_of_rows(cb, arch, dtype, monkeypatch):
+    """ggn and block_ggn accumulated over blocks of a few rows (the last one
+    shorter): the reference, the regularizer added once."""
+    from cbackprop import _curvature, _curvature_methods
+    net, theta, X, y, sw = _case(cb, "tanh", "log_loss", True, 0.3, arch, dtype)
+    expected = _expected(arch, "tanh", "log_loss", True, 0.3)["ggn"]
+    itemsize = np.dtype(dtype).itemsize
+    budget = 1 << 24
+    while _curvature.dense_block_rows(net._plan, budget, itemsize) > 4:
+        budget = budget * 7 // 8
+    rows = _curvature.dense_block_rows(net._plan, budget, itemsize)
+    assert 1 <= rows < X.shape[0]
+    monkeypatch.setattr(_curvature_methods, "DENSE_BLOCK_BYTES", budget)
+    scale = np.abs(expected).max()
+    assert_close(net.ggn(theta, X, y, sample_weight=sw), expected, dtype, scale=scale)
+    for B, R in zip(net.block_ggn(theta, X, y, sample_weight=sw),
+                    ref.diagonal_blocks(ARCHS[arch], expected)):
+        assert_close(B, R, dtype, scale=scale)
+
+
+@pytest.mark.parametrize("dtype", DTYPES.values(), ids=DTYPES.keys())
 @pytest.mark.parametrize("method", ["hessian", "ggn", "efisher"])
 def test_dense_size_limit(cb, method, dtype):
     net, theta, X, y, sw = _case(cb, "tanh", "log_loss", True, 0.3, "hidden1", dtype)
