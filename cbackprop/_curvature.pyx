@@ -15,6 +15,7 @@ output-space Hessian (product or factor). Layouts:
 import numpy as np
 
 from cython cimport floating
+from libc.math cimport sqrt, fabs
 from libc.string cimport memset
 from cbackprop._blas cimport _gemm, _axpy, NoTrans
 from cbackprop._activations cimport act_derivs
@@ -22,7 +23,8 @@ from cbackprop._losses cimport hess_prod_rows, sqrt_hess_rows
 from cbackprop._network cimport (NetPlan, NetSpec, Batch, Region, Workspace,
                                  make_batch, sub_batch, put, forward, backward,
                                  loss_value, layer_input, forward_linear,
-                                 backward_linear, layer_grad, GRAD, NO_REDUCE)
+                                 backward_linear, backward_step, layer_grad,
+                                 GRAD, NO_REDUCE)
 
 
 # ----------------------------------------------------------------- layouts
@@ -53,6 +55,13 @@ cdef struct FactorLayout:
 cdef struct DenseLayout:
     FactorLayout f
     KronLayout kron
+
+cdef struct DiagHessLayout:
+    StateLayout st
+    Region S            # C * N * width: the loss factor at every layer
+    Region R            # max_hidden * N * width: one layer's residual factor going down
+    Region D2           # N * width: diag(Hz_l) of every sample
+    Region sq           # N * max(n_0, max_hidden): a layer's squared inputs
 
 
 cdef Py_ssize_t state_layout(const NetSpec* s, Py_ssize_t N, Py_ssize_t at,
@@ -337,6 +346,83 @@ cdef void factor_backprop(const NetSpec* s, const Batch* b,
                    <const floating*>b.sw, N, C, 1.0 / b.sw_sum, S + C * hid)
     backward(s, theta, <const floating*>b.X, N, Z, A, S + C * hid, C, S,
              NO_REDUCE, <floating*>NULL)
+
+
+# ------------------------------------------------------- Hessian diagonal
+cdef void _add_squares(const floating* S, Py_ssize_t k, Py_ssize_t N,
+                       Py_ssize_t n, const floating* sign, Py_ssize_t ns,
+                       floating* D2) noexcept nogil:
+    """D2 (N, n) += sum_r sign_ri S[r, i]^2 over the k stacked (N, n)
+    blocks of S; sign (N, ns) picks column r of its row (all +1 if NULL)."""
+    cdef Py_ssize_t r, i, q
+    cdef floating v, g
+    for r in range(k):
+        for i in range(N):
+            g = 1
+            if sign != NULL and sign[i * ns + r] < 0:
+                g = -1
+            for q in range(n):
+                v = S[(r * N + i) * n + q]
+                D2[i * n + q] += g * (v * v)
+
+
+cdef void diag_hessian_kernel(const NetSpec* s, const Batch* b,
+                              const floating* theta, floating* out,
+                              floating* w, const DiagHessLayout* lay) noexcept nogil:
+    """out (P,) = the exact Hessian's diagonal (regularizer excluded).
+
+    Per layer, diag H_l = (a~^2)^T diag(Hz_l) with the z-Hessian
+    Hz_l = B^T H_out B + sum_{j >= l} B_jl^T diag(Q_j) B_jl (B_jl = dz_j/dz_l,
+    Q_j = (dL/da_j) f''(z_j)). Both parts are squares of backpropagated
+    factors: the loss factor's C columns, and for each hidden layer j the
+    signed square roots sqrt|Q_j| e_u of its residual, carried down by the
+    backward step of the gradient (BackPACK's DiagHessian); Q_j's sign
+    weights their squares.
+    """
+    cdef int l, j, L = s.n_layers
+    cdef Py_ssize_t N = b.N, C = s.sizes[L], hid = N * s.h_off[L - 1]
+    cdef Py_ssize_t i, u, n, nj, h
+    cdef const floating* X = <const floating*>b.X
+    cdef const floating* Z = w + lay.st.Z.off
+    cdef const floating* A = w + lay.st.A.off
+    cdef const floating* Q = w + lay.st.Q.off
+    cdef floating* S = w + lay.S.off
+    cdef floating* R = w + lay.R.off
+    cdef floating* D2 = w + lay.D2.off
+    cdef floating* sq = w + lay.sq.off
+    cdef const floating* a_in
+    first_order(s, b, theta, w, &lay.st)
+    sqrt_hess_rows(s.loss, Z + hid, <const floating*>b.Y, <const floating*>b.sw,
+                   N, C, 1.0 / b.sw_sum, S + C * hid)
+    backward(s, theta, X, N, Z, A, S + C * hid, C, S, NO_REDUCE,
+             <floating*>NULL)
+    memset(D2, 0, N * s.width * sizeof(floating))
+    for l in range(L):
+        _add_squares(S + C * N * s.h_off[l], C, N, s.sizes[l + 1],
+                     <const floating*>NULL, 0, D2 + N * s.h_off[l])
+    for j in range(L - 1):
+        nj = s.sizes[j + 1]
+        h = N * s.h_off[j]
+        for i in range(N * nj):
+            D2[h + i] += Q[h + i]
+        if j == 0:
+            continue
+        # k = nj stacked columns sqrt|Q_j[i, u]| e_u, then down to layer 0
+        memset(R + nj * h, 0, nj * N * nj * sizeof(floating))
+        for u in range(nj):
+            for i in range(N):
+                R[nj * h + (u * N + i) * nj + u] = <floating>sqrt(fabs(Q[h + i * nj + u]))
+        for l in range(j, 0, -1):
+            backward_step(s, l, theta, Z, A, R + nj * N * s.h_off[l], N, nj,
+                          R + nj * N * s.h_off[l - 1], <floating*>NULL)
+            _add_squares(R + nj * N * s.h_off[l - 1], nj, N, s.sizes[l],
+                         Q + h, nj, D2 + N * s.h_off[l - 1])
+    for l in range(L):
+        n = s.sizes[l]
+        a_in = layer_input(s, l, X, A, N)
+        for i in range(N * n):
+            sq[i] = a_in[i] * a_in[i]
+        layer_grad(s, l, sq, D2 + N * s.h_off[l], N, False, True, out)
 
 
 # ----------------------------------------------- Kronecker-sum accumulation
@@ -699,6 +785,25 @@ cdef class FactorWorkspace(Workspace):
         return self.lay
 
 
+cdef class DiagHessianWorkspace(Workspace):
+    """diag_hessian: the first-order state, the loss factor S (n_L n_rows
+    width), a residual factor R (max_hidden n_rows width), the diagonals D2
+    (n_rows width) and squared inputs (n_rows max(n_0, max_hidden)); k
+    unused."""
+    cdef DiagHessLayout lay
+
+    cdef Py_ssize_t _layout(self, Py_ssize_t N, Py_ssize_t k) noexcept:
+        cdef const NetSpec* s = &self.plan.spec
+        cdef Py_ssize_t at = state_layout(s, N, 0, &self.lay.st)
+        at = put(&self.lay.S, at, s.sizes[s.n_layers] * N * s.width)
+        at = put(&self.lay.R, at, (s.max_hidden if s.n_layers > 2 else 0) * N * s.width)
+        at = put(&self.lay.D2, at, N * s.width)
+        return put(&self.lay.sq, at, N * max(s.sizes[0], s.max_hidden))
+
+    cdef dict _regions(self):
+        return self.lay
+
+
 cdef class DenseGgnWorkspace(Workspace):
     """dense_ggn, block by block of n_rows rows: the loss factor's regions
     (FactorWorkspace's) and the Kronecker accumulation's K (n_rows,
@@ -804,6 +909,19 @@ def loss_factors(NetPlan plan, const floating[::1] theta,
         factor_backprop(&plan.spec, &b, &theta[0], <floating*>ws.base, &ws.lay)
     return (ws.array("Z")[:n], ws.array("A")[:n],
             ws.array("S")[:plan.spec.sizes[plan.spec.n_layers] * n])
+
+
+def diag_hessian(NetPlan plan, const floating[::1] theta, const floating[:, ::1] X,
+                 const floating[:, ::1] Y, const floating[::1] sw, double sw_sum,
+                 floating[::1] out, DiagHessianWorkspace ws):
+    """out (P,) = the rows' part of the exact Hessian's diagonal (data term
+    over W = sw_sum, no regularizer)."""
+    ws.check(X.shape[0], 0, sizeof(floating))
+    cdef Batch b = make_batch(&X[0, 0], &Y[0, 0], _opt(sw), X.shape[0], sw_sum,
+                              0.0)
+    with nogil:
+        diag_hessian_kernel(&plan.spec, &b, &theta[0], &out[0],
+                            <floating*>ws.base, &ws.lay)
 
 
 def dense_ggn(NetPlan plan, const floating[::1] theta, const floating[:, ::1] X,

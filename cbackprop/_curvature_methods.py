@@ -423,39 +423,13 @@ class CurvatureMixin:
         return self._add_l2_diag(d, self.alpha / sw_sum)
 
     def _diag_hessian_chunk(self, theta, X, y, sw, sw_sum):
-        """GGN diagonal from the loss factor plus the residual's diagonal.
-
-        Hz_l = (GGN part) + R_l with R_{L-1} = 0 and
-        R_l = diag(f'_l) W_{l+1} R_{l+1} W_{l+1}^T diag(f'_l) + diag(Q_l): the
-        residual is diagonal one layer below the output and needs full
-        (N, n, n) matrices only further down, so shallow nets pay nothing.
-        """
-        N = X.shape[0]
-        ins, S = self._ggn_factors(theta, X, y, sw, sw_sum)
-        _, _, F1, _, _, Q = self._first_order(theta, X, y, sw, sw_sum)
-        f1 = [b[0] for b in self._layer_blocks(F1, N, 1)]
-        q = [b[0] for b in self._layer_blocks(Q, N, 1)]
-        coefs, _ = self.unpack(theta)
-        diags = [np.einsum("cij,cij->ij", s, s) for s in S]
-        R = None                        # residual z-Hessian of the layer above
-        for l in range(self.n_layers - 2, -1, -1):
-            if R is None:
-                diags[l] += q[l]
-                R = np.zeros((N,) + (q[l].shape[1],) * 2, self.dtype) if l else None
-                if l:
-                    idx = np.arange(q[l].shape[1])
-                    R[:, idx, idx] = q[l]
-                continue
-            W = coefs[l + 1]
-            T = self._left_mul(W, R)
-            M = self._left_mul(W, np.ascontiguousarray(T.transpose(0, 2, 1)))
-            M *= f1[l][:, :, None] * f1[l][:, None, :]
-            idx = np.arange(M.shape[1])
-            M[:, idx, idx] += q[l]
-            diags[l] += M[:, idx, idx]
-            R = M if l else None
-        parts = [(a * a).T @ d for a, d in zip(ins, diags)]
-        return np.concatenate([p.ravel() for p in parts]).astype(self.dtype)
+        """The chunk's part by the nogil kernel (``_curvature.diag_hessian``):
+        squared inputs times the squares of the backpropagated loss factor
+        and of the signed square roots of every layer's residual."""
+        out = np.empty(self.n_params, self.dtype)
+        _curvature.diag_hessian(self._plan, theta, X, y, sw, sw_sum, out,
+                                self._scratch(_curvature.DiagHessianWorkspace, X.shape[0], 0))
+        return out
 
     def hessian(self, theta, X, y, sample_weight=None, *, max_bytes=None):
         """Dense exact Hessian (P, P) by Hessian backpropagation.
