@@ -56,10 +56,17 @@ cdef struct DenseLayout:
     FactorLayout f
     KronLayout kron
 
-cdef struct DiagHessLayout:
+cdef struct HessFactors:
     StateLayout st
     Region S            # C * N * width: the loss factor at every layer
     Region R            # max_hidden * N * width: one layer's residual factor going down
+
+cdef struct BlockHessLayout:
+    HessFactors h
+    KronLayout kron
+
+cdef struct DiagHessLayout:
+    HessFactors h
     Region D2           # N * width: diag(Hz_l) of every sample
     Region sq           # N * max(n_0, max_hidden): a layer's squared inputs
 
@@ -336,16 +343,40 @@ cdef void factor_backprop(const NetSpec* s, const Batch* b,
     S: layer l's block ``(C, N, n_l)`` at C * N * h_off[l];
     ``sum_c S_l[c, i] S_l[c, i]^T = c_i B_li^T H_i B_li`` with c_i = w_i / W.
     """
+    forward(s, theta, <const floating*>b.X, b.N, w + lay.Z.off, w + lay.A.off)
+    _factor_down(s, b, theta, w + lay.Z.off, w + lay.A.off, w + lay.S.off)
+
+
+cdef void _factor_down(const NetSpec* s, const Batch* b, const floating* theta,
+                       const floating* Z, const floating* A,
+                       floating* S) noexcept nogil:
+    """S = the loss factor at every z_l (factor_backprop's layout), from the
+    forward cache Z, A."""
     cdef int L = s.n_layers
     cdef Py_ssize_t N = b.N, C = s.sizes[L], hid = N * s.h_off[L - 1]
-    cdef floating* Z = w + lay.Z.off
-    cdef floating* A = w + lay.A.off
-    cdef floating* S = w + lay.S.off
-    forward(s, theta, <const floating*>b.X, N, Z, A)
     sqrt_hess_rows(s.loss, Z + hid, <const floating*>b.Y,
                    <const floating*>b.sw, N, C, 1.0 / b.sw_sum, S + C * hid)
     backward(s, theta, <const floating*>b.X, N, Z, A, S + C * hid, C, S,
              NO_REDUCE, <floating*>NULL)
+
+
+cdef void _residual_down(const NetSpec* s, int j, int lo, const floating* theta,
+                         const floating* Z, const floating* A,
+                         const floating* Q, Py_ssize_t N,
+                         floating* R) noexcept nogil:
+    """The signed square-root factor of hidden layer j's residual diag(Q_j),
+    carried down to layer lo: k = n_j stacked columns ``sqrt|Q_j[i, u]| e_u``
+    at layer j, then backward steps; layer t's (n_j, N, n_t) block at
+    ``n_j N h_off[t]`` (their squares are weighted by the sign of Q_j)."""
+    cdef Py_ssize_t nj = s.sizes[j + 1], h = N * s.h_off[j], i, u
+    cdef int t
+    memset(R + nj * h, 0, nj * N * nj * sizeof(floating))
+    for u in range(nj):
+        for i in range(N):
+            R[nj * h + (u * N + i) * nj + u] = <floating>sqrt(fabs(Q[h + i * nj + u]))
+    for t in range(j, lo, -1):
+        backward_step(s, t, theta, Z, A, R + nj * N * s.h_off[t], N, nj,
+                      R + nj * N * s.h_off[t - 1], <floating*>NULL)
 
 
 # ------------------------------------------------------- Hessian diagonal
@@ -380,22 +411,19 @@ cdef void diag_hessian_kernel(const NetSpec* s, const Batch* b,
     weights their squares.
     """
     cdef int l, j, L = s.n_layers
-    cdef Py_ssize_t N = b.N, C = s.sizes[L], hid = N * s.h_off[L - 1]
-    cdef Py_ssize_t i, u, n, nj, h
+    cdef Py_ssize_t N = b.N, C = s.sizes[L]
+    cdef Py_ssize_t i, n, nj, h
     cdef const floating* X = <const floating*>b.X
-    cdef const floating* Z = w + lay.st.Z.off
-    cdef const floating* A = w + lay.st.A.off
-    cdef const floating* Q = w + lay.st.Q.off
-    cdef floating* S = w + lay.S.off
-    cdef floating* R = w + lay.R.off
+    cdef const floating* Z = w + lay.h.st.Z.off
+    cdef const floating* A = w + lay.h.st.A.off
+    cdef const floating* Q = w + lay.h.st.Q.off
+    cdef floating* S = w + lay.h.S.off
+    cdef floating* R = w + lay.h.R.off
     cdef floating* D2 = w + lay.D2.off
     cdef floating* sq = w + lay.sq.off
     cdef const floating* a_in
-    first_order(s, b, theta, w, &lay.st)
-    sqrt_hess_rows(s.loss, Z + hid, <const floating*>b.Y, <const floating*>b.sw,
-                   N, C, 1.0 / b.sw_sum, S + C * hid)
-    backward(s, theta, X, N, Z, A, S + C * hid, C, S, NO_REDUCE,
-             <floating*>NULL)
+    first_order(s, b, theta, w, &lay.h.st)
+    _factor_down(s, b, theta, Z, A, S)
     memset(D2, 0, N * s.width * sizeof(floating))
     for l in range(L):
         _add_squares(S + C * N * s.h_off[l], C, N, s.sizes[l + 1],
@@ -407,16 +435,10 @@ cdef void diag_hessian_kernel(const NetSpec* s, const Batch* b,
             D2[h + i] += Q[h + i]
         if j == 0:
             continue
-        # k = nj stacked columns sqrt|Q_j[i, u]| e_u, then down to layer 0
-        memset(R + nj * h, 0, nj * N * nj * sizeof(floating))
-        for u in range(nj):
-            for i in range(N):
-                R[nj * h + (u * N + i) * nj + u] = <floating>sqrt(fabs(Q[h + i * nj + u]))
-        for l in range(j, 0, -1):
-            backward_step(s, l, theta, Z, A, R + nj * N * s.h_off[l], N, nj,
-                          R + nj * N * s.h_off[l - 1], <floating*>NULL)
-            _add_squares(R + nj * N * s.h_off[l - 1], nj, N, s.sizes[l],
-                         Q + h, nj, D2 + N * s.h_off[l - 1])
+        _residual_down(s, j, 0, theta, Z, A, Q, N, R)
+        for l in range(j):
+            _add_squares(R + nj * N * s.h_off[l], nj, N, s.sizes[l + 1],
+                         Q + h, nj, D2 + N * s.h_off[l])
     for l in range(L):
         n = s.sizes[l]
         a_in = layer_input(s, l, X, A, N)
@@ -496,54 +518,15 @@ cdef inline Py_ssize_t _block_params(const NetSpec* s, int l) noexcept nogil:
     return (s.sizes[l] + 1) * s.sizes[l + 1]
 
 
-cdef void kron_accumulate(const NetSpec* s, const floating* Xb,
-                          const floating* A, const floating* S, Py_ssize_t k,
-                          Py_ssize_t nb, bint diag_only, floating* G,
-                          floating* w, const KronLayout* lay) noexcept nogil:
-    """G += a block's GGN, contracted over the C factor columns first.
-
-    S: the k >= C stacked backpropagated vectors of the block in backward's
-    NO_REDUCE layout (layer l's (k, nb, n_l) at k * nb * h_off[l]), the
-    first C the loss factor's columns. G: the row-major (P, P) matrix, or
-    with diag_only the L diagonal blocks (P_l, P_l) one after the other.
-
-    Block (l, m) of G, rows (p, q) of layer l's augmented weights
-    ``[W_l; b_l]`` (input p, output q) and columns (p', q') of layer m's:
-    ``sum_i a~_l[i, p] a~_m[i, p'] K_i[q, q']`` with ``K_i = sum_c
-    S_l[c, i]^T S_m[c, i]`` (``a~ = [a, 1]``). With ``A2[i, (p, p')] =
-    a~_l[i, p] a~_m[i, p']`` the block is ``M = A2^T K`` reordered: GEMMs
-    over chunks of (p, p') rows (Wt holds ``A2^T``'s rows, built from the
-    transposed inputs aT), each row of Mp scattered into G's rows (p, q). A
-    diagonal block (l = m) is symmetric in (p, p') and, K_i being
-    symmetric, separately in (q, q'): its GEMMs run over p <= p' and
-    q <= q' only (a quarter of the block). Writes the upper triangle (and
-    some lower entries of the diagonal blocks, which are scratch).
-    """
-    cdef int l, m, L = s.n_layers
-    cdef Py_ssize_t C = s.sizes[L], P = s.n_params, budget = lay.dims.budget
-    cdef Py_ssize_t nl, nm, al, am, i, c, q, qq, p, pp, p_s, pp_s, j, r, nn
-    cdef Py_ssize_t chunk, off, t, q0, ld, diag_off = 0
-    cdef floating* K = w + lay.K.off
-    cdef floating* Wt = w + lay.Wt.off
-    cdef floating* aT = w + lay.aT.off
-    cdef floating* Mp = w + lay.Mp.off
+cdef void _transpose_inputs(const NetSpec* s, const floating* Xb,
+                            const floating* A, Py_ssize_t nb,
+                            floating* aT) noexcept nogil:
+    """aT: every layer's augmented input transposed, (n_l + 1, nb) each, the
+    ones row last: the columns of A2 become contiguous products."""
+    cdef int l
+    cdef Py_ssize_t al, i, p, off = 0
     cdef const floating* a_in
-    cdef const floating* S_l
-    cdef const floating* S_m
-    cdef const floating* sl
-    cdef const floating* sm
-    cdef const floating* src
-    cdef const floating* x
-    cdef const floating* y
-    cdef floating* kk
-    cdef floating* dst
-    cdef floating* Gb
-    cdef floating* wr
-    cdef floating v
-    # aT: every layer's augmented input transposed, (n_l + 1, nb) each, the
-    # ones row last: the columns of A2 become contiguous products.
-    off = 0
-    for l in range(L):
+    for l in range(s.n_layers):
         al = s.sizes[l] + 1
         a_in = layer_input(s, l, Xb, A, nb)
         for i in range(nb):
@@ -552,91 +535,249 @@ cdef void kron_accumulate(const NetSpec* s, const floating* Xb,
         for i in range(nb):
             aT[off + (al - 1) * nb + i] = 1
         off += al * nb
-    cdef Py_ssize_t off_l = 0, off_m
+
+
+cdef inline Py_ssize_t _aT_off(const NetSpec* s, int l, Py_ssize_t nb) noexcept nogil:
+    cdef int j
+    cdef Py_ssize_t off = 0
+    for j in range(l):
+        off += (s.sizes[j] + 1) * nb
+    return off
+
+
+cdef void _add_outer(const floating* S_l, const floating* S_m, Py_ssize_t k,
+                     Py_ssize_t nb, Py_ssize_t nl, Py_ssize_t nm, bint diag,
+                     const floating* sign, Py_ssize_t ns,
+                     floating* K) noexcept nogil:
+    """K_i += sum_r sign_ri S_l[r, i]^T S_m[r, i] for the k stacked (nb, n)
+    blocks (sign (nb, ns), column r; all +1 if NULL). K (nb, nn): all
+    (q, q'), or with diag (S_l is S_m) the upper triangle q <= q' only (row
+    q of the triangle at tri(q) = q nl - q (q - 1) / 2)."""
+    cdef Py_ssize_t i, r, q, qq, t, q0, nn = nl * (nl + 1) // 2 if diag else nl * nm
+    cdef const floating* sl
+    cdef const floating* sm
+    cdef floating* kk
+    cdef floating v
+    for i in range(nb):
+        kk = K + i * nn
+        for r in range(k):
+            sl = S_l + (r * nb + i) * nl
+            sm = S_m + (r * nb + i) * nm
+            t = 0
+            for q in range(nl):
+                v = sl[q]
+                if sign != NULL and sign[i * ns + r] < 0:
+                    v = -v
+                q0 = q if diag else 0
+                for qq in range(q0, nm):
+                    kk[t + qq - q0] += v * sm[qq]
+                t += nm - q0
+
+
+cdef void _pair_scatter(const NetSpec* s, int l, int m, const floating* aT,
+                        const floating* K, Py_ssize_t nb, floating* Gb,
+                        Py_ssize_t ld, floating* w,
+                        const KronLayout* lay) noexcept nogil:
+    """Gb (the block (l, m) of a row-major matrix of leading dimension ld)
+    += sum_i (a~_l a~_m^T)_i (x) K_i, K as _add_outer's.
+
+    Rows (p, p') of M = A2^T K, p' >= p on a diagonal block, taken `chunk`
+    at a time in order: one GEMM per chunk (Wt holds ``A2^T``'s rows, built
+    from the transposed inputs aT), then each row scattered into the
+    block's rows (p, q). A diagonal block is symmetric in (p, p') and, K_i
+    being symmetric, separately in (q, q'): a quarter of it is computed.
+    Writes the upper triangle (and some lower entries of diagonal blocks,
+    which are scratch).
+    """
+    cdef Py_ssize_t nl = s.sizes[l + 1], nm = s.sizes[m + 1]
+    cdef Py_ssize_t al = s.sizes[l] + 1, am = s.sizes[m] + 1
+    cdef Py_ssize_t nn = _pair_nn(s, l, m), chunk = _pair_chunk(s, l, m, lay.dims.budget)
+    cdef Py_ssize_t off_l = _aT_off(s, l, nb), off_m = _aT_off(s, m, nb)
+    cdef Py_ssize_t p = 0, pp = 0, p_s, pp_s, r, i, j, q, qq, t
+    cdef floating* Wt = w + lay.Wt.off
+    cdef floating* Mp = w + lay.Mp.off
+    cdef floating* wr
+    cdef floating* dst
+    cdef const floating* x
+    cdef const floating* y
+    cdef const floating* src
+    while p < al:
+        p_s = p
+        pp_s = pp
+        r = 0
+        while r < chunk and p < al:
+            # Wt[r, :] = a~_l[:, p] * a~_m[:, pp]
+            wr = Wt + r * nb
+            x = aT + off_l + p * nb
+            y = aT + off_m + pp * nb
+            for i in range(nb):
+                wr[i] = x[i] * y[i]
+            r += 1
+            pp += 1
+            if pp == am:
+                p += 1
+                pp = p if l == m else 0
+        _gemm(NoTrans, NoTrans, <int>r, <int>nn, <int>nb, <floating>1.0, Wt,
+              <int>nb, K, <int>nn, <floating>0.0, Mp, <int>nn)
+        # replay the cursor to scatter row j = (p, pp)
+        p = p_s
+        pp = pp_s
+        for j in range(r):
+            src = Mp + j * nn
+            for q in range(nl):
+                dst = Gb + (p * nl + q) * ld + pp * nm
+                if l < m:
+                    for qq in range(nm):
+                        dst[qq] += src[q * nm + qq]
+                    continue
+                # diagonal block: (q, q') from the triangle, both orders
+                # when p' > p, the upper one when p' == p
+                t = q * nl - q * (q - 1) // 2
+                for qq in range(q, nl):
+                    dst[qq] += src[t + qq - q]
+                if pp > p:
+                    for qq in range(q):
+                        dst[qq] += src[qq * nl - qq * (qq - 1) // 2 + q - qq]
+            pp += 1
+            if pp == am:
+                p += 1
+                pp = p if l == m else 0
+
+
+cdef inline floating* _block_of(const NetSpec* s, int l, int m, bint diag_only,
+                                floating* G, Py_ssize_t* ld) noexcept nogil:
+    """Block (l, m) of G: the (P, P) matrix, or with diag_only the diagonal
+    blocks (P_l, P_l) one after the other."""
+    cdef int j
+    cdef Py_ssize_t off = 0
+    if not diag_only:
+        ld[0] = s.n_params
+        return G + s.w_off[l] * s.n_params + s.w_off[m]
+    for j in range(l):
+        off += _block_params(s, j) * _block_params(s, j)
+    ld[0] = _block_params(s, l)
+    return G + off
+
+
+cdef void kron_accumulate(const NetSpec* s, const floating* Xb,
+                          const floating* A, const floating* S, Py_ssize_t k,
+                          Py_ssize_t nb, bint diag_only, floating* G,
+                          floating* w, const KronLayout* lay) noexcept nogil:
+    """G += a block's GGN, contracted over the C factor columns first.
+
+    S: the k >= C stacked backpropagated vectors of the block in backward's
+    NO_REDUCE layout (layer l's (k, nb, n_l) at k * nb * h_off[l]), the
+    first C the loss factor's columns. G: the row-major (P, P) matrix
+    (upper triangle), or with diag_only the L diagonal blocks (P_l, P_l)
+    one after the other.
+
+    Block (l, m), rows (p, q) of layer l's augmented weights ``[W_l; b_l]``
+    (input p, output q) and columns (p', q') of layer m's:
+    ``sum_i a~_l[i, p] a~_m[i, p'] K_i[q, q']`` with ``K_i = sum_c
+    S_l[c, i]^T S_m[c, i]`` (``a~ = [a, 1]``): K by _add_outer, then
+    ``A2^T K`` by _pair_scatter (``A2[i, (p, p')] = a~_l[i, p] a~_m[i, p']``).
+    """
+    cdef int l, m, L = s.n_layers
+    cdef Py_ssize_t C = s.sizes[L], ld, nn
+    cdef floating* K = w + lay.K.off
+    cdef floating* aT = w + lay.aT.off
+    cdef floating* Gb
+    _transpose_inputs(s, Xb, A, nb, aT)
+    for l in range(L):
+        for m in range(l, L if not diag_only else l + 1):
+            nn = _pair_nn(s, l, m)
+            memset(K, 0, nb * nn * sizeof(floating))
+            _add_outer(S + k * nb * s.h_off[l], S + k * nb * s.h_off[m], C, nb,
+                       s.sizes[l + 1], s.sizes[m + 1], l == m,
+                       <const floating*>NULL, 0, K)
+            Gb = _block_of(s, l, m, diag_only, G, &ld)
+            _pair_scatter(s, l, m, aT, K, nb, Gb, ld, w, lay)
+
+
+cdef void _block_hessian_rows(const NetSpec* s, const Batch* b,
+                              const floating* theta, floating* G, floating* w,
+                              const BlockHessLayout* lay) noexcept nogil:
+    """G (the diagonal blocks) += the rows' exact Hessian blocks.
+
+    Per layer, ``K_i = Hz_l,i``, the z-Hessian, as signed outer products of
+    backpropagated factors: the loss factor's C columns, diag(Q_l) and, for
+    each hidden layer j > l, the signed square roots of Q_j carried down to
+    layer l; then the Kronecker sum with the inputs as for the GGN.
+    """
+    cdef int l, j, L = s.n_layers
+    cdef Py_ssize_t N = b.N, C = s.sizes[L], nl, nn, nj, i, q, h, ld
+    cdef const floating* Z = w + lay.h.st.Z.off
+    cdef const floating* A = w + lay.h.st.A.off
+    cdef const floating* Q = w + lay.h.st.Q.off
+    cdef floating* S = w + lay.h.S.off
+    cdef floating* R = w + lay.h.R.off
+    cdef floating* K = w + lay.kron.K.off
+    cdef floating* Gb
+    first_order(s, b, theta, w, &lay.h.st)
+    _factor_down(s, b, theta, Z, A, S)
+    _transpose_inputs(s, <const floating*>b.X, A, N, w + lay.kron.aT.off)
     for l in range(L):
         nl = s.sizes[l + 1]
-        al = s.sizes[l] + 1
-        S_l = S + k * nb * s.h_off[l]
-        off_m = off_l
-        for m in range(l, L if not diag_only else l + 1):
-            nm = s.sizes[m + 1]
-            am = s.sizes[m] + 1
-            S_m = S + k * nb * s.h_off[m]
-            if diag_only:
-                Gb = G + diag_off
-                ld = _block_params(s, l)
-                diag_off += ld * ld
-            else:
-                Gb = G + s.w_off[l] * P + s.w_off[m]
-                ld = P
-            # K_i = sum_c S_l[c, i]^T S_m[c, i], (nb, nn): all (q, q') when
-            # l < m; on a diagonal block K_i is symmetric and only q <= q'
-            # is kept (row q of the triangle at tri(q) = q nl - q (q - 1) / 2).
-            nn = _pair_nn(s, l, m)
-            for i in range(nb):
-                kk = K + i * nn
-                for j in range(nn):
-                    kk[j] = 0
-                for c in range(C):
-                    sl = S_l + (c * nb + i) * nl
-                    sm = S_m + (c * nb + i) * nm
-                    t = 0
-                    for q in range(nl):
-                        v = sl[q]
-                        q0 = 0 if l < m else q
-                        for qq in range(q0, nm):
-                            kk[t + qq - q0] += v * sm[qq]
-                        t += nm - q0
-            # Rows (p, p') of M = A2^T K, p' >= p on a diagonal block, taken
-            # `chunk` at a time in order: one GEMM per chunk, then each row
-            # scattered into G's rows (p, q).
-            chunk = _pair_chunk(s, l, m, budget)
-            p = 0
-            pp = 0
-            while p < al:
-                p_s = p
-                pp_s = pp
-                r = 0
-                while r < chunk and p < al:
-                    # Wt[r, :] = a~_l[:, p] * a~_m[:, pp]
-                    wr = Wt + r * nb
-                    x = aT + off_l + p * nb
-                    y = aT + off_m + pp * nb
-                    for i in range(nb):
-                        wr[i] = x[i] * y[i]
-                    r += 1
-                    pp += 1
-                    if pp == am:
-                        p += 1
-                        pp = p if l == m else 0
-                _gemm(NoTrans, NoTrans, <int>r, <int>nn, <int>nb,
-                      <floating>1.0, Wt, <int>nb, K, <int>nn, <floating>0.0,
-                      Mp, <int>nn)
-                # replay the cursor to scatter row j = (p, pp)
-                p = p_s
-                pp = pp_s
-                for j in range(r):
-                    src = Mp + j * nn
-                    for q in range(nl):
-                        dst = Gb + (p * nl + q) * ld + pp * nm
-                        if l < m:
-                            for qq in range(nm):
-                                dst[qq] += src[q * nm + qq]
-                            continue
-                        # diagonal block: (q, q') from the triangle, both
-                        # orders when p' > p, the upper one when p' == p
-                        t = q * nl - q * (q - 1) // 2
-                        for qq in range(q, nl):
-                            dst[qq] += src[t + qq - q]
-                        if pp > p:
-                            for qq in range(q):
-                                dst[qq] += src[qq * nl - qq * (qq - 1) // 2 + q - qq]
-                    pp += 1
-                    if pp == am:
-                        p += 1
-                        pp = p if l == m else 0
-            off_m += am * nb
-        off_l += al * nb
+        nn = nl * (nl + 1) // 2
+        h = N * s.h_off[l]
+        memset(K, 0, N * nn * sizeof(floating))
+        _add_outer(S + C * h, S + C * h, C, N, nl, nl, True,
+                   <const floating*>NULL, 0, K)
+        if l < L - 1:
+            for i in range(N):
+                for q in range(nl):
+                    K[i * nn + q * nl - q * (q - 1) // 2] += Q[h + i * nl + q]
+        for j in range(l + 1, L - 1):
+            nj = s.sizes[j + 1]
+            _residual_down(s, j, l, theta, Z, A, Q, N, R)
+            _add_outer(R + nj * h, R + nj * h, nj, N, nl, nl, True,
+                       Q + N * s.h_off[j], nj, K)
+        Gb = _block_of(s, l, l, True, G, &ld)
+        _pair_scatter(s, l, l, w + lay.kron.aT.off, K, N, Gb, ld, w, &lay.kron)
+
+
+cdef void _finish_blocks(const NetSpec* s, double coef, bint diag_only,
+                         floating* G) noexcept nogil:
+    """Mirror the upper triangles (of each diagonal block with diag_only)
+    and add coef on the weight entries of the diagonal."""
+    cdef int l
+    cdef Py_ssize_t n, off = 0
+    if diag_only:
+        for l in range(s.n_layers):
+            n = _block_params(s, l)
+            _mirror_upper(G + off, n)
+            off += n * n
+    else:
+        _mirror_upper(G, s.n_params)
+    add_l2_diag(s, coef, diag_only, G)
+
+
+cdef Py_ssize_t _dense_entries(const NetSpec* s, bint diag_only) noexcept nogil:
+    cdef int l
+    cdef Py_ssize_t total = 0
+    if not diag_only:
+        return s.n_params * s.n_params
+    for l in range(s.n_layers):
+        total += _block_params(s, l) * _block_params(s, l)
+    return total
+
+
+cdef void block_hessian_kernel(const NetSpec* s, const Batch* b,
+                               const floating* theta, floating* G,
+                               Py_ssize_t block, floating* w,
+                               const BlockHessLayout* lay) noexcept nogil:
+    """G = the exact Hessian's diagonal blocks (P_l, P_l), one after the
+    other, + alpha / W on the weight entries of their diagonals; blocks of
+    `block` rows."""
+    cdef Py_ssize_t i0 = 0, nb
+    cdef Batch sub
+    memset(G, 0, _dense_entries(s, True) * sizeof(floating))
+    while i0 < b.N:
+        nb = block if b.N - i0 > block else b.N - i0
+        sub = sub_batch(s, b, i0, nb)
+        _block_hessian_rows(s, &sub, theta, G, w, lay)
+        i0 += nb
+    _finish_blocks(s, b.alpha / b.sw_sum, True, G)
 
 
 cdef void add_l2_diag(const NetSpec* s, double coef, bint diag_only,
@@ -677,16 +818,11 @@ cdef void dense_ggn_kernel(const NetSpec* s, const Batch* b,
                            const DenseLayout* lay) noexcept nogil:
     """G = the dense GGN (diag_only: its diagonal blocks, one after the
     other), symmetric, + alpha / W on the weight entries of the diagonal;
-    blocks of `block` rows (the workspace's), backpropagated loss factor
-    then Kronecker accumulation."""
-    cdef int l
-    cdef Py_ssize_t i0 = 0, nb, n, P = s.n_params, total = 0, off = 0
+    blocks of `block` rows, backpropagated loss factor then Kronecker
+    accumulation."""
+    cdef Py_ssize_t i0 = 0, nb
     cdef Batch sub
-    for l in range(s.n_layers):
-        total += _block_params(s, l) * _block_params(s, l)
-    if not diag_only:
-        total = P * P
-    memset(G, 0, total * sizeof(floating))
+    memset(G, 0, _dense_entries(s, diag_only) * sizeof(floating))
     while i0 < b.N:
         nb = block if b.N - i0 > block else b.N - i0
         sub = sub_batch(s, b, i0, nb)
@@ -695,14 +831,7 @@ cdef void dense_ggn_kernel(const NetSpec* s, const Batch* b,
                         w + lay.f.S.off, s.sizes[s.n_layers], nb, diag_only,
                         G, w, &lay.kron)
         i0 += nb
-    if diag_only:
-        for l in range(s.n_layers):
-            n = _block_params(s, l)
-            _mirror_upper(G + off, n)
-            off += n * n
-    else:
-        _mirror_upper(G, P)
-    add_l2_diag(s, b.alpha / b.sw_sum, diag_only, G)
+    _finish_blocks(s, b.alpha / b.sw_sum, diag_only, G)
 
 
 # -------------------------------------------------------------- workspaces
@@ -785,6 +914,38 @@ cdef class FactorWorkspace(Workspace):
         return self.lay
 
 
+cdef class BlockHessianWorkspace(Workspace):
+    """block_hessian, block by block of n_rows rows: the first-order state,
+    the loss factor S (n_L n_rows width), a residual factor R (max_hidden
+    n_rows width) and the Kronecker accumulation's regions (see
+    dense_block_rows; k unused)."""
+    cdef BlockHessLayout lay
+
+    cdef Py_ssize_t _layout(self, Py_ssize_t N, Py_ssize_t k) noexcept:
+        cdef Py_ssize_t at = _hess_factors(&self.plan.spec, N, &self.lay.h)
+        return kron_layout(&self.plan.spec, N, at, &self.lay.kron)
+
+    cdef dict _regions(self):
+        d = <dict>self.lay
+        d["kron"].pop("dims")
+        return d
+
+
+cdef inline Py_ssize_t _residual_width(const NetSpec* s) noexcept nogil:
+    """Columns of a residual factor carried below its layer (none with
+    fewer than two hidden layers)."""
+    return s.max_hidden if s.n_layers > 2 else 0
+
+
+cdef Py_ssize_t _hess_factors(const NetSpec* s, Py_ssize_t N,
+                              HessFactors* lay) noexcept nogil:
+    """The first-order state, the loss factor and a residual factor from
+    entry 0; returns the end."""
+    cdef Py_ssize_t at = state_layout(s, N, 0, &lay.st)
+    at = put(&lay.S, at, s.sizes[s.n_layers] * N * s.width)
+    return put(&lay.R, at, _residual_width(s) * N * s.width)
+
+
 cdef class DiagHessianWorkspace(Workspace):
     """diag_hessian: the first-order state, the loss factor S (n_L n_rows
     width), a residual factor R (max_hidden n_rows width), the diagonals D2
@@ -794,9 +955,7 @@ cdef class DiagHessianWorkspace(Workspace):
 
     cdef Py_ssize_t _layout(self, Py_ssize_t N, Py_ssize_t k) noexcept:
         cdef const NetSpec* s = &self.plan.spec
-        cdef Py_ssize_t at = state_layout(s, N, 0, &self.lay.st)
-        at = put(&self.lay.S, at, s.sizes[s.n_layers] * N * s.width)
-        at = put(&self.lay.R, at, (s.max_hidden if s.n_layers > 2 else 0) * N * s.width)
+        cdef Py_ssize_t at = _hess_factors(s, N, &self.lay.h)
         at = put(&self.lay.D2, at, N * s.width)
         return put(&self.lay.sq, at, N * max(s.sizes[0], s.max_hidden))
 
@@ -821,17 +980,23 @@ cdef class DenseGgnWorkspace(Workspace):
         return d
 
 
-def dense_block_rows(NetPlan plan, Py_ssize_t budget_bytes, Py_ssize_t itemsize):
-    """Rows per block of dense_ggn whose DenseGgnWorkspace takes at most
-    budget_bytes (at least 1 row).
+def dense_block_rows(NetPlan plan, Py_ssize_t budget_bytes, Py_ssize_t itemsize,
+                     bint hessian=False):
+    """Rows per block of dense_ggn (hessian: block_hessian) whose workspace
+    (DenseGgnWorkspace, BlockHessianWorkspace) takes at most budget_bytes
+    (at least 1 row).
 
-    Per row: (2 + n_L) width entries (forward cache, loss factor) and
-    nn_max + chunk_max + sum_l (n_l + 1) of the Kronecker accumulation;
-    fixed: Mp and at most 8 entries of alignment per region.
+    Per row: the forward cache and loss factor, (2 + n_L) width entries
+    (hessian: the first-order state and a residual factor too, (6 + n_L +
+    max_hidden) width), and nn_max + chunk_max + sum_l (n_l + 1) of the
+    Kronecker accumulation; fixed: Mp and at most 8 entries of alignment per
+    region.
     """
     cdef const NetSpec* s = &plan.spec
     cdef Py_ssize_t per_row = (2 + s.sizes[s.n_layers]) * s.width + kron_row_entries(s)
-    cdef Py_ssize_t fixed = kron_dims(s).mp + 8 * 7
+    if hessian:
+        per_row += (4 + _residual_width(s)) * s.width
+    cdef Py_ssize_t fixed = kron_dims(s).mp + 8 * 12
     return max(1, (budget_bytes // itemsize - fixed) // per_row)
 
 
@@ -911,6 +1076,35 @@ def loss_factors(NetPlan plan, const floating[::1] theta,
             ws.array("S")[:plan.spec.sizes[plan.spec.n_layers] * n])
 
 
+def block_hessian(NetPlan plan, const floating[::1] theta,
+                  const floating[:, ::1] X, const floating[:, ::1] Y,
+                  const floating[::1] sw, double sw_sum, double alpha,
+                  floating[::1] G, Py_ssize_t block, BlockHessianWorkspace ws):
+    """G = the exact Hessian's L diagonal blocks (P_l, P_l) one after the
+    other (sum_l P_l^2 entries), + alpha / W on the weight entries of their
+    diagonals. Blocks of `block` rows (1 <= block <= ws.n_rows)."""
+    _check_dense_out(&plan.spec, True, G.shape[0])
+    _check_block(block, ws, sizeof(floating))
+    cdef Batch b = make_batch(&X[0, 0], &Y[0, 0], _opt(sw), X.shape[0], sw_sum,
+                              alpha)
+    with nogil:
+        block_hessian_kernel(&plan.spec, &b, &theta[0], &G[0], block,
+                             <floating*>ws.base, &ws.lay)
+
+
+cdef int _check_block(Py_ssize_t block, Workspace ws, Py_ssize_t itemsize) except -1:
+    if block < 1:
+        raise ValueError(f"block must be >= 1, got {block}")
+    return ws.check(block, 0, itemsize)
+
+
+cdef int _check_dense_out(const NetSpec* s, bint diag_only, Py_ssize_t n) except -1:
+    cdef Py_ssize_t need = _dense_entries(s, diag_only)
+    if n != need:
+        raise ValueError(f"G must have {need} entries, got {n}")
+    return 0
+
+
 def diag_hessian(NetPlan plan, const floating[::1] theta, const floating[:, ::1] X,
                  const floating[:, ::1] Y, const floating[::1] sw, double sw_sum,
                  floating[::1] out, DiagHessianWorkspace ws):
@@ -926,26 +1120,19 @@ def diag_hessian(NetPlan plan, const floating[::1] theta, const floating[:, ::1]
 
 def dense_ggn(NetPlan plan, const floating[::1] theta, const floating[:, ::1] X,
               const floating[:, ::1] Y, const floating[::1] sw, double sw_sum,
-              double alpha, bint diag_only, floating[::1] G,
+              double alpha, bint diag_only, floating[::1] G, Py_ssize_t block,
               DenseGgnWorkspace ws):
     """G = the dense GGN (P * P entries, row-major), or with diag_only its
     L diagonal blocks (P_l, P_l) one after the other (sum_l P_l^2 entries);
     symmetric, + alpha / W on the weight entries of the diagonal. Blocks of
-    ws.n_rows rows."""
+    `block` rows (1 <= block <= ws.n_rows)."""
     cdef const NetSpec* s = &plan.spec
-    cdef Py_ssize_t need = s.n_params * s.n_params, l
-    if diag_only:
-        need = sum(((s.sizes[l] + 1) * s.sizes[l + 1]) ** 2
-                   for l in range(s.n_layers))
-    if G.shape[0] != need:
-        raise ValueError(f"G must have {need} entries, got {G.shape[0]}")
-    ws.check(min(X.shape[0], ws.n_rows), 0, sizeof(floating))
-    if ws.n_rows < 1:
-        raise ValueError("the workspace has no rows")
+    _check_dense_out(s, diag_only, G.shape[0])
+    _check_block(block, ws, sizeof(floating))
     cdef Batch b = make_batch(&X[0, 0], &Y[0, 0], _opt(sw), X.shape[0], sw_sum,
                               alpha)
     with nogil:
-        dense_ggn_kernel(s, &b, &theta[0], diag_only, &G[0], ws.n_rows,
+        dense_ggn_kernel(s, &b, &theta[0], diag_only, &G[0], block,
                          <floating*>ws.base, &ws.lay)
 # ----------------------------------------------- Kronecker-sum scattering
 def scatter_sym(const floating[:, ::1] G, const Py_ssize_t[:, ::1] ta,

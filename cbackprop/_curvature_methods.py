@@ -242,18 +242,33 @@ class CurvatureMixin:
         P = self.n_params
         self._check_dense((P, P), max_bytes)
         G = np.empty((P, P), self.dtype)
-        self._dense_ggn(theta, X, y, sample_weight, False, G.reshape(-1))
+        self._kron_sum(theta, X, y, sample_weight, "ggn", G.reshape(-1))
         return G
 
-    def _dense_ggn(self, theta, X, y, sample_weight, diag_only, out):
-        """The nogil Kronecker-sum accumulation (``_curvature.dense_ggn``)
-        over blocks of rows whose workspace takes about DENSE_BLOCK_BYTES."""
+    def _kron_sum(self, theta, X, y, sample_weight, kind, out):
+        """A nogil Kronecker-sum accumulation over blocks of rows whose
+        workspace takes about DENSE_BLOCK_BYTES: ``_curvature.dense_ggn``
+        (kind 'ggn', 'block_ggn') or ``_curvature.block_hessian``."""
         theta, X, y, sw, sw_sum = self._check(theta, X, y, sample_weight)
+        hessian = kind == "block_hessian"
         rows = _curvature.dense_block_rows(self._plan, DENSE_BLOCK_BYTES,
-                                           np.dtype(self.dtype).itemsize)
-        ws = self._scratch(_curvature.DenseGgnWorkspace, min(rows, X.shape[0]), 0)
-        _curvature.dense_ggn(self._plan, theta, X, y, sw, sw_sum, self.alpha, diag_only,
-                             out, ws)
+                                           np.dtype(self.dtype).itemsize, hessian)
+        family = _curvature.BlockHessianWorkspace if hessian else _curvature.DenseGgnWorkspace
+        block = min(rows, X.shape[0])
+        ws = self._scratch(family, block, 0)
+        args = (self._plan, theta, X, y, sw, sw_sum, self.alpha)
+        if hessian:
+            _curvature.block_hessian(*args, out, block, ws)
+        else:
+            _curvature.dense_ggn(*args, kind == "block_ggn", out, block, ws)
+
+    def _kron_blocks(self, theta, X, y, sample_weight, kind):
+        """The per-layer diagonal blocks (P_l, P_l) of a _kron_sum."""
+        sizes = [a * n for _, a, n in self._layer_slices()]
+        buf = np.empty(sum(p * p for p in sizes), self.dtype)
+        self._kron_sum(theta, X, y, sample_weight, kind, buf)
+        ends = np.cumsum([p * p for p in sizes])
+        return [b.reshape(p, p) for b, p in zip(np.split(buf, ends[:-1]), sizes)]
 
     def efisher(self, theta, X, y, sample_weight=None, *, max_bytes=None):
         """Dense empirical Fisher ``sum_i c_i g_i g_i^T`` (P, P), + alpha / W."""
@@ -272,27 +287,7 @@ class CurvatureMixin:
 
     def block_ggn(self, theta, X, y, sample_weight=None):
         """Exact per-layer GGN blocks: list of (P_l, P_l), W_l then b_l."""
-        sizes = [a * n for _, a, n in self._layer_slices()]
-        buf = np.empty(sum(p * p for p in sizes), self.dtype)
-        self._dense_ggn(theta, X, y, sample_weight, True, buf)
-        ends = np.cumsum([p * p for p in sizes])
-        return [b.reshape(p, p) for b, p in zip(np.split(buf, ends[:-1]), sizes)]
-
-    def _blocks(self, compact, sw_sum):
-        """Dense per-layer blocks from compact sums, + alpha / W on weights."""
-        out = []
-        for (_, a, n), G in zip(self._layer_slices(), compact):
-            B = np.empty((a * n, a * n), self.dtype)
-            _curvature.scatter_sym(np.ascontiguousarray(G, self.dtype),
-                                   self._tri_table(a)[2], self._tri_table(n)[2], B, 0)
-            out.append(self._add_l2_block(B, len(out), sw_sum))
-        return out
-
-    def _add_l2_block(self, B, l, sw_sum):
-        nw = self.layer_sizes[l] * self.layer_sizes[l + 1]
-        idx = np.arange(nw)
-        B[idx, idx] += self.alpha / sw_sum
-        return B
+        return self._kron_blocks(theta, X, y, sample_weight, "block_ggn")
 
     def diag_ggn(self, theta, X, y, sample_weight=None):
         """Exact GGN diagonal (P,): squared inputs times squared factors."""
@@ -409,13 +404,7 @@ class CurvatureMixin:
 
     def block_hessian(self, theta, X, y, sample_weight=None):
         """Exact per-layer Hessian blocks: list of (P_l, P_l), W_l then b_l."""
-        compact, sw_sum = self._accumulate(self._block_hessian_chunk, theta, X, y,
-                                           sample_weight)
-        return self._blocks(compact, sw_sum)
-
-    def _block_hessian_chunk(self, theta, X, y, sw, sw_sum):
-        ins, _, _, _, Hz = self._hessian_state(theta, X, y, sw, sw_sum)
-        return [self._sym_sum(a, H) for a, H in zip(ins, Hz)]
+        return self._kron_blocks(theta, X, y, sample_weight, "block_hessian")
 
     def diag_hessian(self, theta, X, y, sample_weight=None):
         """Exact Hessian diagonal (P,): squared inputs times diag(Hz_l)."""

@@ -380,23 +380,30 @@ def test_products_bad_V(cb, method):
 @pytest.mark.parametrize("dtype", DTYPES.values(), ids=DTYPES.keys())
 @pytest.mark.parametrize("arch", ["hidden1", "hidden2"])
 def test_dense_ggn_by_blocks_of_rows(cb, arch, dtype, monkeypatch):
-    """ggn and block_ggn accumulated over blocks of a few rows (the last one
-    shorter): the reference, the regularizer added once."""
+    """ggn, block_ggn and block_hessian accumulated over blocks of a few rows
+    (the last one shorter): the reference, the regularizer added once."""
     from cbackprop import _curvature, _curvature_methods
     net, theta, X, y, sw = _case(cb, "tanh", "log_loss", True, 0.3, arch, dtype)
-    expected = _expected(arch, "tanh", "log_loss", True, 0.3)["ggn"]
+    expected = _expected(arch, "tanh", "log_loss", True, 0.3)
     itemsize = np.dtype(dtype).itemsize
-    budget = 1 << 24
-    while _curvature.dense_block_rows(net._plan, budget, itemsize) > 4:
-        budget = budget * 7 // 8
-    rows = _curvature.dense_block_rows(net._plan, budget, itemsize)
-    assert 1 <= rows < X.shape[0]
-    monkeypatch.setattr(_curvature_methods, "DENSE_BLOCK_BYTES", budget)
-    scale = np.abs(expected).max()
-    assert_close(net.ggn(theta, X, y, sample_weight=sw), expected, dtype, scale=scale)
-    for B, R in zip(net.block_ggn(theta, X, y, sample_weight=sw),
-                    ref.diagonal_blocks(ARCHS[arch], expected)):
-        assert_close(B, R, dtype, scale=scale)
+
+    def few_rows(hessian):
+        # a workspace budget of at most 4 rows (blocks of 4 and 2, or 3 and 3)
+        budget = 1 << 24
+        while _curvature.dense_block_rows(net._plan, budget, itemsize, hessian) > 4:
+            budget = budget * 7 // 8
+        assert 1 <= _curvature.dense_block_rows(net._plan, budget, itemsize, hessian) < 6
+        monkeypatch.setattr(_curvature_methods, "DENSE_BLOCK_BYTES", budget)
+
+    few_rows(False)
+    scale = np.abs(expected["ggn"]).max()
+    assert_close(net.ggn(theta, X, y, sample_weight=sw), expected["ggn"], dtype, scale=scale)
+    for kind, method in BLOCKS.items():
+        few_rows(kind == "hessian")
+        scale = np.abs(expected[kind]).max()
+        for B, R in zip(getattr(net, method)(theta, X, y, sample_weight=sw),
+                        ref.diagonal_blocks(ARCHS[arch], expected[kind])):
+            assert_close(B, R, dtype, scale=scale, err_msg=method)
 
 
 @pytest.mark.parametrize("dtype", DTYPES.values(), ids=DTYPES.keys())
