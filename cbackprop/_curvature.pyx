@@ -983,21 +983,21 @@ cdef class DenseGgnWorkspace(Workspace):
 def dense_block_rows(NetPlan plan, Py_ssize_t budget_bytes, Py_ssize_t itemsize,
                      bint hessian=False):
     """Rows per block of dense_ggn (hessian: block_hessian) whose workspace
-    (DenseGgnWorkspace, BlockHessianWorkspace) takes at most budget_bytes
-    (at least 1 row).
+    (DenseGgnWorkspace, BlockHessianWorkspace) holds at most budget_bytes
+    in its per-row regions (at least 1 row).
 
     Per row: the forward cache and loss factor, (2 + n_L) width entries
     (hessian: the first-order state and a residual factor too, (6 + n_L +
     max_hidden) width), and nn_max + chunk_max + sum_l (n_l + 1) of the
-    Kronecker accumulation; fixed: Mp and at most 8 entries of alignment per
-    region.
+    Kronecker accumulation. On top, whatever the rows: the GEMM output Mp
+    (at most max(2^20, P^2 / 8) entries, beside the P^2 of G) and at most
+    8 entries of alignment per region.
     """
     cdef const NetSpec* s = &plan.spec
     cdef Py_ssize_t per_row = (2 + s.sizes[s.n_layers]) * s.width + kron_row_entries(s)
     if hessian:
         per_row += (4 + _residual_width(s)) * s.width
-    cdef Py_ssize_t fixed = kron_dims(s).mp + 8 * 12
-    return max(1, (budget_bytes // itemsize - fixed) // per_row)
+    return max(1, (budget_bytes // itemsize) // per_row)
 
 
 # ------------------------------------------------------------ Python layer
