@@ -21,7 +21,8 @@ cdef Py_ssize_t kron_layout(const NetSpec* s, Py_ssize_t nb, Py_ssize_t at,
 cdef Py_ssize_t kron_row_entries(const NetSpec* s) noexcept nogil
 cdef void kron_accumulate(const NetSpec* s, const floating* Xb,
                           const floating* A, const floating* S, Py_ssize_t k,
-                          Py_ssize_t nb, bint diag_only, floating* G,
-                          floating* w, const KronLayout* lay) noexcept nogil
+                          Py_ssize_t C, Py_ssize_t nb, bint diag_only,
+                          floating* G, floating* w,
+                          const KronLayout* lay) noexcept nogil
 cdef void add_l2_diag(const NetSpec* s, double coef, bint diag_only,
                       floating* G) noexcept nogil

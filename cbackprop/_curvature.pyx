@@ -661,13 +661,16 @@ cdef inline floating* _block_of(const NetSpec* s, int l, int m, bint diag_only,
 
 cdef void kron_accumulate(const NetSpec* s, const floating* Xb,
                           const floating* A, const floating* S, Py_ssize_t k,
-                          Py_ssize_t nb, bint diag_only, floating* G,
-                          floating* w, const KronLayout* lay) noexcept nogil:
-    """G += a block's GGN, contracted over the C factor columns first.
+                          Py_ssize_t C, Py_ssize_t nb, bint diag_only,
+                          floating* G, floating* w,
+                          const KronLayout* lay) noexcept nogil:
+    """G += a block's sum_i sum_c J_i^T s_ic s_ic^T J_i (the GGN, or with one
+    column sqrt(c_i) delta_i the empirical Fisher), contracted over the C
+    factor columns first.
 
     S: the k >= C stacked backpropagated vectors of the block in backward's
     NO_REDUCE layout (layer l's (k, nb, n_l) at k * nb * h_off[l]), the
-    first C the loss factor's columns. G: the row-major (P, P) matrix
+    first C the factor's columns. G: the row-major (P, P) matrix
     (upper triangle), or with diag_only the L diagonal blocks (P_l, P_l)
     one after the other.
 
@@ -678,7 +681,7 @@ cdef void kron_accumulate(const NetSpec* s, const floating* Xb,
     ``A2^T K`` by _pair_scatter (``A2[i, (p, p')] = a~_l[i, p] a~_m[i, p']``).
     """
     cdef int l, m, L = s.n_layers
-    cdef Py_ssize_t C = s.sizes[L], ld, nn
+    cdef Py_ssize_t ld, nn
     cdef floating* K = w + lay.K.off
     cdef floating* aT = w + lay.aT.off
     cdef floating* Gb
@@ -812,12 +815,42 @@ cdef void _mirror_upper(floating* G, Py_ssize_t n) noexcept nogil:
                     G[j * n + i] = G[i * n + j]
 
 
+cdef void _fisher_factor(const NetSpec* s, const Batch* b,
+                         const floating* theta, floating* w,
+                         const FactorLayout* lay) noexcept nogil:
+    """S (1, N, width) = sqrt(c_i) delta_i at every layer, c_i = w_i / W,
+    delta_i the raw per-sample deltas: ``sum_i c_i g_i g_i^T`` is the
+    Kronecker sum of this one factor column."""
+    cdef int l, L = s.n_layers
+    cdef Py_ssize_t N = b.N, i, q, n
+    cdef const floating* sw = <const floating*>b.sw
+    cdef floating* Z = w + lay.Z.off
+    cdef floating* A = w + lay.A.off
+    cdef floating* S = w + lay.S.off
+    cdef floating* row
+    cdef floating r
+    cdef Batch raw = b[0]
+    raw.sw = NULL
+    raw.sw_sum = 1.0
+    forward(s, theta, <const floating*>b.X, N, Z, A)
+    loss_value(s, &raw, Z, S + N * s.h_off[L - 1])
+    backward(s, theta, <const floating*>b.X, N, Z, A, S + N * s.h_off[L - 1],
+             1, S, NO_REDUCE, <floating*>NULL)
+    for l in range(L):
+        n = s.sizes[l + 1]
+        for i in range(N):
+            r = <floating>sqrt((1.0 if sw == NULL else sw[i]) / b.sw_sum)
+            row = S + N * s.h_off[l] + i * n
+            for q in range(n):
+                row[q] *= r
+
+
 cdef void dense_ggn_kernel(const NetSpec* s, const Batch* b,
-                           const floating* theta, bint diag_only, floating* G,
-                           Py_ssize_t block, floating* w,
+                           const floating* theta, bint diag_only, bint fisher,
+                           floating* G, Py_ssize_t block, floating* w,
                            const DenseLayout* lay) noexcept nogil:
-    """G = the dense GGN (diag_only: its diagonal blocks, one after the
-    other), symmetric, + alpha / W on the weight entries of the diagonal;
+    """G = the dense GGN or, with fisher, empirical Fisher (diag_only: its
+    diagonal blocks, one after the other), symmetric, + alpha / W on the weight entries of the diagonal;
     blocks of `block` rows, backpropagated loss factor then Kronecker
     accumulation."""
     cdef Py_ssize_t i0 = 0, nb
@@ -826,10 +859,15 @@ cdef void dense_ggn_kernel(const NetSpec* s, const Batch* b,
     while i0 < b.N:
         nb = block if b.N - i0 > block else b.N - i0
         sub = sub_batch(s, b, i0, nb)
-        factor_backprop(s, &sub, theta, w, &lay.f)
-        kron_accumulate(s, <const floating*>sub.X, w + lay.f.A.off,
-                        w + lay.f.S.off, s.sizes[s.n_layers], nb, diag_only,
-                        G, w, &lay.kron)
+        if fisher:
+            _fisher_factor(s, &sub, theta, w, &lay.f)
+            kron_accumulate(s, <const floating*>sub.X, w + lay.f.A.off,
+                            w + lay.f.S.off, 1, 1, nb, diag_only, G, w, &lay.kron)
+        else:
+            factor_backprop(s, &sub, theta, w, &lay.f)
+            kron_accumulate(s, <const floating*>sub.X, w + lay.f.A.off,
+                            w + lay.f.S.off, s.sizes[s.n_layers],
+                            s.sizes[s.n_layers], nb, diag_only, G, w, &lay.kron)
         i0 += nb
     _finish_blocks(s, b.alpha / b.sw_sum, diag_only, G)
 
@@ -1121,18 +1159,19 @@ def diag_hessian(NetPlan plan, const floating[::1] theta, const floating[:, ::1]
 def dense_ggn(NetPlan plan, const floating[::1] theta, const floating[:, ::1] X,
               const floating[:, ::1] Y, const floating[::1] sw, double sw_sum,
               double alpha, bint diag_only, floating[::1] G, Py_ssize_t block,
-              DenseGgnWorkspace ws):
+              DenseGgnWorkspace ws, bint fisher=False):
     """G = the dense GGN (P * P entries, row-major), or with diag_only its
     L diagonal blocks (P_l, P_l) one after the other (sum_l P_l^2 entries);
     symmetric, + alpha / W on the weight entries of the diagonal. Blocks of
-    `block` rows (1 <= block <= ws.n_rows)."""
+    `block` rows (1 <= block <= ws.n_rows). fisher: the empirical Fisher
+    ``sum_i (w_i / W) g_i g_i^T`` instead of the GGN."""
     cdef const NetSpec* s = &plan.spec
     _check_dense_out(s, diag_only, G.shape[0])
     _check_block(block, ws, sizeof(floating))
     cdef Batch b = make_batch(&X[0, 0], &Y[0, 0], _opt(sw), X.shape[0], sw_sum,
                               alpha)
     with nogil:
-        dense_ggn_kernel(s, &b, &theta[0], diag_only, &G[0], block,
+        dense_ggn_kernel(s, &b, &theta[0], diag_only, fisher, &G[0], block,
                          <floating*>ws.base, &ws.lay)
 # ----------------------------------------------- Kronecker-sum scattering
 def scatter_sym(const floating[:, ::1] G, const Py_ssize_t[:, ::1] ta,

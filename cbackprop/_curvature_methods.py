@@ -248,7 +248,7 @@ class CurvatureMixin:
     def _kron_sum(self, theta, X, y, sample_weight, kind, out):
         """A nogil Kronecker-sum accumulation over blocks of rows whose
         workspace takes about DENSE_BLOCK_BYTES: ``_curvature.dense_ggn``
-        (kind 'ggn', 'block_ggn') or ``_curvature.block_hessian``."""
+        (kind 'ggn', 'block_ggn', 'efisher') or ``_curvature.block_hessian``."""
         theta, X, y, sw, sw_sum = self._check(theta, X, y, sample_weight)
         hessian = kind == "block_hessian"
         rows = _curvature.dense_block_rows(self._plan, DENSE_BLOCK_BYTES,
@@ -260,7 +260,8 @@ class CurvatureMixin:
         if hessian:
             _curvature.block_hessian(*args, out, block, ws)
         else:
-            _curvature.dense_ggn(*args, kind == "block_ggn", out, block, ws)
+            _curvature.dense_ggn(*args, kind == "block_ggn", out, block, ws,
+                                 kind == "efisher")
 
     def _kron_blocks(self, theta, X, y, sample_weight, kind):
         """The per-layer diagonal blocks (P_l, P_l) of a _kron_sum."""
@@ -272,15 +273,11 @@ class CurvatureMixin:
 
     def efisher(self, theta, X, y, sample_weight=None, *, max_bytes=None):
         """Dense empirical Fisher ``sum_i c_i g_i g_i^T`` (P, P), + alpha / W."""
-        self._check_dense((self.n_params,) * 2, max_bytes)
-        compact, sw_sum = self._accumulate(self._efisher_chunk, theta, X, y, sample_weight)
-        F = self._scatter(self._all_pairs(), compact)
-        return self._add_l2_diag(F, self.alpha / sw_sum)
-
-    def _efisher_chunk(self, theta, X, y, sw, sw_sum):
-        ins, S = self._fisher_factors(theta, X, y, sw, sw_sum)
-        kmat = lambda l, m: S[l][0][:, :, None] * S[m][0][:, None, :]
-        return self._compact_pairs(ins, kmat, self._all_pairs())
+        P = self.n_params
+        self._check_dense((P, P), max_bytes)
+        F = np.empty((P, P), self.dtype)
+        self._kron_sum(theta, X, y, sample_weight, "efisher", F.reshape(-1))
+        return F
 
     def _all_pairs(self):
         return [(l, m) for l in range(self.n_layers) for m in range(l, self.n_layers)]

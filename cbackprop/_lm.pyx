@@ -188,7 +188,7 @@ cdef double _block_pass(const NetSpec* s, const Batch* sub,
                    _deltas(s, l, store, nb) + C * nb * s.sizes[l + 1], nb,
                    True, True, g)
     if lay.kron:
-        kron_accumulate(s, Xb, A, store, C + 1, nb, False, G, w, &lay.kr)
+        kron_accumulate(s, Xb, A, store, C + 1, C, nb, False, G, w, &lay.kr)
         return data
     for l in range(L):
         layer_rows(s, l, layer_input(s, l, Xb, A, nb), _deltas(s, l, store, nb),

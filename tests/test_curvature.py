@@ -380,7 +380,7 @@ def test_products_bad_V(cb, method):
 @pytest.mark.parametrize("dtype", DTYPES.values(), ids=DTYPES.keys())
 @pytest.mark.parametrize("arch", ["hidden1", "hidden2"])
 def test_dense_ggn_by_blocks_of_rows(cb, arch, dtype, monkeypatch):
-    """ggn, block_ggn and block_hessian accumulated over blocks of a few rows
+    """ggn, efisher, block_ggn and block_hessian accumulated over blocks of a few rows
     (the last one shorter): the reference, the regularizer added once."""
     from cbackprop import _curvature, _curvature_methods
     net, theta, X, y, sw = _case(cb, "tanh", "log_loss", True, 0.3, arch, dtype)
@@ -396,8 +396,9 @@ def test_dense_ggn_by_blocks_of_rows(cb, arch, dtype, monkeypatch):
         monkeypatch.setattr(_curvature_methods, "DENSE_BLOCK_BYTES", budget)
 
     few_rows(False)
-    scale = np.abs(expected["ggn"]).max()
-    assert_close(net.ggn(theta, X, y, sample_weight=sw), expected["ggn"], dtype, scale=scale)
+    for kind in ("ggn", "efisher"):
+        assert_close(getattr(net, kind)(theta, X, y, sample_weight=sw), expected[kind], dtype,
+                     scale=np.abs(expected[kind]).max(), err_msg=kind)
     for kind, method in BLOCKS.items():
         few_rows(kind == "hessian")
         scale = np.abs(expected[kind]).max()
