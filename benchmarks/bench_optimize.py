@@ -256,11 +256,11 @@ def build_quasi_hessian(layer_sizes, n_samples, block_size=None):
     block = _block_rows(block_size, net, n_samples, False)
     G = np.empty((P, P))
     g = np.empty(P)
-    ws = _lm._buffers(net._plan, block, np.float64, False)
+    ws = _lm.LMWorkspace(net._plan, block, False, np.float64)
     N = float(n_samples)
 
     def run_cbackprop():
-        return _lm.quasi_hessian(net._plan, theta, X, Y, None, N, 0.0, block, G, g, False, ws)
+        return _lm.quasi_hessian(net._plan, theta, X, Y, None, N, 0.0, G, g, ws)
 
     # The same syrk calls alone: blocks of (block * C, P) rows into one P x P,
     # column-major (c = a^T a with a = Jb^T as scipy's Fortran view), in place.
@@ -302,9 +302,9 @@ def build_quasi_hessian_outputs(layer_sizes=QH_OUTPUTS["layer_sizes"]):
     fns = {}
     for name, kron in (("rows", False), ("kronecker", True)):
         block = _block_rows(None, net, N, kron)
-        ws = _lm._buffers(net._plan, block, np.float64, kron)
-        fns[name] = (lambda block=block, ws=ws, kron=kron: _lm.quasi_hessian(
-            net._plan, theta, X, Y, None, float(N), 0.0, block, G, g, kron, ws))
+        ws = _lm.LMWorkspace(net._plan, block, kron, np.float64)
+        fns[name] = (lambda ws=ws: _lm.quasi_hessian(
+            net._plan, theta, X, Y, None, float(N), 0.0, G, g, ws))
     fns["net_ggn"] = lambda: net.ggn(theta, X, Y)
     info = dict(P=P, N=N, flops_rows=N * 10 * P * (P + 1), flops_kron=N * P * P)
     return fns, info

@@ -25,6 +25,7 @@ from cbackprop._problem import first_order_state, loss_factors
 
 DEFAULT_MAX_BYTES = 2 ** 31  # refuse dense matrices above 2 GiB by default
 ASSEMBLY_ENTRIES = 1 << 22   # per-chunk intermediates: about 32 MB of float64
+DENSE_BLOCK_BYTES = 32 << 20  # workspace of the dense Kronecker-sum kernels' blocks of rows
 
 
 # ---------------------------------------------------------------- the data loop
@@ -134,19 +135,6 @@ def _scatter(net, pairs, compact):
     return out
 
 
-def _blocks(problem, compact):
-    """Dense per-layer blocks from compact sums, + reg_coef on weights."""
-    net, out = problem.net, []
-    for (_, a, n), G in zip(net.layout.blocks(), compact):
-        B = np.empty((a * n, a * n), net.dtype)
-        _curvature.scatter_sym(np.ascontiguousarray(G, net.dtype), _tri_table(a)[2],
-                               _tri_table(n)[2], B, 0)
-        idx = np.arange((a - 1) * n)
-        B[idx, idx] += problem.reg_coef
-        out.append(B)
-    return out
-
-
 def _diag_from_factors(net, ins, S):
     """sum_i sum_c a~_i^2 (x) s_ic^2 per layer: one GEMM each."""
     parts = [(a * a).T @ np.einsum("cij,cij->ij", s, s) for a, s in zip(ins, S)]
@@ -178,43 +166,61 @@ def _ggn_kmat(S):
     return lambda l, m: np.matmul(S[l].transpose(1, 2, 0), S[m].transpose(1, 0, 2))
 
 
-def _ggn_chunk(net, theta, X, Y, sw, W):
-    ins, S = _ggn_factors(net, theta, X, Y, sw, W)
-    return _compact_pairs(ins, _ggn_kmat(S), _all_pairs(net))
-
-
-def _efisher_chunk(net, theta, X, Y, sw, W):
-    ins, S = _fisher_factors(net, theta, X, Y, sw, W)
-    kmat = lambda l, m: S[l][0][:, :, None] * S[m][0][:, None, :]
-    return _compact_pairs(ins, kmat, _all_pairs(net))
-
-
-def _block_ggn_chunk(net, theta, X, Y, sw, W):
-    ins, S = _ggn_factors(net, theta, X, Y, sw, W)
-    kmat = _ggn_kmat(S)
-    return [_sym_sum(a, kmat(l, l)) for l, a in enumerate(ins)]
-
-
 # ---------------------------------------------------------------- GGN and Fisher
-def ggn(problem, theta, max_bytes=None):
-    """Dense GGN (P, P) of the problem, + reg_coef on the weight entries."""
+def _kron_sum(problem, theta, kind, out):
+    """A nogil Kronecker-sum accumulation over the problem's rows.
+
+    ``_curvature.dense_ggn`` (kind 'ggn', 'block_ggn', 'efisher') or
+    ``_curvature.block_hessian``; the kernel accumulates ``out`` over blocks
+    of rows whose workspace takes about DENSE_BLOCK_BYTES and adds the
+    regularizer once.
+    """
+    net = problem.net
+    hessian = kind == "block_hessian"
+    rows = _curvature.dense_block_rows(net._plan, DENSE_BLOCK_BYTES,
+                                       np.dtype(net.dtype).itemsize, hessian)
+    block = max(1, min(rows, problem.n_rows))
+    family = _curvature.BlockHessianWorkspace if hessian else _curvature.DenseGgnWorkspace
+    ws = net._scratch(family, block, 0)
+    args = (net._plan, theta, problem.X, problem.Y, problem.sw, problem.weight_sum,
+            problem.alpha)
+    if hessian:
+        _curvature.block_hessian(*args, out, block, ws)
+    else:
+        _curvature.dense_ggn(*args, kind == "block_ggn", out, block, ws, kind == "efisher")
+    return out
+
+
+def _kron_dense(problem, theta, kind, max_bytes):
     net = problem.net
     check_dense(net, max_bytes)
-    compact = accumulate(problem, theta, _ggn_chunk)
-    return _regularized(problem, _scatter(net, _all_pairs(net), compact))
+    M = np.empty((net.n_params, net.n_params), net.dtype)
+    _kron_sum(problem, theta, kind, M.reshape(-1))
+    return M
+
+
+def _kron_blocks(problem, theta, kind):
+    """The per-layer diagonal blocks (P_l, P_l) of a Kronecker-sum accumulation."""
+    sizes = [a * n for _, a, n in problem.net.layout.blocks()]
+    buf = np.empty(sum(p * p for p in sizes), problem.net.dtype)
+    _kron_sum(problem, theta, kind, buf)
+    ends = np.cumsum([p * p for p in sizes])
+    return [b.reshape(p, p) for b, p in zip(np.split(buf, ends[:-1]), sizes)]
+
+
+def ggn(problem, theta, max_bytes=None):
+    """Dense GGN (P, P) of the problem, + reg_coef on the weight entries."""
+    return _kron_dense(problem, theta, "ggn", max_bytes)
 
 
 def efisher(problem, theta, max_bytes=None):
     """Dense empirical Fisher (P, P), + reg_coef on the weight entries."""
-    net = problem.net
-    check_dense(net, max_bytes)
-    compact = accumulate(problem, theta, _efisher_chunk)
-    return _regularized(problem, _scatter(net, _all_pairs(net), compact))
+    return _kron_dense(problem, theta, "efisher", max_bytes)
 
 
 def block_ggn(problem, theta):
     """Exact per-layer GGN blocks, list of (P_l, P_l)."""
-    return _blocks(problem, accumulate(problem, theta, _block_ggn_chunk))
+    return _kron_blocks(problem, theta, "block_ggn")
 
 
 def diag_ggn(problem, theta):
@@ -322,44 +328,19 @@ def _hessian_state(net, theta, X, Y, sw, W):
     return ins, f1, delta, coefs, Hz
 
 
-def _block_hessian_chunk(net, theta, X, Y, sw, W):
-    ins, _, _, _, Hz = _hessian_state(net, theta, X, Y, sw, W)
-    return [_sym_sum(a, H) for a, H in zip(ins, Hz)]
-
-
 def block_hessian(problem, theta):
     """Exact per-layer Hessian blocks, list of (P_l, P_l)."""
-    return _blocks(problem, accumulate(problem, theta, _block_hessian_chunk))
+    return _kron_blocks(problem, theta, "block_hessian")
 
 
 def _diag_hessian_chunk(net, theta, X, Y, sw, W):
-    """GGN diagonal from the loss factor plus the residual's diagonal.
-
-    Hz_l = (GGN part) + R_l with R_{L-1} = 0 and
-    R_l = diag(f'_l) W_{l+1} R_{l+1} W_{l+1}^T diag(f'_l) + diag(Q_l): the
-    residual is diagonal one layer below the output and needs full (N, n, n)
-    matrices only further down, so shallow nets pay nothing.
-    """
-    N = X.shape[0]
-    ins, S = _ggn_factors(net, theta, X, Y, sw, W)
-    f1, q, _ = _first_order_layers(net, theta, X, Y, sw, W)
-    coefs, _ = net.unpack(theta)
-    diags = [np.einsum("cij,cij->ij", s, s) for s in S]
-    R = None                        # residual z-Hessian of the layer above
-    for l in range(net.n_layers - 2, -1, -1):
-        if R is None:
-            diags[l] += q[l]
-            if l:
-                n = q[l].shape[1]
-                R = np.zeros((N, n, n), net.dtype)
-                R[:, np.arange(n), np.arange(n)] = q[l]
-            continue
-        M = _sandwich(coefs[l + 1], R, f1[l], q[l])
-        idx = np.arange(M.shape[1])
-        diags[l] += M[:, idx, idx]
-        R = M if l else None
-    parts = [(a * a).T @ d for a, d in zip(ins, diags)]
-    return np.concatenate([p.ravel() for p in parts]).astype(net.dtype)
+    """The chunk's part by the nogil kernel (``_curvature.diag_hessian``):
+    squared inputs times the squares of the backpropagated loss factor and
+    of the signed square roots of every layer's residual."""
+    out = np.empty(net.n_params, net.dtype)
+    _curvature.diag_hessian(net._plan, theta, X, Y, sw, W, out,
+                            net._scratch(_curvature.DiagHessianWorkspace, X.shape[0], 0))
+    return out
 
 
 def diag_hessian(problem, theta):

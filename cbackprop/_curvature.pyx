@@ -15,11 +15,83 @@ output-space Hessian (product or factor). Layouts:
 import numpy as np
 
 from cython cimport floating
-from cbackprop._blas cimport _gemm, _axpy, NoTrans, Trans
+from libc.math cimport sqrt, fabs
+from libc.string cimport memset
+from cbackprop._blas cimport _gemm, _axpy, NoTrans
 from cbackprop._activations cimport act_derivs
-from cbackprop._losses cimport loss_grad_rows, hess_prod_rows, sqrt_hess_rows
-from cbackprop._network cimport (NetPlan, NetSpec, forward, backward, GRAD,
-                                 NO_REDUCE)
+from cbackprop._losses cimport hess_prod_rows, sqrt_hess_rows
+from cbackprop._network cimport (NetPlan, NetSpec, Batch, Region, Workspace,
+                                 make_batch, sub_batch, put, forward, backward,
+                                 loss_value, layer_input, forward_linear,
+                                 backward_linear, backward_step, layer_grad,
+                                 GRAD, NO_REDUCE)
+
+
+# ----------------------------------------------------------------- layouts
+cdef struct StateLayout:
+    # forward cache, f', f'', deltas, Q = (dL/da) f'': N * width each
+    Region Z, A, F1, F2, DL, Q
+
+cdef struct HvpLayout:
+    StateLayout st
+    Region RZ, RA       # k * N * width each
+    Region RD           # two ping-pong buffers of k * N * max(max_hidden, n_L)
+
+cdef struct GgnVpLayout:
+    Region Z, A, F1, F2     # N * width each
+    Region RZ, RA           # k * N * width each
+    Region RD               # k * N * n_L
+    Region work             # 2 * k * N * max_hidden
+
+cdef struct EfisherLayout:
+    Region Z, A, DL         # N * width each
+    Region T, work          # N * max layer width each
+    Region U                # k * N
+
+cdef struct FactorLayout:
+    Region Z, A             # N * width each
+    Region S                # C * N * width: layer l's (C, N, n_l) at C N h_off[l]
+
+cdef struct DenseLayout:
+    FactorLayout f
+    KronLayout kron
+
+cdef struct HessFactors:
+    StateLayout st
+    Region S            # C * N * width: the loss factor at every layer
+    Region R            # max_hidden * N * width: one layer's residual factor going down
+
+cdef struct BlockHessLayout:
+    HessFactors h
+    KronLayout kron
+
+cdef struct DiagHessLayout:
+    HessFactors h
+    Region D2           # N * width: diag(Hz_l) of every sample
+    Region sq           # N * max(n_0, max_hidden): a layer's squared inputs
+
+
+cdef Py_ssize_t state_layout(const NetSpec* s, Py_ssize_t N, Py_ssize_t at,
+                             StateLayout* lay) noexcept nogil:
+    cdef Py_ssize_t n = N * s.width
+    at = put(&lay.Z, at, n)
+    at = put(&lay.A, at, n)
+    at = put(&lay.F1, at, n)
+    at = put(&lay.F2, at, n)
+    at = put(&lay.DL, at, n)
+    return put(&lay.Q, at, n)
+
+
+cdef Py_ssize_t factor_layout(const NetSpec* s, Py_ssize_t N, Py_ssize_t at,
+                              FactorLayout* lay) noexcept nogil:
+    at = put(&lay.Z, at, N * s.width)
+    at = put(&lay.A, at, N * s.width)
+    return put(&lay.S, at, s.sizes[s.n_layers] * N * s.width)
+
+
+cdef inline Py_ssize_t _widest(const NetSpec* s) noexcept nogil:
+    cdef Py_ssize_t nL = s.sizes[s.n_layers]
+    return s.max_hidden if s.max_hidden > nL else nL
 
 
 # ----------------------------------------------------------------- helpers
@@ -30,17 +102,6 @@ cdef inline void _add_row(floating* M, const floating* b, Py_ssize_t rows,
     for i in range(rows):
         for j in range(cols):
             M[i * cols + j] += b[j]
-
-
-cdef inline void _col_sums_add(const floating* D, Py_ssize_t N, Py_ssize_t n,
-                               floating* out, bint accumulate) noexcept nogil:
-    cdef Py_ssize_t i, j
-    if not accumulate:
-        for j in range(n):
-            out[j] = 0
-    for i in range(N):
-        for j in range(n):
-            out[j] += D[i * n + j]
 
 
 cdef inline void _scale_blocks(floating* D, const floating* F, Py_ssize_t n,
@@ -62,12 +123,6 @@ cdef inline void _fma_blocks(floating* D, const floating* F1, const floating* Q,
             D[r * n + j] = D[r * n + j] * F1[j] + Q[j] * R[r * n + j]
 
 
-cdef inline const floating* _layer_input(const NetSpec* s, int l,
-                                         const floating* X, const floating* A,
-                                         Py_ssize_t N) noexcept nogil:
-    return X if l == 0 else A + N * s.h_off[l - 1]
-
-
 cdef void _add_l2_blocks(const NetSpec* s, double coef, const floating* V,
                          floating* out, Py_ssize_t k) noexcept nogil:
     """out[r, W_l] += coef * V[r, W_l]: the regularizer's curvature."""
@@ -82,33 +137,33 @@ cdef void _add_l2_blocks(const NetSpec* s, double coef, const floating* V,
 
 
 # ------------------------------------------------------- first-order state
-cdef void first_order(const NetSpec* s, const floating* theta,
-                      const floating* X, const floating* Y, const floating* sw,
-                      Py_ssize_t N, double sw_sum, floating* Z, floating* A,
-                      floating* F1, floating* F2, floating* DL,
-                      floating* E) noexcept nogil:
+cdef void first_order(const NetSpec* s, const Batch* b, const floating* theta,
+                      floating* w, const StateLayout* lay) noexcept nogil:
     """Forward cache, f' and f'' of the hidden layers, and the deltas.
 
-    DL (N * width): delta_l = dL/dz_l for every layer (weighted by
-    w_i / W). E (N * width): for hidden layers, Q_l = (dL/da_l) * f''(z_l),
-    the residual weight of the exact Hessian. F1, F2, E use the hidden
-    part of the stacked layout only.
+    DL: delta_l = dL/dz_l for every layer (weighted by w_i / W). Q: for
+    hidden layers, Q_l = (dL/da_l) * f''(z_l), the residual weight of the
+    exact Hessian. F1, F2, Q use the hidden part of the stacked layout only.
     """
     cdef int l, L = s.n_layers
-    cdef Py_ssize_t nin, nout, nL = s.sizes[L], hid = N * s.h_off[L - 1]
-    cdef Py_ssize_t j
-    forward(s, theta, X, N, Z, A)
+    cdef Py_ssize_t N = b.N, j, h
+    cdef Py_ssize_t hid = N * s.h_off[L - 1]
+    cdef floating* Z = w + lay.Z.off
+    cdef floating* A = w + lay.A.off
+    cdef floating* F1 = w + lay.F1.off
+    cdef floating* F2 = w + lay.F2.off
+    cdef floating* DL = w + lay.DL.off
+    cdef floating* E = w + lay.Q.off
+    forward(s, theta, <const floating*>b.X, N, Z, A)
     if hid > 0:
         act_derivs(s.act, Z, A, F1, F2, hid)
-    loss_grad_rows(s.loss, Z + hid, Y, sw, N, nL, 1.0 / sw_sum, DL + hid)
+    loss_value(s, b, Z, DL + hid)
     for l in range(L - 1, 0, -1):
-        nin = s.sizes[l]
-        nout = s.sizes[l + 1]
+        h = N * s.h_off[l - 1]
         # e_{l-1} = delta_l W_l^T, then delta_{l-1} = e * f', Q = e * f''.
-        _gemm(NoTrans, Trans, <int>N, <int>nin, <int>nout, <floating>1.0,
-              DL + N * s.h_off[l], <int>nout, theta + s.w_off[l], <int>nout,
-              <floating>0.0, E + N * s.h_off[l - 1], <int>nin)
-        for j in range(N * s.h_off[l - 1], N * s.h_off[l - 1] + N * nin):
+        backward_linear(s, l, theta, DL + N * s.h_off[l], N, <floating>0.0,
+                        E + h)
+        for j in range(h, h + N * s.sizes[l]):
             DL[j] = E[j] * F1[j]
             E[j] = E[j] * F2[j]
 
@@ -124,24 +179,20 @@ cdef void r_forward(const NetSpec* s, const floating* theta, const floating* X,
     RZ, RA: k * N * width, layer l's (k*N, n_l) block at k * N * h_off[l].
     """
     cdef int l, L = s.n_layers
-    cdef Py_ssize_t r, nin, nout, P = s.n_params
+    cdef Py_ssize_t r, j, nout, P = s.n_params
     cdef const floating* a_in
     cdef floating* rz
-    cdef Py_ssize_t j
     for l in range(L):
-        nin = s.sizes[l]
         nout = s.sizes[l + 1]
-        a_in = _layer_input(s, l, X, A, N)
+        a_in = layer_input(s, l, X, A, N)
         rz = RZ + k * N * s.h_off[l]
         for r in range(k):
-            _gemm(NoTrans, NoTrans, <int>N, <int>nout, <int>nin, <floating>1.0,
-                  a_in, <int>nin, V + r * P + s.w_off[l], <int>nout,
-                  <floating>0.0, rz + r * N * nout, <int>nout)
+            forward_linear(s, l, V + r * P, a_in, N, <floating>0.0,
+                           rz + r * N * nout)
             _add_row(rz + r * N * nout, V + r * P + s.b_off[l], N, nout)
         if l > 0:
-            _gemm(NoTrans, NoTrans, <int>(k * N), <int>nout, <int>nin,
-                  <floating>1.0, RA + k * N * s.h_off[l - 1], <int>nin,
-                  theta + s.w_off[l], <int>nout, <floating>1.0, rz, <int>nout)
+            forward_linear(s, l, theta, RA + k * N * s.h_off[l - 1], k * N,
+                           <floating>1.0, rz)
         if l < L - 1:
             for j in range(k * N * nout):
                 RA[k * N * s.h_off[l] + j] = rz[j]
@@ -150,252 +201,978 @@ cdef void r_forward(const NetSpec* s, const floating* theta, const floating* X,
 
 
 # --------------------------------------------------- Hessian-vector product
-cdef void hvp_kernel(const NetSpec* s, const floating* theta,
-                     const floating* X, const floating* Y, const floating* sw,
-                     Py_ssize_t N, double sw_sum, double alpha,
+cdef void hvp_kernel(const NetSpec* s, const Batch* b, const floating* theta,
                      const floating* V, Py_ssize_t k, floating* out,
-                     floating* Z, floating* A, floating* F1, floating* F2,
-                     floating* DL, floating* E, floating* RZ, floating* RA,
-                     floating* RD) noexcept nogil:
+                     floating* w, const HvpLayout* lay) noexcept nogil:
     """out (k, P) = H V^T rows: Pearlmutter's R-operator, k vectors at once.
 
-    RD holds two ping-pong buffers of k * N * max(max_hidden, n_L).
+    The R-backward is the backward step of the gradient applied to R(delta)
+    (``R(delta_l) W_l^T``) plus its own terms: ``delta_l V_W^T`` (the same
+    backward linear map, with V's weights), ``Q * R(z)`` through the
+    activation, and ``R(a)^T delta`` in the reduction.
     """
     cdef int l, L = s.n_layers
-    cdef Py_ssize_t r, nin, nout, P = s.n_params, nL = s.sizes[L]
-    cdef Py_ssize_t half = k * N * (s.max_hidden if s.max_hidden > nL else nL)
+    cdef Py_ssize_t r, nin, nout, N = b.N, P = s.n_params, nL = s.sizes[L]
+    cdef Py_ssize_t half = k * N * _widest(s)
+    cdef const floating* X = <const floating*>b.X
+    cdef const floating* A = w + lay.st.A.off
+    cdef const floating* DL = w + lay.st.DL.off
+    cdef floating* RZ = w + lay.RZ.off
+    cdef floating* RA = w + lay.RA.off
+    cdef floating* RD = w + lay.RD.off
     cdef floating* cur = RD
     cdef floating* nxt
     cdef const floating* a_in
     cdef const floating* delta
-    cdef floating* o
-    first_order(s, theta, X, Y, sw, N, sw_sum, Z, A, F1, F2, DL, E)
-    r_forward(s, theta, X, N, A, F1, V, k, RZ, RA)
-    hess_prod_rows(s.loss, Z + N * s.h_off[L - 1], Y, sw, N, nL, 1.0 / sw_sum,
-                   RZ + k * N * s.h_off[L - 1], cur, k)
+    first_order(s, b, theta, w, &lay.st)
+    r_forward(s, theta, X, N, A, w + lay.st.F1.off, V, k, RZ, RA)
+    hess_prod_rows(s.loss, w + lay.st.Z.off + N * s.h_off[L - 1],
+                   <const floating*>b.Y, <const floating*>b.sw, N, nL,
+                   1.0 / b.sw_sum, RZ + k * N * s.h_off[L - 1], cur, k)
     for l in range(L - 1, -1, -1):
         nin = s.sizes[l]
         nout = s.sizes[l + 1]
-        a_in = _layer_input(s, l, X, A, N)
+        a_in = layer_input(s, l, X, A, N)
         delta = DL + N * s.h_off[l]
         for r in range(k):
-            o = out + r * P
             # R(grad W_l) = a^T R(delta) + R(a)^T delta.
-            _gemm(Trans, NoTrans, <int>nin, <int>nout, <int>N, <floating>1.0,
-                  a_in, <int>nin, cur + r * N * nout, <int>nout,
-                  <floating>0.0, o + s.w_off[l], <int>nout)
+            layer_grad(s, l, a_in, cur + r * N * nout, N, False, True,
+                       out + r * P)
             if l > 0:
-                _gemm(Trans, NoTrans, <int>nin, <int>nout, <int>N,
-                      <floating>1.0, RA + k * N * s.h_off[l - 1] + r * N * nin,
-                      <int>nin, delta, <int>nout, <floating>1.0,
-                      o + s.w_off[l], <int>nout)
-            _col_sums_add(cur + r * N * nout, N, nout, o + s.b_off[l], False)
+                layer_grad(s, l, RA + k * N * s.h_off[l - 1] + r * N * nin,
+                           delta, N, True, False, out + r * P)
         if l == 0:
             break
         nxt = RD + half if cur == RD else RD
         # R(e_{l-1}) = R(delta_l) W_l^T + delta_l V_W^T.
-        _gemm(NoTrans, Trans, <int>(k * N), <int>nin, <int>nout, <floating>1.0,
-              cur, <int>nout, theta + s.w_off[l], <int>nout, <floating>0.0,
-              nxt, <int>nin)
+        backward_linear(s, l, theta, cur, k * N, <floating>0.0, nxt)
         for r in range(k):
-            _gemm(NoTrans, Trans, <int>N, <int>nin, <int>nout, <floating>1.0,
-                  delta, <int>nout, V + r * P + s.w_off[l], <int>nout,
-                  <floating>1.0, nxt + r * N * nin, <int>nin)
-        _fma_blocks(nxt, F1 + N * s.h_off[l - 1], E + N * s.h_off[l - 1],
+            backward_linear(s, l, V + r * P, delta, N, <floating>1.0,
+                            nxt + r * N * nin)
+        _fma_blocks(nxt, w + lay.st.F1.off + N * s.h_off[l - 1],
+                    w + lay.st.Q.off + N * s.h_off[l - 1],
                     RZ + k * N * s.h_off[l - 1], N * nin, k)
         cur = nxt
-    _add_l2_blocks(s, alpha / sw_sum, V, out, k)
+    _add_l2_blocks(s, b.alpha / b.sw_sum, V, out, k)
 
 
-cdef void ggn_vp_kernel(const NetSpec* s, const floating* theta,
-                        const floating* X, const floating* Y,
-                        const floating* sw, Py_ssize_t N, double sw_sum,
-                        double alpha, const floating* V, Py_ssize_t k,
-                        floating* out, floating* Z, floating* A, floating* F1,
-                        floating* F2, floating* RZ, floating* RA,
-                        floating* RD, floating* work) noexcept nogil:
-    """out (k, P) = G V^T rows: J^T (H_loss (J v)), k vectors at once.
-
-    RD: k * N * n_L; work: 2 * k * N * max_hidden.
-    """
+cdef void ggn_vp_kernel(const NetSpec* s, const Batch* b, const floating* theta,
+                        const floating* V, Py_ssize_t k, floating* out,
+                        floating* w, const GgnVpLayout* lay) noexcept nogil:
+    """out (k, P) = G V^T rows: J^T (H_loss (J v)), k vectors at once."""
     cdef int L = s.n_layers
-    cdef Py_ssize_t nL = s.sizes[L], hid = N * s.h_off[L - 1]
+    cdef Py_ssize_t N = b.N, nL = s.sizes[L], hid = N * s.h_off[L - 1]
+    cdef const floating* X = <const floating*>b.X
+    cdef floating* Z = w + lay.Z.off
+    cdef floating* A = w + lay.A.off
+    cdef floating* RZ = w + lay.RZ.off
+    cdef floating* RD = w + lay.RD.off
     forward(s, theta, X, N, Z, A)
     if hid > 0:
-        act_derivs(s.act, Z, A, F1, F2, hid)
-    r_forward(s, theta, X, N, A, F1, V, k, RZ, RA)
-    hess_prod_rows(s.loss, Z + hid, Y, sw, N, nL, 1.0 / sw_sum,
-                   RZ + k * hid, RD, k)
-    backward(s, theta, X, N, Z, A, RD, k, work, GRAD, out)
-    _add_l2_blocks(s, alpha / sw_sum, V, out, k)
+        act_derivs(s.act, Z, A, w + lay.F1.off, w + lay.F2.off, hid)
+    r_forward(s, theta, X, N, A, w + lay.F1.off, V, k, RZ, w + lay.RA.off)
+    hess_prod_rows(s.loss, Z + hid, <const floating*>b.Y,
+                   <const floating*>b.sw, N, nL, 1.0 / b.sw_sum, RZ + k * hid,
+                   RD, k)
+    backward(s, theta, X, N, Z, A, RD, k, w + lay.work.off, GRAD, out)
+    _add_l2_blocks(s, b.alpha / b.sw_sum, V, out, k)
 
 
 # ------------------------------------------------- empirical Fisher product
-cdef void efisher_vp_kernel(const NetSpec* s, const floating* theta,
-                            const floating* X, const floating* Y,
-                            const floating* sw, Py_ssize_t N, double sw_sum,
-                            double alpha, const floating* V, Py_ssize_t k,
-                            floating* out, floating* Z, floating* A,
-                            floating* DL, floating* T, floating* U,
-                            floating* work) noexcept nogil:
+cdef void efisher_vp_kernel(const NetSpec* s, const Batch* b,
+                            const floating* theta, const floating* V,
+                            Py_ssize_t k, floating* out, floating* w,
+                            const EfisherLayout* lay) noexcept nogil:
     """out (k, P) = F V^T rows, F = sum_i c_i g_i g_i^T, no (N, P) matrix.
 
     g_i . v = sum_l a~_i^T V~_l delta_li (GEMMs), then sum_i c_i (g_i . v) g_i
-    is a gradient with deltas scaled per row. DL: N * width (unweighted
-    deltas), T: N * max layer width, U: k * N, work: N * max layer width.
+    is a gradient with deltas scaled per row (DL: unweighted deltas).
     """
     cdef int l, L = s.n_layers
-    cdef Py_ssize_t r, i, q, nin, nout, P = s.n_params, nL = s.sizes[L]
+    cdef Py_ssize_t r, i, q, nout, N = b.N, P = s.n_params
+    cdef const floating* X = <const floating*>b.X
+    cdef const floating* sw = <const floating*>b.sw
+    cdef floating* Z = w + lay.Z.off
+    cdef floating* A = w + lay.A.off
+    cdef floating* DL = w + lay.DL.off
+    cdef floating* T = w + lay.T.off
+    cdef floating* U = w + lay.U.off
+    cdef floating* work = w + lay.work.off
     cdef const floating* a_in
     cdef const floating* d
     cdef double acc
+    cdef Batch raw = b[0]
+    raw.sw = NULL
+    raw.sw_sum = 1.0
     forward(s, theta, X, N, Z, A)
-    loss_grad_rows(s.loss, Z + N * s.h_off[L - 1], Y, <const floating*>NULL,
-                   N, nL, 1.0, DL + N * s.h_off[L - 1])
+    loss_value(s, &raw, Z, DL + N * s.h_off[L - 1])
     backward(s, theta, X, N, Z, A, DL + N * s.h_off[L - 1], 1, DL, NO_REDUCE,
              <floating*>NULL)
     for r in range(k):
         for i in range(N):
             U[r * N + i] = 0
         for l in range(L):
-            nin = s.sizes[l]
             nout = s.sizes[l + 1]
-            a_in = _layer_input(s, l, X, A, N)
             d = DL + N * s.h_off[l]
-            _gemm(NoTrans, NoTrans, <int>N, <int>nout, <int>nin, <floating>1.0,
-                  a_in, <int>nin, V + r * P + s.w_off[l], <int>nout,
-                  <floating>0.0, T, <int>nout)
+            forward_linear(s, l, V + r * P, layer_input(s, l, X, A, N), N,
+                           <floating>0.0, T)
             for i in range(N):
                 acc = 0.0
                 for q in range(nout):
                     acc += (T[i * nout + q] + V[r * P + s.b_off[l] + q]) * d[i * nout + q]
                 U[r * N + i] += acc
         for i in range(N):
-            U[r * N + i] *= (1.0 if sw == NULL else sw[i]) / sw_sum
+            U[r * N + i] *= (1.0 if sw == NULL else sw[i]) / b.sw_sum
         for l in range(L):
-            nin = s.sizes[l]
             nout = s.sizes[l + 1]
-            a_in = _layer_input(s, l, X, A, N)
             d = DL + N * s.h_off[l]
             for i in range(N):
                 for q in range(nout):
                     work[i * nout + q] = U[r * N + i] * d[i * nout + q]
-            _gemm(Trans, NoTrans, <int>nin, <int>nout, <int>N, <floating>1.0,
-                  a_in, <int>nin, work, <int>nout, <floating>0.0,
-                  out + r * P + s.w_off[l], <int>nout)
-            _col_sums_add(work, N, nout, out + r * P + s.b_off[l], False)
-    _add_l2_blocks(s, alpha / sw_sum, V, out, k)
+            layer_grad(s, l, layer_input(s, l, X, A, N), work, N, False, True,
+                       out + r * P)
+    _add_l2_blocks(s, b.alpha / b.sw_sum, V, out, k)
 
 
 # ----------------------------------------------- backpropagated loss factor
-cdef void factor_backprop(const NetSpec* s, const floating* theta,
-                          const floating* X, const floating* Y,
-                          const floating* sw, Py_ssize_t N, double sw_sum,
-                          floating* Z, floating* A, floating* S) noexcept nogil:
+cdef void factor_backprop(const NetSpec* s, const Batch* b,
+                          const floating* theta, floating* w,
+                          const FactorLayout* lay) noexcept nogil:
     """S_l = B_l^T F: the loss-Hessian factor carried down to every z_l.
 
-    S (C * N * width): layer l's block ``(C, N, n_l)`` at C * N * h_off[l];
+    S: layer l's block ``(C, N, n_l)`` at C * N * h_off[l];
     ``sum_c S_l[c, i] S_l[c, i]^T = c_i B_li^T H_i B_li`` with c_i = w_i / W.
     """
+    forward(s, theta, <const floating*>b.X, b.N, w + lay.Z.off, w + lay.A.off)
+    _factor_down(s, b, theta, w + lay.Z.off, w + lay.A.off, w + lay.S.off)
+
+
+cdef void _factor_down(const NetSpec* s, const Batch* b, const floating* theta,
+                       const floating* Z, const floating* A,
+                       floating* S) noexcept nogil:
+    """S = the loss factor at every z_l (factor_backprop's layout), from the
+    forward cache Z, A."""
     cdef int L = s.n_layers
-    cdef Py_ssize_t C = s.sizes[L], hid = N * s.h_off[L - 1]
-    forward(s, theta, X, N, Z, A)
-    sqrt_hess_rows(s.loss, Z + hid, Y, sw, N, C, 1.0 / sw_sum, S + C * hid)
-    backward(s, theta, X, N, Z, A, S + C * hid, C, S, NO_REDUCE,
-             <floating*>NULL)
+    cdef Py_ssize_t N = b.N, C = s.sizes[L], hid = N * s.h_off[L - 1]
+    sqrt_hess_rows(s.loss, Z + hid, <const floating*>b.Y,
+                   <const floating*>b.sw, N, C, 1.0 / b.sw_sum, S + C * hid)
+    backward(s, theta, <const floating*>b.X, N, Z, A, S + C * hid, C, S,
+             NO_REDUCE, <floating*>NULL)
+
+
+cdef void _residual_down(const NetSpec* s, int j, int lo, const floating* theta,
+                         const floating* Z, const floating* A,
+                         const floating* Q, Py_ssize_t N,
+                         floating* R) noexcept nogil:
+    """The signed square-root factor of hidden layer j's residual diag(Q_j),
+    carried down to layer lo: k = n_j stacked columns ``sqrt|Q_j[i, u]| e_u``
+    at layer j, then backward steps; layer t's (n_j, N, n_t) block at
+    ``n_j N h_off[t]`` (their squares are weighted by the sign of Q_j)."""
+    cdef Py_ssize_t nj = s.sizes[j + 1], h = N * s.h_off[j], i, u
+    cdef int t
+    memset(R + nj * h, 0, nj * N * nj * sizeof(floating))
+    for u in range(nj):
+        for i in range(N):
+            R[nj * h + (u * N + i) * nj + u] = <floating>sqrt(fabs(Q[h + i * nj + u]))
+    for t in range(j, lo, -1):
+        backward_step(s, t, theta, Z, A, R + nj * N * s.h_off[t], N, nj,
+                      R + nj * N * s.h_off[t - 1], <floating*>NULL)
+
+
+# ------------------------------------------------------- Hessian diagonal
+cdef void _add_squares(const floating* S, Py_ssize_t k, Py_ssize_t N,
+                       Py_ssize_t n, const floating* sign, Py_ssize_t ns,
+                       floating* D2) noexcept nogil:
+    """D2 (N, n) += sum_r sign_ri S[r, i]^2 over the k stacked (N, n)
+    blocks of S; sign (N, ns) picks column r of its row (all +1 if NULL)."""
+    cdef Py_ssize_t r, i, q
+    cdef floating v, g
+    for r in range(k):
+        for i in range(N):
+            g = 1
+            if sign != NULL and sign[i * ns + r] < 0:
+                g = -1
+            for q in range(n):
+                v = S[(r * N + i) * n + q]
+                D2[i * n + q] += g * (v * v)
+
+
+cdef void diag_hessian_kernel(const NetSpec* s, const Batch* b,
+                              const floating* theta, floating* out,
+                              floating* w, const DiagHessLayout* lay) noexcept nogil:
+    """out (P,) = the exact Hessian's diagonal (regularizer excluded).
+
+    Per layer, diag H_l = (a~^2)^T diag(Hz_l) with the z-Hessian
+    Hz_l = B^T H_out B + sum_{j >= l} B_jl^T diag(Q_j) B_jl (B_jl = dz_j/dz_l,
+    Q_j = (dL/da_j) f''(z_j)). Both parts are squares of backpropagated
+    factors: the loss factor's C columns, and for each hidden layer j the
+    signed square roots sqrt|Q_j| e_u of its residual, carried down by the
+    backward step of the gradient (BackPACK's DiagHessian); Q_j's sign
+    weights their squares.
+    """
+    cdef int l, j, L = s.n_layers
+    cdef Py_ssize_t N = b.N, C = s.sizes[L]
+    cdef Py_ssize_t i, n, nj, h
+    cdef const floating* X = <const floating*>b.X
+    cdef const floating* Z = w + lay.h.st.Z.off
+    cdef const floating* A = w + lay.h.st.A.off
+    cdef const floating* Q = w + lay.h.st.Q.off
+    cdef floating* S = w + lay.h.S.off
+    cdef floating* R = w + lay.h.R.off
+    cdef floating* D2 = w + lay.D2.off
+    cdef floating* sq = w + lay.sq.off
+    cdef const floating* a_in
+    first_order(s, b, theta, w, &lay.h.st)
+    _factor_down(s, b, theta, Z, A, S)
+    memset(D2, 0, N * s.width * sizeof(floating))
+    for l in range(L):
+        _add_squares(S + C * N * s.h_off[l], C, N, s.sizes[l + 1],
+                     <const floating*>NULL, 0, D2 + N * s.h_off[l])
+    for j in range(L - 1):
+        nj = s.sizes[j + 1]
+        h = N * s.h_off[j]
+        for i in range(N * nj):
+            D2[h + i] += Q[h + i]
+        if j == 0:
+            continue
+        _residual_down(s, j, 0, theta, Z, A, Q, N, R)
+        for l in range(j):
+            _add_squares(R + nj * N * s.h_off[l], nj, N, s.sizes[l + 1],
+                         Q + h, nj, D2 + N * s.h_off[l])
+    for l in range(L):
+        n = s.sizes[l]
+        a_in = layer_input(s, l, X, A, N)
+        for i in range(N * n):
+            sq[i] = a_in[i] * a_in[i]
+        layer_grad(s, l, sq, D2 + N * s.h_off[l], N, False, True, out)
+
+
+# ----------------------------------------------- Kronecker-sum accumulation
+cdef inline Py_ssize_t _pair_nn(const NetSpec* s, int l, int m) noexcept nogil:
+    """Entries of K_i for the pair (l, m): all (q, q'), or q <= q' if l == m."""
+    cdef Py_ssize_t nl = s.sizes[l + 1], nm = s.sizes[m + 1]
+    return nl * nm if l < m else nl * (nl + 1) // 2
+
+
+cdef inline Py_ssize_t _pair_chunk(const NetSpec* s, int l, int m,
+                                   Py_ssize_t budget) noexcept nogil:
+    """(p, p') rows per GEMM of the pair: its output near `budget` entries,
+    at most 4096 rows and at most the rows there are."""
+    cdef Py_ssize_t al = s.sizes[l] + 1, am = s.sizes[m] + 1
+    cdef Py_ssize_t rows = al * am if l < m else al * (al + 1) // 2
+    cdef Py_ssize_t chunk = budget // _pair_nn(s, l, m)
+    if chunk > 4096:
+        chunk = 4096
+    if chunk > rows:
+        chunk = rows
+    return chunk if chunk > 1 else 1
+
+
+cdef KronDims kron_dims(const NetSpec* s) noexcept nogil:
+    """Workspace dimensions of the Kronecker accumulation.
+
+    A GEMM output (Mp) of max(2^20, P^2 / 8) entries: whole pairs in one
+    GEMM when that is affordable next to G, K packed once per chunk.
+    """
+    cdef KronDims d
+    cdef int l, m
+    cdef Py_ssize_t nn, chunk
+    d.budget = s.n_params * s.n_params // 8
+    if d.budget < (1 << 20):
+        d.budget = 1 << 20
+    d.nn_max = 1
+    d.chunk_max = 1
+    d.mp = 1
+    d.inputs = 0
+    for l in range(s.n_layers):
+        d.inputs += s.sizes[l] + 1
+        for m in range(l, s.n_layers):
+            nn = _pair_nn(s, l, m)
+            chunk = _pair_chunk(s, l, m, d.budget)
+            if nn > d.nn_max:
+                d.nn_max = nn
+            if chunk > d.chunk_max:
+                d.chunk_max = chunk
+            if chunk * nn > d.mp:
+                d.mp = chunk * nn
+    return d
+
+
+cdef Py_ssize_t kron_row_entries(const NetSpec* s) noexcept nogil:
+    """Entries per row of a block in kron_layout (the rest is Mp)."""
+    cdef KronDims d = kron_dims(s)
+    return d.nn_max + d.chunk_max + d.inputs
+
+
+cdef Py_ssize_t kron_layout(const NetSpec* s, Py_ssize_t nb, Py_ssize_t at,
+                            KronLayout* lay) noexcept nogil:
+    """K (nb, nn_max), Wt (chunk_max, nb), aT (inputs, nb), Mp (mp)."""
+    lay.dims = kron_dims(s)
+    at = put(&lay.K, at, nb * lay.dims.nn_max)
+    at = put(&lay.Wt, at, lay.dims.chunk_max * nb)
+    at = put(&lay.aT, at, lay.dims.inputs * nb)
+    return put(&lay.Mp, at, lay.dims.mp)
+
+
+cdef inline Py_ssize_t _block_params(const NetSpec* s, int l) noexcept nogil:
+    return (s.sizes[l] + 1) * s.sizes[l + 1]
+
+
+cdef void _transpose_inputs(const NetSpec* s, const floating* Xb,
+                            const floating* A, Py_ssize_t nb,
+                            floating* aT) noexcept nogil:
+    """aT: every layer's augmented input transposed, (n_l + 1, nb) each, the
+    ones row last: the columns of A2 become contiguous products."""
+    cdef int l
+    cdef Py_ssize_t al, i, p, off = 0
+    cdef const floating* a_in
+    for l in range(s.n_layers):
+        al = s.sizes[l] + 1
+        a_in = layer_input(s, l, Xb, A, nb)
+        for i in range(nb):
+            for p in range(al - 1):
+                aT[off + p * nb + i] = a_in[i * (al - 1) + p]
+        for i in range(nb):
+            aT[off + (al - 1) * nb + i] = 1
+        off += al * nb
+
+
+cdef inline Py_ssize_t _aT_off(const NetSpec* s, int l, Py_ssize_t nb) noexcept nogil:
+    cdef int j
+    cdef Py_ssize_t off = 0
+    for j in range(l):
+        off += (s.sizes[j] + 1) * nb
+    return off
+
+
+cdef void _add_outer(const floating* S_l, const floating* S_m, Py_ssize_t k,
+                     Py_ssize_t nb, Py_ssize_t nl, Py_ssize_t nm, bint diag,
+                     const floating* sign, Py_ssize_t ns,
+                     floating* K) noexcept nogil:
+    """K_i += sum_r sign_ri S_l[r, i]^T S_m[r, i] for the k stacked (nb, n)
+    blocks (sign (nb, ns), column r; all +1 if NULL). K (nb, nn): all
+    (q, q'), or with diag (S_l is S_m) the upper triangle q <= q' only (row
+    q of the triangle at tri(q) = q nl - q (q - 1) / 2)."""
+    cdef Py_ssize_t i, r, q, qq, t, q0, nn = nl * (nl + 1) // 2 if diag else nl * nm
+    cdef const floating* sl
+    cdef const floating* sm
+    cdef floating* kk
+    cdef floating v
+    for i in range(nb):
+        kk = K + i * nn
+        for r in range(k):
+            sl = S_l + (r * nb + i) * nl
+            sm = S_m + (r * nb + i) * nm
+            t = 0
+            for q in range(nl):
+                v = sl[q]
+                if sign != NULL and sign[i * ns + r] < 0:
+                    v = -v
+                q0 = q if diag else 0
+                for qq in range(q0, nm):
+                    kk[t + qq - q0] += v * sm[qq]
+                t += nm - q0
+
+
+cdef void _pair_scatter(const NetSpec* s, int l, int m, const floating* aT,
+                        const floating* K, Py_ssize_t nb, floating* Gb,
+                        Py_ssize_t ld, floating* w,
+                        const KronLayout* lay) noexcept nogil:
+    """Gb (the block (l, m) of a row-major matrix of leading dimension ld)
+    += sum_i (a~_l a~_m^T)_i (x) K_i, K as _add_outer's.
+
+    Rows (p, p') of M = A2^T K, p' >= p on a diagonal block, taken `chunk`
+    at a time in order: one GEMM per chunk (Wt holds ``A2^T``'s rows, built
+    from the transposed inputs aT), then each row scattered into the
+    block's rows (p, q). A diagonal block is symmetric in (p, p') and, K_i
+    being symmetric, separately in (q, q'): a quarter of it is computed.
+    Writes the upper triangle (and some lower entries of diagonal blocks,
+    which are scratch).
+    """
+    cdef Py_ssize_t nl = s.sizes[l + 1], nm = s.sizes[m + 1]
+    cdef Py_ssize_t al = s.sizes[l] + 1, am = s.sizes[m] + 1
+    cdef Py_ssize_t nn = _pair_nn(s, l, m), chunk = _pair_chunk(s, l, m, lay.dims.budget)
+    cdef Py_ssize_t off_l = _aT_off(s, l, nb), off_m = _aT_off(s, m, nb)
+    cdef Py_ssize_t p = 0, pp = 0, p_s, pp_s, r, i, j, q, qq, t
+    cdef floating* Wt = w + lay.Wt.off
+    cdef floating* Mp = w + lay.Mp.off
+    cdef floating* wr
+    cdef floating* dst
+    cdef const floating* x
+    cdef const floating* y
+    cdef const floating* src
+    while p < al:
+        p_s = p
+        pp_s = pp
+        r = 0
+        while r < chunk and p < al:
+            # Wt[r, :] = a~_l[:, p] * a~_m[:, pp]
+            wr = Wt + r * nb
+            x = aT + off_l + p * nb
+            y = aT + off_m + pp * nb
+            for i in range(nb):
+                wr[i] = x[i] * y[i]
+            r += 1
+            pp += 1
+            if pp == am:
+                p += 1
+                pp = p if l == m else 0
+        _gemm(NoTrans, NoTrans, <int>r, <int>nn, <int>nb, <floating>1.0, Wt,
+              <int>nb, K, <int>nn, <floating>0.0, Mp, <int>nn)
+        # replay the cursor to scatter row j = (p, pp)
+        p = p_s
+        pp = pp_s
+        for j in range(r):
+            src = Mp + j * nn
+            for q in range(nl):
+                dst = Gb + (p * nl + q) * ld + pp * nm
+                if l < m:
+                    for qq in range(nm):
+                        dst[qq] += src[q * nm + qq]
+                    continue
+                # diagonal block: (q, q') from the triangle, both orders
+                # when p' > p, the upper one when p' == p
+                t = q * nl - q * (q - 1) // 2
+                for qq in range(q, nl):
+                    dst[qq] += src[t + qq - q]
+                if pp > p:
+                    for qq in range(q):
+                        dst[qq] += src[qq * nl - qq * (qq - 1) // 2 + q - qq]
+            pp += 1
+            if pp == am:
+                p += 1
+                pp = p if l == m else 0
+
+
+cdef inline floating* _block_of(const NetSpec* s, int l, int m, bint diag_only,
+                                floating* G, Py_ssize_t* ld) noexcept nogil:
+    """Block (l, m) of G: the (P, P) matrix, or with diag_only the diagonal
+    blocks (P_l, P_l) one after the other."""
+    cdef int j
+    cdef Py_ssize_t off = 0
+    if not diag_only:
+        ld[0] = s.n_params
+        return G + s.w_off[l] * s.n_params + s.w_off[m]
+    for j in range(l):
+        off += _block_params(s, j) * _block_params(s, j)
+    ld[0] = _block_params(s, l)
+    return G + off
+
+
+cdef void kron_accumulate(const NetSpec* s, const floating* Xb,
+                          const floating* A, const floating* S, Py_ssize_t k,
+                          Py_ssize_t C, Py_ssize_t nb, bint diag_only,
+                          floating* G, floating* w,
+                          const KronLayout* lay) noexcept nogil:
+    """G += a block's sum_i sum_c J_i^T s_ic s_ic^T J_i (the GGN, or with one
+    column sqrt(c_i) delta_i the empirical Fisher), contracted over the C
+    factor columns first.
+
+    S: the k >= C stacked backpropagated vectors of the block in backward's
+    NO_REDUCE layout (layer l's (k, nb, n_l) at k * nb * h_off[l]), the
+    first C the factor's columns. G: the row-major (P, P) matrix
+    (upper triangle), or with diag_only the L diagonal blocks (P_l, P_l)
+    one after the other.
+
+    Block (l, m), rows (p, q) of layer l's augmented weights ``[W_l; b_l]``
+    (input p, output q) and columns (p', q') of layer m's:
+    ``sum_i a~_l[i, p] a~_m[i, p'] K_i[q, q']`` with ``K_i = sum_c
+    S_l[c, i]^T S_m[c, i]`` (``a~ = [a, 1]``): K by _add_outer, then
+    ``A2^T K`` by _pair_scatter (``A2[i, (p, p')] = a~_l[i, p] a~_m[i, p']``).
+    """
+    cdef int l, m, L = s.n_layers
+    cdef Py_ssize_t ld, nn
+    cdef floating* K = w + lay.K.off
+    cdef floating* aT = w + lay.aT.off
+    cdef floating* Gb
+    _transpose_inputs(s, Xb, A, nb, aT)
+    for l in range(L):
+        for m in range(l, L if not diag_only else l + 1):
+            nn = _pair_nn(s, l, m)
+            memset(K, 0, nb * nn * sizeof(floating))
+            _add_outer(S + k * nb * s.h_off[l], S + k * nb * s.h_off[m], C, nb,
+                       s.sizes[l + 1], s.sizes[m + 1], l == m,
+                       <const floating*>NULL, 0, K)
+            Gb = _block_of(s, l, m, diag_only, G, &ld)
+            _pair_scatter(s, l, m, aT, K, nb, Gb, ld, w, lay)
+
+
+cdef void _block_hessian_rows(const NetSpec* s, const Batch* b,
+                              const floating* theta, floating* G, floating* w,
+                              const BlockHessLayout* lay) noexcept nogil:
+    """G (the diagonal blocks) += the rows' exact Hessian blocks.
+
+    Per layer, ``K_i = Hz_l,i``, the z-Hessian, as signed outer products of
+    backpropagated factors: the loss factor's C columns, diag(Q_l) and, for
+    each hidden layer j > l, the signed square roots of Q_j carried down to
+    layer l; then the Kronecker sum with the inputs as for the GGN.
+    """
+    cdef int l, j, L = s.n_layers
+    cdef Py_ssize_t N = b.N, C = s.sizes[L], nl, nn, nj, i, q, h, ld
+    cdef const floating* Z = w + lay.h.st.Z.off
+    cdef const floating* A = w + lay.h.st.A.off
+    cdef const floating* Q = w + lay.h.st.Q.off
+    cdef floating* S = w + lay.h.S.off
+    cdef floating* R = w + lay.h.R.off
+    cdef floating* K = w + lay.kron.K.off
+    cdef floating* Gb
+    first_order(s, b, theta, w, &lay.h.st)
+    _factor_down(s, b, theta, Z, A, S)
+    _transpose_inputs(s, <const floating*>b.X, A, N, w + lay.kron.aT.off)
+    for l in range(L):
+        nl = s.sizes[l + 1]
+        nn = nl * (nl + 1) // 2
+        h = N * s.h_off[l]
+        memset(K, 0, N * nn * sizeof(floating))
+        _add_outer(S + C * h, S + C * h, C, N, nl, nl, True,
+                   <const floating*>NULL, 0, K)
+        if l < L - 1:
+            for i in range(N):
+                for q in range(nl):
+                    K[i * nn + q * nl - q * (q - 1) // 2] += Q[h + i * nl + q]
+        for j in range(l + 1, L - 1):
+            nj = s.sizes[j + 1]
+            _residual_down(s, j, l, theta, Z, A, Q, N, R)
+            _add_outer(R + nj * h, R + nj * h, nj, N, nl, nl, True,
+                       Q + N * s.h_off[j], nj, K)
+        Gb = _block_of(s, l, l, True, G, &ld)
+        _pair_scatter(s, l, l, w + lay.kron.aT.off, K, N, Gb, ld, w, &lay.kron)
+
+
+cdef void _finish_blocks(const NetSpec* s, double coef, bint diag_only,
+                         floating* G) noexcept nogil:
+    """Mirror the upper triangles (of each diagonal block with diag_only)
+    and add coef on the weight entries of the diagonal."""
+    cdef int l
+    cdef Py_ssize_t n, off = 0
+    if diag_only:
+        for l in range(s.n_layers):
+            n = _block_params(s, l)
+            _mirror_upper(G + off, n)
+            off += n * n
+    else:
+        _mirror_upper(G, s.n_params)
+    add_l2_diag(s, coef, diag_only, G)
+
+
+cdef Py_ssize_t _dense_entries(const NetSpec* s, bint diag_only) noexcept nogil:
+    cdef int l
+    cdef Py_ssize_t total = 0
+    if not diag_only:
+        return s.n_params * s.n_params
+    for l in range(s.n_layers):
+        total += _block_params(s, l) * _block_params(s, l)
+    return total
+
+
+cdef void block_hessian_kernel(const NetSpec* s, const Batch* b,
+                               const floating* theta, floating* G,
+                               Py_ssize_t block, floating* w,
+                               const BlockHessLayout* lay) noexcept nogil:
+    """G = the exact Hessian's diagonal blocks (P_l, P_l), one after the
+    other, + alpha / W on the weight entries of their diagonals; blocks of
+    `block` rows."""
+    cdef Py_ssize_t i0 = 0, nb
+    cdef Batch sub
+    memset(G, 0, _dense_entries(s, True) * sizeof(floating))
+    while i0 < b.N:
+        nb = block if b.N - i0 > block else b.N - i0
+        sub = sub_batch(s, b, i0, nb)
+        _block_hessian_rows(s, &sub, theta, G, w, lay)
+        i0 += nb
+    _finish_blocks(s, b.alpha / b.sw_sum, True, G)
+
+
+cdef void add_l2_diag(const NetSpec* s, double coef, bint diag_only,
+                      floating* G) noexcept nogil:
+    """coef on the weight entries of the diagonal (biases excluded), G as
+    in kron_accumulate."""
+    cdef int l
+    cdef Py_ssize_t j, nw, ld, off = 0
+    if coef == 0.0:
+        return
+    for l in range(s.n_layers):
+        nw = s.sizes[l] * s.sizes[l + 1]
+        if diag_only:
+            ld = _block_params(s, l)
+            for j in range(nw):
+                G[off + j * ld + j] += <floating>coef
+            off += ld * ld
+        else:
+            for j in range(s.w_off[l], s.w_off[l] + nw):
+                G[j * s.n_params + j] += <floating>coef
+
+
+cdef void _mirror_upper(floating* G, Py_ssize_t n) noexcept nogil:
+    """Copy the upper triangle of the row-major (n, n) G onto the lower one,
+    tile by tile (both sides stay in cache)."""
+    cdef Py_ssize_t ib, jb, i, j, j0, T = 64
+    for ib in range(0, n, 64):
+        for jb in range(ib, n, 64):
+            for i in range(ib, min(ib + T, n)):
+                j0 = jb if jb > i + 1 else i + 1
+                for j in range(j0, min(jb + T, n)):
+                    G[j * n + i] = G[i * n + j]
+
+
+cdef void _fisher_factor(const NetSpec* s, const Batch* b,
+                         const floating* theta, floating* w,
+                         const FactorLayout* lay) noexcept nogil:
+    """S (1, N, width) = sqrt(c_i) delta_i at every layer, c_i = w_i / W,
+    delta_i the raw per-sample deltas: ``sum_i c_i g_i g_i^T`` is the
+    Kronecker sum of this one factor column."""
+    cdef int l, L = s.n_layers
+    cdef Py_ssize_t N = b.N, i, q, n
+    cdef const floating* sw = <const floating*>b.sw
+    cdef floating* Z = w + lay.Z.off
+    cdef floating* A = w + lay.A.off
+    cdef floating* S = w + lay.S.off
+    cdef floating* row
+    cdef floating r
+    cdef Batch raw = b[0]
+    raw.sw = NULL
+    raw.sw_sum = 1.0
+    forward(s, theta, <const floating*>b.X, N, Z, A)
+    loss_value(s, &raw, Z, S + N * s.h_off[L - 1])
+    backward(s, theta, <const floating*>b.X, N, Z, A, S + N * s.h_off[L - 1],
+             1, S, NO_REDUCE, <floating*>NULL)
+    for l in range(L):
+        n = s.sizes[l + 1]
+        for i in range(N):
+            r = <floating>sqrt((1.0 if sw == NULL else sw[i]) / b.sw_sum)
+            row = S + N * s.h_off[l] + i * n
+            for q in range(n):
+                row[q] *= r
+
+
+cdef void dense_ggn_kernel(const NetSpec* s, const Batch* b,
+                           const floating* theta, bint diag_only, bint fisher,
+                           floating* G, Py_ssize_t block, floating* w,
+                           const DenseLayout* lay) noexcept nogil:
+    """G = the dense GGN or, with fisher, empirical Fisher (diag_only: its
+    diagonal blocks, one after the other), symmetric, + alpha / W on the weight entries of the diagonal;
+    blocks of `block` rows, backpropagated loss factor then Kronecker
+    accumulation."""
+    cdef Py_ssize_t i0 = 0, nb
+    cdef Batch sub
+    memset(G, 0, _dense_entries(s, diag_only) * sizeof(floating))
+    while i0 < b.N:
+        nb = block if b.N - i0 > block else b.N - i0
+        sub = sub_batch(s, b, i0, nb)
+        if fisher:
+            _fisher_factor(s, &sub, theta, w, &lay.f)
+            kron_accumulate(s, <const floating*>sub.X, w + lay.f.A.off,
+                            w + lay.f.S.off, 1, 1, nb, diag_only, G, w, &lay.kron)
+        else:
+            factor_backprop(s, &sub, theta, w, &lay.f)
+            kron_accumulate(s, <const floating*>sub.X, w + lay.f.A.off,
+                            w + lay.f.S.off, s.sizes[s.n_layers],
+                            s.sizes[s.n_layers], nb, diag_only, G, w, &lay.kron)
+        i0 += nb
+    _finish_blocks(s, b.alpha / b.sw_sum, diag_only, G)
+
+
+# -------------------------------------------------------------- workspaces
+cdef class HvpWorkspace(Workspace):
+    """hvp: the first-order state (6 x n_rows width), RZ, RA (k n_rows width
+    each), RD (2 k n_rows max(max_hidden, n_L))."""
+    cdef HvpLayout lay
+
+    cdef Py_ssize_t _layout(self, Py_ssize_t N, Py_ssize_t k) noexcept:
+        cdef const NetSpec* s = &self.plan.spec
+        cdef Py_ssize_t at = state_layout(s, N, 0, &self.lay.st)
+        at = put(&self.lay.RZ, at, k * N * s.width)
+        at = put(&self.lay.RA, at, k * N * s.width)
+        return put(&self.lay.RD, at, 2 * k * N * _widest(s))
+
+    cdef dict _regions(self):
+        return self.lay
+
+
+cdef class GgnVpWorkspace(Workspace):
+    """ggn_vp: Z, A, F1, F2 (n_rows width each), RZ, RA (k n_rows width),
+    RD (k n_rows n_L), work (2 k n_rows max_hidden)."""
+    cdef GgnVpLayout lay
+
+    cdef Py_ssize_t _layout(self, Py_ssize_t N, Py_ssize_t k) noexcept:
+        cdef const NetSpec* s = &self.plan.spec
+        cdef Py_ssize_t at = 0, n = N * s.width
+        at = put(&self.lay.Z, at, n)
+        at = put(&self.lay.A, at, n)
+        at = put(&self.lay.F1, at, n)
+        at = put(&self.lay.F2, at, n)
+        at = put(&self.lay.RZ, at, k * n)
+        at = put(&self.lay.RA, at, k * n)
+        at = put(&self.lay.RD, at, k * N * s.sizes[s.n_layers])
+        return put(&self.lay.work, at, 2 * k * N * s.max_hidden)
+
+    cdef dict _regions(self):
+        return self.lay
+
+
+cdef class EfisherVpWorkspace(Workspace):
+    """efisher_vp: Z, A, DL (n_rows width each), T and work (n_rows times
+    the widest layer), U (k n_rows)."""
+    cdef EfisherLayout lay
+
+    cdef Py_ssize_t _layout(self, Py_ssize_t N, Py_ssize_t k) noexcept:
+        cdef const NetSpec* s = &self.plan.spec
+        cdef Py_ssize_t at = 0
+        at = put(&self.lay.Z, at, N * s.width)
+        at = put(&self.lay.A, at, N * s.width)
+        at = put(&self.lay.DL, at, N * s.width)
+        at = put(&self.lay.T, at, N * _widest(s))
+        at = put(&self.lay.work, at, N * _widest(s))
+        return put(&self.lay.U, at, k * N)
+
+    cdef dict _regions(self):
+        return self.lay
+
+
+cdef class StateWorkspace(Workspace):
+    """first_order_state: Z, A, F1, F2, DL, Q (n_rows width each; k unused)."""
+    cdef StateLayout lay
+
+    cdef Py_ssize_t _layout(self, Py_ssize_t N, Py_ssize_t k) noexcept:
+        return state_layout(&self.plan.spec, N, 0, &self.lay)
+
+    cdef dict _regions(self):
+        return self.lay
+
+
+cdef class FactorWorkspace(Workspace):
+    """loss_factors: Z, A (n_rows width each), S (n_L n_rows width; k
+    unused)."""
+    cdef FactorLayout lay
+
+    cdef Py_ssize_t _layout(self, Py_ssize_t N, Py_ssize_t k) noexcept:
+        return factor_layout(&self.plan.spec, N, 0, &self.lay)
+
+    cdef dict _regions(self):
+        return self.lay
+
+
+cdef class BlockHessianWorkspace(Workspace):
+    """block_hessian, block by block of n_rows rows: the first-order state,
+    the loss factor S (n_L n_rows width), a residual factor R (max_hidden
+    n_rows width) and the Kronecker accumulation's regions (see
+    dense_block_rows; k unused)."""
+    cdef BlockHessLayout lay
+
+    cdef Py_ssize_t _layout(self, Py_ssize_t N, Py_ssize_t k) noexcept:
+        cdef Py_ssize_t at = _hess_factors(&self.plan.spec, N, &self.lay.h)
+        return kron_layout(&self.plan.spec, N, at, &self.lay.kron)
+
+    cdef dict _regions(self):
+        d = <dict>self.lay
+        d["kron"].pop("dims")
+        return d
+
+
+cdef inline Py_ssize_t _residual_width(const NetSpec* s) noexcept nogil:
+    """Columns of a residual factor carried below its layer (none with
+    fewer than two hidden layers)."""
+    return s.max_hidden if s.n_layers > 2 else 0
+
+
+cdef Py_ssize_t _hess_factors(const NetSpec* s, Py_ssize_t N,
+                              HessFactors* lay) noexcept nogil:
+    """The first-order state, the loss factor and a residual factor from
+    entry 0; returns the end."""
+    cdef Py_ssize_t at = state_layout(s, N, 0, &lay.st)
+    at = put(&lay.S, at, s.sizes[s.n_layers] * N * s.width)
+    return put(&lay.R, at, _residual_width(s) * N * s.width)
+
+
+cdef class DiagHessianWorkspace(Workspace):
+    """diag_hessian: the first-order state, the loss factor S (n_L n_rows
+    width), a residual factor R (max_hidden n_rows width), the diagonals D2
+    (n_rows width) and squared inputs (n_rows max(n_0, max_hidden)); k
+    unused."""
+    cdef DiagHessLayout lay
+
+    cdef Py_ssize_t _layout(self, Py_ssize_t N, Py_ssize_t k) noexcept:
+        cdef const NetSpec* s = &self.plan.spec
+        cdef Py_ssize_t at = _hess_factors(s, N, &self.lay.h)
+        at = put(&self.lay.D2, at, N * s.width)
+        return put(&self.lay.sq, at, N * max(s.sizes[0], s.max_hidden))
+
+    cdef dict _regions(self):
+        return self.lay
+
+
+cdef class DenseGgnWorkspace(Workspace):
+    """dense_ggn, block by block of n_rows rows: the loss factor's regions
+    (FactorWorkspace's) and the Kronecker accumulation's K (n_rows,
+    nn_max), Wt (chunk_max, n_rows), aT (sum_l (n_l + 1), n_rows) and Mp
+    (see dense_block_rows; k unused)."""
+    cdef DenseLayout lay
+
+    cdef Py_ssize_t _layout(self, Py_ssize_t N, Py_ssize_t k) noexcept:
+        cdef Py_ssize_t at = factor_layout(&self.plan.spec, N, 0, &self.lay.f)
+        return kron_layout(&self.plan.spec, N, at, &self.lay.kron)
+
+    cdef dict _regions(self):
+        d = <dict>self.lay
+        d["kron"].pop("dims")
+        return d
+
+
+def dense_block_rows(NetPlan plan, Py_ssize_t budget_bytes, Py_ssize_t itemsize,
+                     bint hessian=False):
+    """Rows per block of dense_ggn (hessian: block_hessian) whose workspace
+    (DenseGgnWorkspace, BlockHessianWorkspace) holds at most budget_bytes
+    in its per-row regions (at least 1 row).
+
+    Per row: the forward cache and loss factor, (2 + n_L) width entries
+    (hessian: the first-order state and a residual factor too, (6 + n_L +
+    max_hidden) width), and nn_max + chunk_max + sum_l (n_l + 1) of the
+    Kronecker accumulation. On top, whatever the rows: the GEMM output Mp
+    (at most max(2^20, P^2 / 8) entries, beside the P^2 of G) and at most
+    8 entries of alignment per region.
+    """
+    cdef const NetSpec* s = &plan.spec
+    cdef Py_ssize_t per_row = (2 + s.sizes[s.n_layers]) * s.width + kron_row_entries(s)
+    if hessian:
+        per_row += (4 + _residual_width(s)) * s.width
+    return max(1, (budget_bytes // itemsize) // per_row)
 
 
 # ------------------------------------------------------------ Python layer
 # Entry points on validated C-contiguous arrays of one dtype; the caller
-# allocates outputs and workspaces (sizes from `curvature_workspace`).
+# allocates outputs and passes a workspace laid out for at least N rows and
+# k vectors.
 cdef inline const floating* _opt(const floating[::1] v) noexcept:
     return NULL if v is None else &v[0]
 
 
-def product_sizes(NetPlan plan, Py_ssize_t N, Py_ssize_t k, kind):
-    """Entries of each workspace array of hvp / ggn_vp / efisher_vp."""
-    cdef NetSpec* s = &plan.spec
-    w, nL, mh = s.width, s.sizes[s.n_layers], s.max_hidden
-    if kind == "hvp":
-        return (N * w,) * 6 + (k * N * w, k * N * w, 2 * k * N * max(mh, nL))
-    if kind == "ggn_vp":
-        return (N * w,) * 4 + (k * N * w, k * N * w, k * N * nL, 2 * k * N * mh)
-    widest = max(mh, nL)
-    return (N * w, N * w, N * w, N * widest, k * N, N * widest)
-
-
 def hvp(NetPlan plan, const floating[::1] theta, const floating[:, ::1] X,
         const floating[:, ::1] Y, const floating[::1] sw, double sw_sum,
-        double alpha, const floating[:, ::1] V, floating[:, ::1] out, ws):
-    """out (k, P) = rows of H V for V (k, P); ws from product_sizes."""
-    cdef Py_ssize_t N = X.shape[0], k = V.shape[0]
-    cdef floating[::1] Z, A, F1, F2, DL, E, RZ, RA, RD
-    Z, A, F1, F2, DL, E, RZ, RA, RD = ws
-    cdef const floating* swp = _opt(sw)
+        double alpha, const floating[:, ::1] V, floating[:, ::1] out,
+        HvpWorkspace ws):
+    """out (k, P) = rows of H V for V (k, P)."""
+    ws.check(X.shape[0], V.shape[0], sizeof(floating))
+    cdef Batch b = make_batch(&X[0, 0], &Y[0, 0], _opt(sw), X.shape[0], sw_sum,
+                              alpha)
     with nogil:
-        hvp_kernel(&plan.spec, &theta[0], &X[0, 0], &Y[0, 0], swp, N,
-                   sw_sum, alpha, &V[0, 0], k, &out[0, 0], &Z[0], &A[0],
-                   &F1[0], &F2[0], &DL[0], &E[0], &RZ[0], &RA[0], &RD[0])
+        hvp_kernel(&plan.spec, &b, &theta[0], &V[0, 0], V.shape[0], &out[0, 0],
+                   <floating*>ws.base, &ws.lay)
 
 
 def ggn_vp(NetPlan plan, const floating[::1] theta, const floating[:, ::1] X,
            const floating[:, ::1] Y, const floating[::1] sw, double sw_sum,
-           double alpha, const floating[:, ::1] V, floating[:, ::1] out, ws):
-    """out (k, P) = rows of G V for V (k, P); ws from product_sizes."""
-    cdef Py_ssize_t N = X.shape[0], k = V.shape[0]
-    cdef floating[::1] Z, A, F1, F2, RZ, RA, RD, work
-    Z, A, F1, F2, RZ, RA, RD, work = ws
-    cdef const floating* swp = _opt(sw)
+           double alpha, const floating[:, ::1] V, floating[:, ::1] out,
+           GgnVpWorkspace ws):
+    """out (k, P) = rows of G V for V (k, P)."""
+    ws.check(X.shape[0], V.shape[0], sizeof(floating))
+    cdef Batch b = make_batch(&X[0, 0], &Y[0, 0], _opt(sw), X.shape[0], sw_sum,
+                              alpha)
     with nogil:
-        ggn_vp_kernel(&plan.spec, &theta[0], &X[0, 0], &Y[0, 0], swp, N,
-                      sw_sum, alpha, &V[0, 0], k, &out[0, 0], &Z[0], &A[0],
-                      &F1[0], &F2[0], &RZ[0], &RA[0], &RD[0], &work[0])
+        ggn_vp_kernel(&plan.spec, &b, &theta[0], &V[0, 0], V.shape[0],
+                      &out[0, 0], <floating*>ws.base, &ws.lay)
 
 
 def efisher_vp(NetPlan plan, const floating[::1] theta,
                const floating[:, ::1] X, const floating[:, ::1] Y,
                const floating[::1] sw, double sw_sum, double alpha,
-               const floating[:, ::1] V, floating[:, ::1] out, ws):
+               const floating[:, ::1] V, floating[:, ::1] out,
+               EfisherVpWorkspace ws):
     """out (k, P) = rows of F V for V (k, P), F the empirical Fisher."""
-    cdef Py_ssize_t N = X.shape[0], k = V.shape[0]
-    cdef floating[::1] Z, A, DL, T, U, work
-    Z, A, DL, T, U, work = ws
-    cdef const floating* swp = _opt(sw)
+    ws.check(X.shape[0], V.shape[0], sizeof(floating))
+    cdef Batch b = make_batch(&X[0, 0], &Y[0, 0], _opt(sw), X.shape[0], sw_sum,
+                              alpha)
     with nogil:
-        efisher_vp_kernel(&plan.spec, &theta[0], &X[0, 0], &Y[0, 0], swp,
-                          N, sw_sum, alpha, &V[0, 0], k, &out[0, 0], &Z[0],
-                          &A[0], &DL[0], &T[0], &U[0], &work[0])
+        efisher_vp_kernel(&plan.spec, &b, &theta[0], &V[0, 0], V.shape[0],
+                          &out[0, 0], <floating*>ws.base, &ws.lay)
 
 
 def first_order_state(NetPlan plan, const floating[::1] theta,
                       const floating[:, ::1] X, const floating[:, ::1] Y,
-                      const floating[::1] sw, double sw_sum, ws):
-    """Fill ws = (Z, A, F1, F2, DL, Q), stacked arrays of N * width each."""
+                      const floating[::1] sw, double sw_sum, StateWorkspace ws):
+    """Fill ws and return views (Z, A, F1, F2, DL, Q) of N * width each."""
     cdef Py_ssize_t N = X.shape[0]
-    cdef floating[::1] Z, A, F1, F2, DL, E
-    Z, A, F1, F2, DL, E = ws
-    cdef const floating* swp = _opt(sw)
+    ws.check(N, 0, sizeof(floating))
+    cdef Batch b = make_batch(&X[0, 0], &Y[0, 0], _opt(sw), N, sw_sum, 0.0)
     with nogil:
-        first_order(&plan.spec, &theta[0], &X[0, 0], &Y[0, 0], swp, N,
-                    sw_sum, &Z[0], &A[0], &F1[0], &F2[0], &DL[0], &E[0])
-    return ws
+        first_order(&plan.spec, &b, &theta[0], <floating*>ws.base, &ws.lay)
+    return tuple(ws.array(name)[:N * plan.spec.width]
+                 for name in ("Z", "A", "F1", "F2", "DL", "Q"))
 
 
 def loss_factors(NetPlan plan, const floating[::1] theta,
                  const floating[:, ::1] X, const floating[:, ::1] Y,
-                 const floating[::1] sw, double sw_sum, ws):
-    """Fill ws = (Z, A, S): activations (N * width) and the backpropagated
-    loss factor (C * N * width, layer l's (C, N, n_l) block at C N h_off[l])."""
-    cdef Py_ssize_t N = X.shape[0]
-    cdef floating[::1] Z, A, S
-    Z, A, S = ws
-    cdef const floating* swp = _opt(sw)
+                 const floating[::1] sw, double sw_sum, FactorWorkspace ws):
+    """Fill ws and return views (Z, A, S): activations (N * width) and the
+    backpropagated loss factor (C * N * width, layer l's (C, N, n_l) block
+    at C N h_off[l])."""
+    cdef Py_ssize_t N = X.shape[0], n = N * plan.spec.width
+    ws.check(N, 0, sizeof(floating))
+    cdef Batch b = make_batch(&X[0, 0], &Y[0, 0], _opt(sw), N, sw_sum, 0.0)
     with nogil:
-        factor_backprop(&plan.spec, &theta[0], &X[0, 0], &Y[0, 0], swp,
-                        N, sw_sum, &Z[0], &A[0], &S[0])
-    return ws
+        factor_backprop(&plan.spec, &b, &theta[0], <floating*>ws.base, &ws.lay)
+    return (ws.array("Z")[:n], ws.array("A")[:n],
+            ws.array("S")[:plan.spec.sizes[plan.spec.n_layers] * n])
 
 
+def block_hessian(NetPlan plan, const floating[::1] theta,
+                  const floating[:, ::1] X, const floating[:, ::1] Y,
+                  const floating[::1] sw, double sw_sum, double alpha,
+                  floating[::1] G, Py_ssize_t block, BlockHessianWorkspace ws):
+    """G = the exact Hessian's L diagonal blocks (P_l, P_l) one after the
+    other (sum_l P_l^2 entries), + alpha / W on the weight entries of their
+    diagonals. Blocks of `block` rows (1 <= block <= ws.n_rows)."""
+    _check_dense_out(&plan.spec, True, G.shape[0])
+    _check_block(block, ws, sizeof(floating))
+    cdef Batch b = make_batch(&X[0, 0], &Y[0, 0], _opt(sw), X.shape[0], sw_sum,
+                              alpha)
+    with nogil:
+        block_hessian_kernel(&plan.spec, &b, &theta[0], &G[0], block,
+                             <floating*>ws.base, &ws.lay)
+
+
+cdef int _check_block(Py_ssize_t block, Workspace ws, Py_ssize_t itemsize) except -1:
+    if block < 1:
+        raise ValueError(f"block must be >= 1, got {block}")
+    return ws.check(block, 0, itemsize)
+
+
+cdef int _check_dense_out(const NetSpec* s, bint diag_only, Py_ssize_t n) except -1:
+    cdef Py_ssize_t need = _dense_entries(s, diag_only)
+    if n != need:
+        raise ValueError(f"G must have {need} entries, got {n}")
+    return 0
+
+
+def diag_hessian(NetPlan plan, const floating[::1] theta, const floating[:, ::1] X,
+                 const floating[:, ::1] Y, const floating[::1] sw, double sw_sum,
+                 floating[::1] out, DiagHessianWorkspace ws):
+    """out (P,) = the rows' part of the exact Hessian's diagonal (data term
+    over W = sw_sum, no regularizer)."""
+    ws.check(X.shape[0], 0, sizeof(floating))
+    cdef Batch b = make_batch(&X[0, 0], &Y[0, 0], _opt(sw), X.shape[0], sw_sum,
+                              0.0)
+    with nogil:
+        diag_hessian_kernel(&plan.spec, &b, &theta[0], &out[0],
+                            <floating*>ws.base, &ws.lay)
+
+
+def dense_ggn(NetPlan plan, const floating[::1] theta, const floating[:, ::1] X,
+              const floating[:, ::1] Y, const floating[::1] sw, double sw_sum,
+              double alpha, bint diag_only, floating[::1] G, Py_ssize_t block,
+              DenseGgnWorkspace ws, bint fisher=False):
+    """G = the dense GGN (P * P entries, row-major), or with diag_only its
+    L diagonal blocks (P_l, P_l) one after the other (sum_l P_l^2 entries);
+    symmetric, + alpha / W on the weight entries of the diagonal. Blocks of
+    `block` rows (1 <= block <= ws.n_rows). fisher: the empirical Fisher
+    ``sum_i (w_i / W) g_i g_i^T`` instead of the GGN."""
+    cdef const NetSpec* s = &plan.spec
+    _check_dense_out(s, diag_only, G.shape[0])
+    _check_block(block, ws, sizeof(floating))
+    cdef Batch b = make_batch(&X[0, 0], &Y[0, 0], _opt(sw), X.shape[0], sw_sum,
+                              alpha)
+    with nogil:
+        dense_ggn_kernel(s, &b, &theta[0], diag_only, fisher, &G[0], block,
+                         <floating*>ws.base, &ws.lay)
 # ----------------------------------------------- Kronecker-sum scattering
 def scatter_sym(const floating[:, ::1] G, const Py_ssize_t[:, ::1] ta,
                 const Py_ssize_t[:, ::1] tn, floating[:, ::1] out, Py_ssize_t off):

@@ -470,14 +470,7 @@ class BaseMLP(BaseEstimator):
                               "sample size. It is going to be clipped")
             batch_size = int(np.clip(self.batch_size, 1, n_samples))
 
-        Z, A, D, work = net._workspace(batch_size)
-        gather = self.shuffle
-        buffers = (Z, A, D, work,
-                   np.empty(batch_size * X_train.shape[1] if gather else 1, dtype),
-                   np.empty(batch_size * Y_train.shape[1]
-                            if gather or Y_train.dtype == np.uint8 else 1, dtype),
-                   np.empty(batch_size if gather and sw_train is not None else 1, dtype),
-                   np.empty(P, dtype))
+        buffers = net._scratch(_train.EpochWorkspace, batch_size, 0)
         theta = self._theta
         optimizer = self._optimizer
         state1, state2 = optimizer.states()

@@ -32,25 +32,12 @@ cdef inline double _row_max(const floating* z, Py_ssize_t C) noexcept nogil:
     return m
 
 
-cdef inline double _log_softmax_norm(const floating* z, Py_ssize_t C) noexcept nogil:
-    """log sum_k cb_exp(z_k), shifted by the max so exp never overflows."""
-    cdef Py_ssize_t k
-    cdef double m = _row_max(z, C), s = 0.0
-    for k in range(C):
-        s += cb_exp(z[k] - m)
-    return m + log(s)
-
-
 cdef double _row_loss_grad(Loss loss, const floating* z, const floating* y,
                            Py_ssize_t C, double gs, floating* g) noexcept nogil:
-    """Per-sample loss l(z, y); if g is not NULL, g = gs * dl/dz."""
+    """Per-sample loss l(z, y) and g = gs * dl/dz of the elementwise pairs
+    (log_loss goes through _log_loss_tile)."""
     cdef Py_ssize_t k
     cdef double l = 0.0, mu, zk, yk
-    if loss == LOG_LOSS:  # the value only: gradients go through _log_loss_tile
-        mu = _log_softmax_norm(z, C)
-        for k in range(C):
-            l += y[k] * (mu - z[k])
-        return l
     for k in range(C):
         zk = z[k]
         yk = y[k]
@@ -65,8 +52,7 @@ cdef double _row_loss_grad(Loss loss, const floating* z, const floating* y,
             # softplus(z) - y z, softplus written without overflow.
             l += (zk if zk > 0 else 0.0) + log1p(cb_exp(-fabs(zk))) - yk * zk
             mu = _sigmoid(zk)
-        if g != NULL:
-            g[k] = <floating>(gs * (mu - yk))
+        g[k] = <floating>(gs * (mu - yk))
     return l
 
 
@@ -142,11 +128,15 @@ cdef double _log_loss_tile(const floating* z, const floating* y,
 cdef double loss_grad_rows(Loss loss, const floating* Z, const floating* Y,
                            const floating* sw, Py_ssize_t N, Py_ssize_t C,
                            double scale, floating* G) noexcept nogil:
-    """Return sum_i w_i l_i; write G[i] = scale * w_i * dl_i/dz_i if G."""
+    """Return sum_i w_i l_i; write G[i] = scale * w_i * dl_i/dz_i.
+
+    G is never NULL: the value and the gradient come from one code path,
+    so a loss value does not depend on whether its gradient is wanted.
+    """
     cdef Py_ssize_t i
     cdef double w, total = 0.0
     cdef Py_ssize_t tile = _TILE
-    if loss == LOG_LOSS and G != NULL:
+    if loss == LOG_LOSS:
         i = 0
         while i < N:
             total += _log_loss_tile(Z + i * C, Y + i * C, NULL if sw == NULL else sw + i,
@@ -156,7 +146,7 @@ cdef double loss_grad_rows(Loss loss, const floating* Z, const floating* Y,
     for i in range(N):
         w = 1.0 if sw == NULL else sw[i]
         total += w * _row_loss_grad(loss, Z + i * C, Y + i * C, C, scale * w,
-                                    NULL if G == NULL else G + i * C)
+                                    G + i * C)
     return total
 
 

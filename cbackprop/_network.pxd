@@ -1,8 +1,18 @@
-# The network description and the first-order passes shared by every
-# quantity: forward, and the backward pass of k stacked output-space
-# vectors through the layers (the network's transposed Jacobian).
+# The network description, the per-layer calculus every kernel is written
+# over, the problem a kernel runs on (Batch) and the typed workspaces.
+#
+# Per-layer calculus (cdef inline, below): with a_in the layer's input
+# (layer_input), a layer's
+#   forward linear map    z = a_in W_l (+ beta z)            forward_linear
+#   backward linear map   e = delta W_l^T (+ beta e)         backward_linear
+#   backward step         delta_{l-1} = e * f'(z_{l-1})      backward_step
+#   reduction to theta    (a_in^T delta, col sums of delta)  layer_grad (GRAD)
+#                         (a_i delta_i^T, delta_i) per row    layer_rows (PER_SAMPLE)
+# W is any parameter-space vector laid out as theta (theta itself, or a
+# direction V of the R-operator).
 from cython cimport floating
-from cbackprop._activations cimport Activation
+from cbackprop._blas cimport _gemm, NoTrans, Trans
+from cbackprop._activations cimport Activation, act_backward, act_backward_sum
 from cbackprop._losses cimport Loss
 
 cdef struct NetSpec:
@@ -26,6 +36,172 @@ cdef class NetPlan:
     cdef NetSpec spec
     cdef object _arrays
 
+
+# ------------------------------------------------------------- the problem
+cdef struct Batch:
+    # Rows of one problem, of one dtype (`itemsize` bytes): kernels cast the
+    # pointers to their floating type (a struct cannot be fused).
+    const void* X         # (N, n_0)
+    const void* Y         # (N, n_L), or NULL when no loss is involved
+    const void* sw        # (N,) sample weights, or NULL for unit weights
+    Py_ssize_t N
+    double sw_sum         # W: the objective divides by it (global, chunks too)
+    double alpha          # L2 penalty: alpha / (2 W) sum ||W_l||^2
+    Py_ssize_t itemsize
+
+cdef inline Batch make_batch(const floating* X, const floating* Y,
+                             const floating* sw, Py_ssize_t N, double sw_sum,
+                             double alpha) noexcept nogil:
+    cdef Batch b
+    b.X = X
+    b.Y = Y
+    b.sw = sw
+    b.N = N
+    b.sw_sum = sw_sum
+    b.alpha = alpha
+    b.itemsize = sizeof(floating)
+    return b
+
+cdef inline Batch sub_batch(const NetSpec* s, const Batch* b, Py_ssize_t i0,
+                            Py_ssize_t nb) noexcept nogil:
+    """Rows i0 .. i0 + nb of b (same W and alpha)."""
+    cdef Batch r = b[0]
+    cdef Py_ssize_t z = b.itemsize
+    r.X = <const char*>b.X + i0 * s.sizes[0] * z
+    r.Y = NULL if b.Y == NULL else <const char*>b.Y + i0 * s.sizes[s.n_layers] * z
+    r.sw = NULL if b.sw == NULL else <const char*>b.sw + i0 * z
+    r.N = nb
+    return r
+
+
+# -------------------------------------------------------------- workspaces
+cdef struct Region:
+    Py_ssize_t off        # first entry in the workspace buffer
+    Py_ssize_t n          # entries
+
+cdef struct FirstLayout:
+    # forward cache (N * width each), output deltas (k N n_L), two ping-pong
+    # delta buffers (2 k N max_hidden)
+    Region Z, A, D, work
+
+cdef inline Py_ssize_t put(Region* r, Py_ssize_t at, Py_ssize_t n) noexcept nogil:
+    """Place a region of n entries at `at`; return the next 64-byte aligned
+    position (at most 8 entries of padding)."""
+    r.off = at
+    r.n = n
+    return at + ((n + 7) // 8) * 8
+
+cdef Py_ssize_t first_layout(const NetSpec* s, Py_ssize_t N, Py_ssize_t k,
+                             Py_ssize_t at, FirstLayout* lay) noexcept nogil
+
+cdef class Workspace:
+    cdef readonly NetPlan plan
+    cdef readonly object dtype
+    cdef readonly Py_ssize_t n_rows
+    cdef readonly Py_ssize_t k
+    cdef Py_ssize_t itemsize
+    cdef Py_ssize_t capacity     # entries allocated
+    cdef Py_ssize_t size         # entries the current layout uses
+    cdef object _buffer
+    cdef char* base
+    cdef Py_ssize_t _layout(self, Py_ssize_t n_rows, Py_ssize_t k) noexcept
+    cdef dict _regions(self)
+    cpdef Workspace fit(self, Py_ssize_t n_rows, Py_ssize_t k=*)
+    cdef int check(self, Py_ssize_t n_rows, Py_ssize_t k,
+                   Py_ssize_t itemsize) except -1
+
+cdef class FirstOrderWorkspace(Workspace):
+    cdef FirstLayout lay
+
+
+# ---------------------------------------------------- the per-layer calculus
+cdef inline const floating* layer_input(const NetSpec* s, int l,
+                                        const floating* X, const floating* A,
+                                        Py_ssize_t N) noexcept nogil:
+    """Layer l's input: X for the first layer, else the stacked activations."""
+    return X if l == 0 else A + N * s.h_off[l - 1]
+
+cdef inline void col_sums(const floating* D, Py_ssize_t N, Py_ssize_t n,
+                          floating* out, bint accumulate) noexcept nogil:
+    """out (+)= the column sums of the row-major (N, n) block D."""
+    cdef Py_ssize_t i, j
+    if not accumulate:
+        for j in range(n):
+            out[j] = 0
+    for i in range(N):
+        for j in range(n):
+            out[j] += D[i * n + j]
+
+cdef inline void forward_linear(const NetSpec* s, int l, const floating* W,
+                                const floating* a_in, Py_ssize_t rows,
+                                floating beta, floating* z) noexcept nogil:
+    """z (rows, n_l) = a_in (rows, n_{l-1}) W_l + beta z; W laid out as theta."""
+    cdef Py_ssize_t nin = s.sizes[l], nout = s.sizes[l + 1]
+    _gemm(NoTrans, NoTrans, <int>rows, <int>nout, <int>nin, <floating>1.0,
+          a_in, <int>nin, W + s.w_off[l], <int>nout, beta, z, <int>nout)
+
+cdef inline void backward_linear(const NetSpec* s, int l, const floating* W,
+                                 const floating* D, Py_ssize_t rows,
+                                 floating beta, floating* E) noexcept nogil:
+    """E (rows, n_{l-1}) = D (rows, n_l) W_l^T + beta E; W laid out as theta."""
+    cdef Py_ssize_t nin = s.sizes[l], nout = s.sizes[l + 1]
+    _gemm(NoTrans, Trans, <int>rows, <int>nin, <int>nout, <floating>1.0,
+          D, <int>nout, W + s.w_off[l], <int>nout, beta, E, <int>nin)
+
+cdef inline void backward_step(const NetSpec* s, int l, const floating* theta,
+                               const floating* Z, const floating* A,
+                               const floating* D, Py_ssize_t N, Py_ssize_t k,
+                               floating* E, floating* bias_sum) noexcept nogil:
+    """E = (D W_l^T) * f'(z_{l-1}): k stacked (N, n_l) deltas one layer down.
+
+    With bias_sum (k == 1 only), the column sums of the new deltas are
+    written there in the same pass (layer l-1's bias gradient)."""
+    cdef Py_ssize_t h = N * s.h_off[l - 1], nin = s.sizes[l]
+    backward_linear(s, l, theta, D, k * N, <floating>0.0, E)
+    if bias_sum != NULL:
+        act_backward_sum(s.act, Z + h, A + h, E, N, nin, bias_sum)
+    else:
+        act_backward(s.act, Z + h, A + h, E, N, nin, k)
+
+cdef inline void layer_grad(const NetSpec* s, int l, const floating* a_in,
+                            const floating* d, Py_ssize_t N, bint accumulate,
+                            bint bias, floating* o) noexcept nogil:
+    """Layer l's part of a gradient: o[W_l] (+)= a_in^T d and, with bias,
+    o[b_l] (+)= the column sums of d (o laid out as theta)."""
+    cdef Py_ssize_t nin = s.sizes[l], nout = s.sizes[l + 1]
+    _gemm(Trans, NoTrans, <int>nin, <int>nout, <int>N, <floating>1.0,
+          a_in, <int>nin, d, <int>nout,
+          <floating>(1.0 if accumulate else 0.0), o + s.w_off[l], <int>nout)
+    if bias:
+        col_sums(d, N, nout, o + s.b_off[l], accumulate)
+
+cdef inline void layer_rows(const NetSpec* s, int l, const floating* a_in,
+                            const floating* D, Py_ssize_t N, Py_ssize_t k,
+                            Py_ssize_t si, Py_ssize_t sr,
+                            floating* out) noexcept nogil:
+    """Per-sample parameter rows of layer l: row ``i * si + r * sr`` of out
+    (rows of P entries) gets (a_i d_ri^T, d_ri) on layer l's entries, for
+    the k stacked (N, n_l) delta blocks of D."""
+    cdef Py_ssize_t nin = s.sizes[l], nout = s.sizes[l + 1], P = s.n_params
+    cdef Py_ssize_t r, i, p, q
+    cdef floating* o
+    cdef const floating* a
+    cdef const floating* d
+    cdef floating ap
+    for r in range(k):
+        for i in range(N):
+            o = out + (i * si + r * sr) * P
+            a = a_in + i * nin
+            d = D + (r * N + i) * nout
+            for p in range(nin):
+                ap = a[p]
+                for q in range(nout):
+                    o[s.w_off[l] + p * nout + q] = ap * d[q]
+            for q in range(nout):
+                o[s.b_off[l] + q] = d[q]
+
+
+# ------------------------------------------------------------------ kernels
 cdef void forward(const NetSpec* s, const floating* theta, const floating* X,
                   Py_ssize_t N, floating* Z, floating* A) noexcept nogil
 cdef void backward(const NetSpec* s, const floating* theta, const floating* X,
@@ -34,9 +210,9 @@ cdef void backward(const NetSpec* s, const floating* theta, const floating* X,
                    Reduce mode, floating* out) noexcept nogil
 cdef double add_l2(const NetSpec* s, const floating* theta, double coef,
                    floating* grad) noexcept nogil
-cdef double loss_grad_kernel(const NetSpec* s, const floating* theta,
-                             const floating* X, const floating* Y,
-                             const floating* sw, Py_ssize_t N, double sw_sum,
-                             double alpha, floating* Z, floating* A,
-                             floating* D, floating* work,
+cdef double loss_value(const NetSpec* s, const Batch* b, const floating* Z,
+                       floating* D) noexcept nogil
+cdef double loss_grad_kernel(const NetSpec* s, const Batch* b,
+                             const floating* theta, floating* ws,
+                             const FirstLayout* lay,
                              floating* grad) noexcept nogil

@@ -9,9 +9,8 @@ GEMM per layer carries all k through the transposed Jacobian.
 import numpy as np
 cimport cython
 
-from cbackprop._blas cimport _gemm, _axpy, _dot, BLAS_Trans, NoTrans, Trans
-from cbackprop._activations cimport (act_forward, act_backward, act_backward_sum,
-                                     IDENTITY)
+from cbackprop._blas cimport _axpy, _dot
+from cbackprop._activations cimport act_forward, IDENTITY
 from cbackprop._losses cimport loss_grad_rows, link_rows
 
 
@@ -73,64 +72,18 @@ cdef void forward(const NetSpec* s, const floating* theta, const floating* X,
                   Py_ssize_t N, floating* Z, floating* A) noexcept nogil:
     """Z_l = A_{l-1} W_l + b_l, A_l = f(Z_l); the output layer stays raw."""
     cdef int l, L = s.n_layers
-    cdef Py_ssize_t nin, nout
     cdef const floating* a_in = X
     cdef floating* z
     for l in range(L):
-        nin = s.sizes[l]
-        nout = s.sizes[l + 1]
         z = Z + N * s.h_off[l]
-        _gemm(NoTrans, NoTrans, <int>N, <int>nout, <int>nin, <floating>1.0,
-              a_in, <int>nin, theta + s.w_off[l], <int>nout, <floating>0.0,
-              z, <int>nout)
+        forward_linear(s, l, theta, a_in, N, <floating>0.0, z)
         if l < L - 1:
             # Bias and activation fused: one pass over the block.
-            act_forward(s.act, z, A + N * s.h_off[l], theta + s.b_off[l], N, nout)
+            act_forward(s.act, z, A + N * s.h_off[l], theta + s.b_off[l], N,
+                        s.sizes[l + 1])
             a_in = A + N * s.h_off[l]
         else:
-            act_forward(IDENTITY, z, z, theta + s.b_off[l], N, nout)
-
-
-cdef inline void _col_sums(const floating* D, Py_ssize_t N, Py_ssize_t n,
-                           floating* out) noexcept nogil:
-    cdef Py_ssize_t i, j
-    for j in range(n):
-        out[j] = 0
-    for i in range(N):
-        for j in range(n):
-            out[j] += D[i * n + j]
-
-
-cdef void _reduce_layer(const NetSpec* s, int l, Reduce mode,
-                        const floating* a_in, const floating* D, Py_ssize_t N,
-                        Py_ssize_t k, bint bias_done, floating* out) noexcept nogil:
-    """Turn layer l's input and output deltas into parameter quantities
-    (with bias_done, GRAD's bias part is already in out: see backward)."""
-    cdef Py_ssize_t nin = s.sizes[l], nout = s.sizes[l + 1], P = s.n_params
-    cdef Py_ssize_t r, i, p, q
-    cdef floating* o
-    cdef const floating* d
-    cdef const floating* a
-    if mode == GRAD:
-        for r in range(k):
-            o = out + r * P
-            d = D + r * N * nout
-            _gemm(Trans, NoTrans, <int>nin, <int>nout, <int>N, <floating>1.0,
-                  a_in, <int>nin, d, <int>nout, <floating>0.0,
-                  o + s.w_off[l], <int>nout)
-            if not bias_done:
-                _col_sums(d, N, nout, o + s.b_off[l])
-        return
-    for r in range(k):
-        for i in range(N):
-            o = out + (i * k + r) * P
-            a = a_in + i * nin
-            d = D + (r * N + i) * nout
-            for p in range(nin):
-                for q in range(nout):
-                    o[s.w_off[l] + p * nout + q] = a[p] * d[q]
-            for q in range(nout):
-                o[s.b_off[l] + q] = d[q]
+            act_forward(IDENTITY, z, z, theta + s.b_off[l], N, s.sizes[l + 1])
 
 
 cdef void backward(const NetSpec* s, const floating* theta, const floating* X,
@@ -145,7 +98,7 @@ cdef void backward(const NetSpec* s, const floating* theta, const floating* X,
     (the output layer's block is left alone: D holds it). D is read only.
     """
     cdef int l, L = s.n_layers
-    cdef Py_ssize_t nin, nout, half = k * N * s.max_hidden
+    cdef Py_ssize_t r, half = k * N * s.max_hidden, nout
     cdef const floating* cur = D
     cdef floating* nxt
     cdef const floating* a_in
@@ -153,27 +106,22 @@ cdef void backward(const NetSpec* s, const floating* theta, const floating* X,
     # deltas) are summed in the pass that forms the deltas.
     cdef bint fuse = mode == GRAD and k == 1
     for l in range(L - 1, -1, -1):
-        nin = s.sizes[l]
         nout = s.sizes[l + 1]
-        a_in = X if l == 0 else A + N * s.h_off[l - 1]
-        if mode != NO_REDUCE:
-            _reduce_layer(s, l, mode, a_in, cur, N, k, fuse and l < L - 1, out)
+        a_in = layer_input(s, l, X, A, N)
+        if mode == GRAD:
+            for r in range(k):
+                layer_grad(s, l, a_in, cur + r * N * nout, N, False,
+                           not (fuse and l < L - 1), out + r * s.n_params)
+        elif mode == PER_SAMPLE:
+            layer_rows(s, l, a_in, cur, N, k, k, 1, out)
         if l == 0:
             break
         if mode == NO_REDUCE:
             nxt = work + k * N * s.h_off[l - 1]
         else:
             nxt = work + ((L - 1 - l) % 2) * half
-        # delta_{l-1} = (delta_l W_l^T) * f'(z_{l-1}), all k blocks at once.
-        _gemm(NoTrans, Trans, <int>(k * N), <int>nin, <int>nout,
-              <floating>1.0, cur, <int>nout, theta + s.w_off[l], <int>nout,
-              <floating>0.0, nxt, <int>nin)
-        if fuse:
-            act_backward_sum(s.act, Z + N * s.h_off[l - 1], A + N * s.h_off[l - 1],
-                             nxt, N, nin, out + s.b_off[l - 1])
-        else:
-            act_backward(s.act, Z + N * s.h_off[l - 1], A + N * s.h_off[l - 1],
-                         nxt, N, nin, k)
+        backward_step(s, l, theta, Z, A, cur, N, k, nxt,
+                      out + s.b_off[l - 1] if fuse else <floating*>NULL)
         cur = nxt
 
 
@@ -194,68 +142,185 @@ cdef double add_l2(const NetSpec* s, const floating* theta, double coef,
     return 0.5 * coef * reg
 
 
-cdef double loss_grad_kernel(const NetSpec* s, const floating* theta,
-                             const floating* X, const floating* Y,
-                             const floating* sw, Py_ssize_t N, double sw_sum,
-                             double alpha, floating* Z, floating* A,
-                             floating* D, floating* work,
+cdef double loss_value(const NetSpec* s, const Batch* b, const floating* Z,
+                       floating* D) noexcept nogil:
+    """sum_i w_i l_i of the batch whose forward cache is Z; D (N, n_L) gets
+    the output deltas (w_i / W) dl_i/dz_i.
+
+    The one place a loss value comes from (objective, gradient, LM trial
+    steps): the same rows give the same bits whether or not the gradient
+    is wanted.
+    """
+    cdef Py_ssize_t N = b.N
+    return loss_grad_rows(s.loss, Z + N * s.h_off[s.n_layers - 1],
+                          <const floating*>b.Y, <const floating*>b.sw, N,
+                          s.sizes[s.n_layers], 1.0 / b.sw_sum, D)
+
+
+cdef double loss_grad_kernel(const NetSpec* s, const Batch* b,
+                             const floating* theta, floating* ws,
+                             const FirstLayout* lay,
                              floating* grad) noexcept nogil:
     """Objective and (if grad is not NULL) its gradient, in one pass.
 
-    Needs Z, A of N * width, D of N * n_L and work of 2 * N * max_hidden.
+    ws laid out by first_layout for at least b.N rows and k = 1.
     """
-    cdef Py_ssize_t nL = s.sizes[s.n_layers]
+    cdef const floating* X = <const floating*>b.X
+    cdef floating* Z = ws + lay.Z.off
+    cdef floating* A = ws + lay.A.off
+    cdef floating* D = ws + lay.D.off
     cdef double loss
-    forward(s, theta, X, N, Z, A)
-    loss = loss_grad_rows(s.loss, Z + N * s.h_off[s.n_layers - 1], Y, sw, N,
-                          nL, 1.0 / sw_sum, D if grad != NULL else NULL)
+    forward(s, theta, X, b.N, Z, A)
+    loss = loss_value(s, b, Z, D)
     if grad != NULL:
-        backward(s, theta, X, N, Z, A, D, 1, work, GRAD, grad)
-    return loss / sw_sum + add_l2(s, theta, alpha / sw_sum, grad)
+        backward(s, theta, X, b.N, Z, A, D, 1, ws + lay.work.off, GRAD, grad)
+    return loss / b.sw_sum + add_l2(s, theta, b.alpha / b.sw_sum, grad)
+
+
+# -------------------------------------------------------------- workspaces
+cdef Py_ssize_t first_layout(const NetSpec* s, Py_ssize_t N, Py_ssize_t k,
+                             Py_ssize_t at, FirstLayout* lay) noexcept nogil:
+    """Regions of the first-order kernels from entry `at`; returns the end."""
+    if k < 1:
+        k = 1
+    at = put(&lay.Z, at, N * s.width)
+    at = put(&lay.A, at, N * s.width)
+    at = put(&lay.D, at, k * N * s.sizes[s.n_layers])
+    return put(&lay.work, at, 2 * k * N * s.max_hidden)
+
+
+cdef class Workspace:
+    """One buffer holding the scratch arrays of a kernel family.
+
+    Parameters
+    ----------
+    plan : NetPlan
+    n_rows : int
+        Rows (samples) the kernels may be called on: any batch of at most
+        n_rows rows (and at most k vectors) fits.
+    k : int
+        Stacked vectors (products, Jacobian outputs); 1 for gradients.
+    dtype : float32 or float64
+
+    The layout (``layout``: name -> (offset, length) in entries) is a C
+    struct of offsets the kernels read; ``fit`` relays the buffer out for
+    another row count, reallocating only when it grows. A workspace serves
+    one call at a time.
+    """
+
+    def __init__(self, NetPlan plan, Py_ssize_t n_rows, Py_ssize_t k=1,
+                 dtype=np.float64):
+        if n_rows < 0 or k < 0:
+            raise ValueError(f"n_rows and k must be >= 0, got {n_rows}, {k}")
+        self.plan = plan
+        self.dtype = np.dtype(dtype)
+        if self.dtype not in (np.float32, np.float64):
+            raise TypeError(f"dtype must be float32 or float64, got {self.dtype}")
+        self.itemsize = self.dtype.itemsize
+        self.n_rows = -1
+        self.capacity = 0
+        self.fit(n_rows, k)
+
+    cdef Py_ssize_t _layout(self, Py_ssize_t n_rows, Py_ssize_t k) noexcept:
+        return 0
+
+    cdef dict _regions(self):
+        return {}
+
+    cpdef Workspace fit(self, Py_ssize_t n_rows, Py_ssize_t k=1):
+        """Lay the buffer out for n_rows rows and k vectors; returns self."""
+        if n_rows == self.n_rows and k == self.k:
+            return self
+        self.size = self._layout(n_rows, k)
+        if self.size > self.capacity:
+            self._buffer = np.empty(self.size, self.dtype)
+            self.capacity = self.size
+            self.base = <char*><size_t>self._buffer.ctypes.data
+        self.n_rows = n_rows
+        self.k = k
+        return self
+
+    cdef int check(self, Py_ssize_t n_rows, Py_ssize_t k,
+                   Py_ssize_t itemsize) except -1:
+        if n_rows > self.n_rows or k > self.k or itemsize != self.itemsize:
+            raise ValueError(
+                f"{type(self).__name__} laid out for {self.n_rows} rows, k = "
+                f"{self.k}, {self.dtype.name}: called with {n_rows} rows, k = {k}, "
+                f"{itemsize}-byte floats")
+        return 0
+
+    @property
+    def layout(self):
+        """name -> (offset, length) in entries of the buffer."""
+        out = {}
+        _flatten(self._regions(), "", out)
+        return out
+
+    @property
+    def nbytes(self):
+        """Bytes the current layout uses (the buffer may be larger)."""
+        return self.size * self.itemsize
+
+    def array(self, name):
+        """The region `name` as a 1-D view of the buffer."""
+        off, n = self.layout[name]
+        return self._buffer[off:off + n]
+
+
+def _flatten(dict regions, str prefix, dict out):
+    for name, r in regions.items():
+        if "off" in r:
+            out[prefix + name] = (r["off"], r["n"])
+        else:
+            _flatten(r, prefix + name + ".", out)
+
+
+cdef class FirstOrderWorkspace(Workspace):
+    """Forward cache Z, A (n_rows * width each), output deltas D
+    (k * n_rows * n_L) and the backward pass's two delta buffers (2 k n_rows
+    max_hidden): loss_grad, raw_output, per_sample_grads (k = 1), jacobian
+    (k = n_L)."""
+
+    cdef Py_ssize_t _layout(self, Py_ssize_t n_rows, Py_ssize_t k) noexcept:
+        return first_layout(&self.plan.spec, n_rows, k, 0, &self.lay)
+
+    cdef dict _regions(self):
+        return self.lay
 
 
 # ------------------------------------------------------------ Python layer
 # Thin entry points: arrays arrive validated, C-contiguous and of one dtype;
-# the caller passes the (Z, A, D, work) workspace (see workspace_sizes).
+# the caller passes a workspace laid out for at least the rows given.
 cdef inline const floating* _opt_ptr(const floating[::1] v) noexcept:
     return NULL if v is None else &v[0]
 
 
-def workspace_sizes(NetPlan plan, Py_ssize_t N, Py_ssize_t k):
-    """Entries of the (Z, A, D, work) buffers for N samples, k vectors."""
-    s = &plan.spec
-    nL = s.sizes[s.n_layers]
-    return (N * s.width, N * s.width, max(k, 1) * N * nL,
-            2 * max(k, 1) * N * s.max_hidden)
-
-
 def loss_grad(NetPlan plan, const floating[::1] theta, const floating[:, ::1] X,
               const floating[:, ::1] Y, const floating[::1] sw, double sw_sum,
-              double alpha, floating[::1] grad, ws):
+              double alpha, floating[::1] grad, FirstOrderWorkspace ws):
     """Objective value; writes its gradient into grad unless grad is None."""
-    cdef floating[::1] Z, A, D, work
-    Z, A, D, work = ws
+    ws.check(X.shape[0], 1, sizeof(floating))
     cdef floating* g = NULL if grad is None else &grad[0]
-    cdef const floating* swp = _opt_ptr(sw)
+    cdef Batch b = make_batch(&X[0, 0], &Y[0, 0], _opt_ptr(sw), X.shape[0],
+                              sw_sum, alpha)
     cdef double out
     with nogil:
-        out = loss_grad_kernel(&plan.spec, &theta[0], &X[0, 0], &Y[0, 0], swp,
-                               X.shape[0], sw_sum, alpha, &Z[0], &A[0],
-                               &D[0], &work[0], g)
+        out = loss_grad_kernel(&plan.spec, &b, &theta[0], <floating*>ws.base,
+                               &ws.lay, g)
     return out
 
 
 def raw_output(NetPlan plan, const floating[::1] theta,
-               const floating[:, ::1] X, floating[:, ::1] out, bint link, ws):
+               const floating[:, ::1] X, floating[:, ::1] out, bint link,
+               FirstOrderWorkspace ws):
     """out = z_L (raw) or link(z_L), shape (N, n_L)."""
     cdef NetSpec* s = &plan.spec
-    cdef Py_ssize_t N = X.shape[0], nL = s.sizes[s.n_layers]
-    cdef floating[::1] Z, A, D, work
-    Z, A, D, work = ws
-    cdef floating* zL = &Z[0] + N * s.h_off[s.n_layers - 1]
-    cdef Py_ssize_t i
+    cdef Py_ssize_t N = X.shape[0], nL = s.sizes[s.n_layers], i
+    ws.check(N, 0, sizeof(floating))
+    cdef floating* Z = <floating*>ws.base + ws.lay.Z.off
+    cdef floating* zL = Z + N * s.h_off[s.n_layers - 1]
     with nogil:
-        forward(s, &theta[0], &X[0, 0], N, &Z[0], &A[0])
+        forward(s, &theta[0], &X[0, 0], N, Z, <floating*>ws.base + ws.lay.A.off)
         if link:
             link_rows(s.loss, zL, &out[0, 0], N, nL)
         else:
@@ -265,33 +330,36 @@ def raw_output(NetPlan plan, const floating[::1] theta,
 
 def per_sample_grads(NetPlan plan, const floating[::1] theta,
                      const floating[:, ::1] X, const floating[:, ::1] Y,
-                     floating[:, ::1] out, ws):
+                     floating[:, ::1] out, FirstOrderWorkspace ws):
     """out[i] = gradient of the raw per-sample loss l_i, shape (N, P)."""
     cdef NetSpec* s = &plan.spec
-    cdef Py_ssize_t N = X.shape[0], nL = s.sizes[s.n_layers]
-    cdef floating[::1] Z, A, D, work
-    Z, A, D, work = ws
+    cdef Py_ssize_t N = X.shape[0]
+    ws.check(N, 1, sizeof(floating))
+    cdef floating* w = <floating*>ws.base
+    cdef Batch b = make_batch(&X[0, 0], &Y[0, 0], <const floating*>NULL, N,
+                              1.0, 0.0)
     with nogil:
-        forward(s, &theta[0], &X[0, 0], N, &Z[0], &A[0])
-        loss_grad_rows(s.loss, &Z[0] + N * s.h_off[s.n_layers - 1], &Y[0, 0],
-                       <const floating*>NULL, N, nL, 1.0, &D[0])
-        backward(s, &theta[0], &X[0, 0], N, &Z[0], &A[0], &D[0], 1, &work[0],
-                 PER_SAMPLE, &out[0, 0])
+        forward(s, &theta[0], &X[0, 0], N, w + ws.lay.Z.off, w + ws.lay.A.off)
+        loss_value(s, &b, w + ws.lay.Z.off, w + ws.lay.D.off)
+        backward(s, &theta[0], &X[0, 0], N, w + ws.lay.Z.off, w + ws.lay.A.off,
+                 w + ws.lay.D.off, 1, w + ws.lay.work.off, PER_SAMPLE,
+                 &out[0, 0])
 
 
 def jacobian(NetPlan plan, const floating[::1] theta, const floating[:, ::1] X,
-             floating[:, ::1] out, ws):
+             floating[:, ::1] out, FirstOrderWorkspace ws):
     """out[i * n_L + c] = d z_L(x_i)_c / d theta, shape (N * n_L, P)."""
     cdef NetSpec* s = &plan.spec
-    cdef Py_ssize_t N = X.shape[0], nL = s.sizes[s.n_layers], c, i
-    cdef floating[::1] Z, A, D, work
-    Z, A, D, work = ws
+    cdef Py_ssize_t N = X.shape[0], nL = s.sizes[s.n_layers], c
+    ws.check(N, nL, sizeof(floating))
+    cdef floating* w = <floating*>ws.base
     # Virtual output c: the unit vector e_c for every sample (block c of D).
-    Dn = np.asarray(D).reshape(nL, N, nL)
+    Dn = ws.array("D")[:nL * N * nL].reshape(nL, N, nL)
     Dn[...] = 0
     for c in range(nL):
         Dn[c, :, c] = 1
     with nogil:
-        forward(s, &theta[0], &X[0, 0], N, &Z[0], &A[0])
-        backward(s, &theta[0], &X[0, 0], N, &Z[0], &A[0], &D[0], nL, &work[0],
-                 PER_SAMPLE, &out[0, 0])
+        forward(s, &theta[0], &X[0, 0], N, w + ws.lay.Z.off, w + ws.lay.A.off)
+        backward(s, &theta[0], &X[0, 0], N, w + ws.lay.Z.off, w + ws.lay.A.off,
+                 w + ws.lay.D.off, nL, w + ws.lay.work.off, PER_SAMPLE,
+                 &out[0, 0])

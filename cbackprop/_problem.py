@@ -32,6 +32,8 @@ from cbackprop._validation import (as_float_array, check_sample_weight, check_th
 CHUNK_ENTRIES = 1 << 22
 PREDICT_ENTRIES = 1 << 18
 MIN_CHUNK_ROWS = 256
+PRODUCT_WORKSPACES = {"hvp": _curvature.HvpWorkspace, "ggn_vp": _curvature.GgnVpWorkspace,
+                      "efisher_vp": _curvature.EfisherVpWorkspace}
 
 
 class Problem:
@@ -61,10 +63,12 @@ class Problem:
     n_rows : int
     weight_sum : float
     reg_coef : float
+    alpha : float
+        What the kernels are given as alpha: ``alpha / weight_sum = reg_coef``.
     """
 
     __slots__ = ("net", "X", "Y", "sw", "n_rows", "weight_sum", "reg_coef", "max_rows",
-                 "_alpha", "_chunk_cache")
+                 "alpha", "_chunk_cache")
 
     def __init__(self, net, X, y=None, sample_weight=None, *, max_rows=None,
                  weight_sum=None, reg_coef=None, validate=True):
@@ -80,7 +84,7 @@ class Problem:
         self.weight_sum = own if weight_sum is None else float(weight_sum)
         self.reg_coef = net.alpha / self.weight_sum if reg_coef is None else float(reg_coef)
         # The kernels add alpha / sw_sum: the alpha that makes it reg_coef.
-        self._alpha = net.alpha if reg_coef is None else self.reg_coef * self.weight_sum
+        self.alpha = net.alpha if reg_coef is None else self.reg_coef * self.weight_sum
         self.max_rows = max_rows
         self._chunk_cache = None
 
@@ -131,12 +135,12 @@ class Problem:
         chunk only, so it is added exactly once.
         """
         if len(chunks) == 1 and chunks[0] == slice(0, self.n_rows):
-            return compute(self.X, self.Y, self.sw, self._alpha, out)
+            return compute(self.X, self.Y, self.sw, self.alpha, out)
         total, part = 0.0, None
         for i, c in enumerate(chunks):
             X, Y, sw = self._part(c)
             if i == 0:
-                value = compute(X, Y, sw, self._alpha, out)
+                value = compute(X, Y, sw, self.alpha, out)
             else:
                 if part is None and out is not None:
                     part = np.empty_like(out)
@@ -200,12 +204,13 @@ class Problem:
         """
         net = self.net
         plan, W, k = net._plan, self.weight_sum, V.shape[0]
-        kernel = getattr(_curvature, kind)
-        per_row = sum(_curvature.product_sizes(plan, 1, k, kind))
+        kernel, family = getattr(_curvature, kind), PRODUCT_WORKSPACES[kind]
+        # Per row: the first-order state and the k R-pass caches (an upper
+        # bound over the three kernels' layouts).
+        per_row = (6 + 3 * k) * plan.width
 
         def compute(X, Y, sw, alpha, o):
-            sizes = _curvature.product_sizes(plan, X.shape[0], k, kind)
-            kernel(plan, theta, X, Y, sw, W, alpha, V, o, net._scratch(kind, sizes))
+            kernel(plan, theta, X, Y, sw, W, alpha, V, o, net._scratch(family, X.shape[0], k))
         self._sum(compute, out, self.chunks(per_row))
         return out
 
@@ -233,18 +238,15 @@ class Problem:
 def first_order_state(net, theta, X, Y, sw, W):
     """(Z, A, F1, F2, DL, Q) of rows X, stacked ``N * width`` arrays in
     per-thread scratch (valid until the next call on this thread)."""
-    n = X.shape[0] * net._plan.width
-    return _curvature.first_order_state(net._plan, theta, X, Y, sw, W,
-                                        net._scratch("first_order", (n,) * 6))
+    return _curvature.first_order_state(
+        net._plan, theta, X, Y, sw, W, net._scratch(_curvature.StateWorkspace, X.shape[0], 0))
 
 
 def loss_factors(net, theta, X, Y, sw, W):
     """(A, S): activations (N * width) and the loss-Hessian factor carried to
     every layer (C * N * width), in per-thread scratch."""
-    n = X.shape[0] * net._plan.width
     _, A, S = _curvature.loss_factors(
-        net._plan, theta, X, Y, sw, W,
-        net._scratch("loss_factors", (n, n, net.n_outputs * n)))
+        net._plan, theta, X, Y, sw, W, net._scratch(_curvature.FactorWorkspace, X.shape[0], 0))
     return A, S
 
 

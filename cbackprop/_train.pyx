@@ -11,7 +11,9 @@ from cython cimport floating
 from libc.math cimport sqrt, sqrtf, pow, isfinite
 from libc.string cimport memcpy
 
-from cbackprop._network cimport NetPlan, NetSpec, add_l2, loss_grad_kernel
+from cbackprop._network cimport (NetPlan, NetSpec, Batch, Region, FirstLayout,
+                                 Workspace, make_batch, put, first_layout,
+                                 add_l2, loss_grad_kernel)
 
 cdef struct Optim:
     bint adam
@@ -108,26 +110,61 @@ cdef void _label_rows(const unsigned char* src, const Py_ssize_t* idx,
             dst[i * d + j] = src[r * d + j]
 
 
-cdef double _epoch(const NetSpec* s, floating* theta, const floating* X,
-                   const floating* Y, const unsigned char* Y8, const floating* sw,
-                   const Py_ssize_t* order, Py_ssize_t N, Py_ssize_t batch,
-                   double alpha, Optim* o, floating* s1, floating* s2,
-                   floating* Z, floating* A, floating* D, floating* work,
-                   floating* Xb, floating* Yb, floating* swb,
-                   floating* grad) noexcept nogil:
+cdef struct Schedule:
+    const Py_ssize_t* order       # visiting order, or NULL: stored order, no gather
+    const unsigned char* Y8       # 0/1 labels (N, n_L) as bytes, or NULL (Y floating)
+    Py_ssize_t batch              # rows per update
+
+
+cdef struct EpochLayout:
+    FirstLayout first           # loss_grad_kernel's regions, batch rows
+    Region Xb, Yb, swb          # gathered batch rows (batch n_0, batch n_L, batch)
+    Region grad                 # P
+
+
+cdef class EpochWorkspace(Workspace):
+    """run_epoch's buffers for batches of at most n_rows rows: the
+    first-order regions (FirstOrderWorkspace's), the gathered rows Xb, Yb,
+    swb and the batch gradient (k unused)."""
+    cdef EpochLayout lay
+
+    cdef Py_ssize_t _layout(self, Py_ssize_t N, Py_ssize_t k) noexcept:
+        cdef const NetSpec* s = &self.plan.spec
+        cdef Py_ssize_t at = first_layout(s, N, 1, 0, &self.lay.first)
+        at = put(&self.lay.Xb, at, N * s.sizes[0])
+        at = put(&self.lay.Yb, at, N * s.sizes[s.n_layers])
+        at = put(&self.lay.swb, at, N)
+        return put(&self.lay.grad, at, s.n_params)
+
+    cdef dict _regions(self):
+        return self.lay
+
+
+cdef double _epoch(const NetSpec* s, const Batch* data, const Schedule* sc,
+                   Optim* o, floating* theta, floating* s1, floating* s2,
+                   floating* w, const EpochLayout* lay) noexcept nogil:
     """Sum over batches of batch objective * batch size; NaN on divergence."""
     cdef Py_ssize_t n0 = s.sizes[0], nL = s.sizes[s.n_layers]
-    cdef Py_ssize_t start, nb, i
+    cdef Py_ssize_t start, nb, i, N = data.N, batch = sc.batch
+    cdef const floating* X = <const floating*>data.X
+    cdef const floating* Y = <const floating*>data.Y
+    cdef const floating* sw = <const floating*>data.sw
+    cdef const Py_ssize_t* order = sc.order
+    cdef floating* Xb = w + lay.Xb.off
+    cdef floating* Yb = w + lay.Yb.off
+    cdef floating* swb = w + lay.swb.off
+    cdef floating* grad = w + lay.grad.off
     cdef const floating* xp
     cdef const floating* yp
     cdef const floating* wp
     cdef double wsum, loss, total = 0.0
+    cdef Batch mb
     start = 0
     while start < N:
         nb = batch if start + batch <= N else N - start
         if order != NULL:
             _gather_rows(X, order + start, nb, n0, Xb)
-            if Y8 == NULL:
+            if sc.Y8 == NULL:
                 _gather_rows(Y, order + start, nb, nL, Yb)
             if sw != NULL:
                 _gather_rows(sw, order + start, nb, 1, swb)
@@ -136,13 +173,13 @@ cdef double _epoch(const NetSpec* s, floating* theta, const floating* X,
             wp = swb if sw != NULL else NULL
         else:
             xp = X + start * n0
-            yp = Y + start * nL if Y8 == NULL else Yb  # (Y is NULL with Y8)
+            yp = Y + start * nL if sc.Y8 == NULL else Yb  # (Y is NULL with Y8)
             wp = sw + start if sw != NULL else NULL
-        if Y8 != NULL:
+        if sc.Y8 != NULL:
             # Class labels stay 0/1 bytes (an eighth of float64 targets)
             # and become floating rows batch by batch.
-            _label_rows(Y8, order + start if order != NULL else NULL, start, nb,
-                        nL, Yb)
+            _label_rows(sc.Y8, order + start if order != NULL else NULL, start,
+                        nb, nL, Yb)
         wsum = nb
         if wp != NULL:
             wsum = 0.0
@@ -150,13 +187,13 @@ cdef double _epoch(const NetSpec* s, floating* theta, const floating* X,
                 wsum += wp[i]
         # The data term's gradient; the penalty's value here, its gradient
         # in _update.
-        loss = loss_grad_kernel(s, theta, xp, yp, wp, nb, wsum, 0.0,
-                                Z, A, D, work, grad)
-        loss += add_l2(s, theta, alpha / wsum, NULL)
+        mb = make_batch(xp, yp, wp, nb, wsum, 0.0)
+        loss = loss_grad_kernel(s, &mb, theta, w, &lay.first, grad)
+        loss += add_l2(s, theta, data.alpha / wsum, <floating*>NULL)
         if not isfinite(loss):
             return loss
         total += loss * nb
-        _update(s, o, theta, grad, s1, s2, alpha / wsum)
+        _update(s, o, theta, grad, s1, s2, data.alpha / wsum)
         start += nb
     return total
 
@@ -164,7 +201,8 @@ cdef double _epoch(const NetSpec* s, floating* theta, const floating* X,
 def run_epoch(NetPlan plan, floating[::1] theta, const floating[:, ::1] X,
               Y, const floating[::1] sw,
               const Py_ssize_t[::1] order, Py_ssize_t batch_size, double alpha,
-              dict opt, floating[::1] state1, floating[::1] state2, buffers):
+              dict opt, floating[::1] state1, floating[::1] state2,
+              EpochWorkspace ws):
     """Run one epoch in place on theta and the optimizer state.
 
     Parameters
@@ -179,7 +217,7 @@ def run_epoch(NetPlan plan, floating[::1] theta, const floating[:, ::1] X,
     opt : dict with 'solver' ('sgd' or 'adam'), 'learning_rate', 'momentum',
         'nesterov', 'beta_1', 'beta_2', 'epsilon', 't'
     state1, state2 : (P,) SGD velocity (state2 unused) or Adam m, v
-    buffers : (Z, A, D, work, Xb, Yb, swb, grad) sized for batch_size
+    ws : EpochWorkspace of at least batch_size rows
 
     Returns
     -------
@@ -187,6 +225,7 @@ def run_epoch(NetPlan plan, floating[::1] theta, const floating[:, ::1] X,
         inf as soon as a batch diverges; the epoch stops there)
     t : int, Adam's time step after the epoch
     """
+    ws.check(min(batch_size, X.shape[0]), 0, sizeof(floating))
     cdef Optim o
     o.adam = opt["solver"] == "adam"
     o.lr = opt["learning_rate"]
@@ -196,25 +235,24 @@ def run_epoch(NetPlan plan, floating[::1] theta, const floating[:, ::1] X,
     o.beta2 = opt.get("beta_2", 0.999)
     o.eps = opt.get("epsilon", 1e-8)
     o.t = opt.get("t", 0)
-    cdef floating[::1] Z, A, D, work, Xb, Yb, swb, grad
-    Z, A, D, work, Xb, Yb, swb, grad = buffers
-    cdef const floating* swp = NULL if sw is None else &sw[0]
-    cdef const Py_ssize_t* op = NULL if order is None else &order[0]
+    cdef Schedule sc
+    sc.order = NULL if order is None else &order[0]
+    sc.batch = batch_size
+    sc.Y8 = NULL
     cdef floating* s2 = &state2[0] if o.adam else NULL
     cdef const floating[:, ::1] Yf
     cdef const unsigned char[:, ::1] Yu
     cdef const floating* yp = NULL
-    cdef const unsigned char* y8 = NULL
     if Y.dtype == np.uint8:
         Yu = Y
-        y8 = &Yu[0, 0]
+        sc.Y8 = &Yu[0, 0]
     else:
         Yf = Y
         yp = &Yf[0, 0]
+    cdef Batch data = make_batch(&X[0, 0], yp, NULL if sw is None else &sw[0],
+                                 X.shape[0], X.shape[0], alpha)
     cdef double total
     with nogil:
-        total = _epoch(&plan.spec, &theta[0], &X[0, 0], yp, y8, swp, op,
-                       X.shape[0], batch_size, alpha, &o, &state1[0], s2,
-                       &Z[0], &A[0], &D[0], &work[0], &Xb[0], &Yb[0], &swb[0],
-                       &grad[0])
+        total = _epoch(&plan.spec, &data, &sc, &o, &theta[0], &state1[0], s2,
+                       <floating*>ws.base, &ws.lay)
     return total, o.t

@@ -79,34 +79,28 @@ class Network:
         self._local = threading.local()
 
     def _workspace(self, n_samples, k=1):
-        """(Z, A, D, work) views into per-thread buffers for the first-order
-        kernels (see ``_scratch``)."""
-        return self._scratch("first", _network.workspace_sizes(self._plan, n_samples, k))
+        """The first-order kernels' workspace (see ``_scratch``)."""
+        return self._scratch(_network.FirstOrderWorkspace, n_samples, k)
 
-    def _scratch(self, key, sizes):
-        """Views of the given sizes into per-thread buffers, grown on demand.
+    def _scratch(self, family, n_samples, k=1):
+        """This thread's workspace of a kernel family (a ``Workspace``
+        class), laid out for at least n_samples rows and k vectors.
 
         Reusing buffers across calls avoids fresh multi-megabyte allocations,
-        whose page faults cost as much as a GEMM here; one set per thread and
-        per ``key`` keeps concurrent calls, and nested uses with different
-        keys, independent. The views are valid until the next call with the
-        same key on the same thread.
+        whose page faults cost as much as a GEMM here; one workspace per
+        thread and per family keeps concurrent calls, and nested uses of
+        different families, independent. It grows on demand and is valid
+        until the next call with the same family on the same thread.
         """
         pools = getattr(self._local, "pools", None)
         if pools is None:
             pools = self._local.pools = {}
-        sizes = tuple(sizes)
-        bufs, last_sizes, views = pools.get(key, (None, None, None))
-        if sizes == last_sizes:  # the views of the previous call, as they are
-            return views
-        if bufs is None or len(bufs) != len(sizes) or any(
-                b.shape[0] < n for b, n in zip(bufs, sizes)):
-            old = bufs if bufs is not None and len(bufs) == len(sizes) else [None] * len(sizes)
-            bufs = [np.empty(max(n, 1, 0 if b is None else b.shape[0]), self.dtype)
-                    for n, b in zip(sizes, old)]
-        views = tuple(b[:n] for b, n in zip(bufs, sizes))
-        pools[key] = (bufs, sizes, views)
-        return views
+        ws = pools.get(family)
+        if ws is None:
+            ws = pools[family] = family(self._plan, n_samples, k, self.dtype)
+        elif ws.n_rows < n_samples or ws.k < k:
+            ws.fit(max(n_samples, ws.n_rows), max(k, ws.k))
+        return ws
 
     def __repr__(self):
         return (f"Network({list(self.layer_sizes)}, activation={self.activation!r}, "

@@ -166,11 +166,9 @@ def _block_rows(block_size, net, n_samples, kron=False):
     efficient GEMMs and few passes over G.
     """
     if block_size is None:
-        one, two = (sum(_lm.workspace_sizes(net._plan, b, kron)) for b in (1, 2))
-        per_row, fixed = two - one, 2 * one - two
-        budget = max(BLOCK_BYTES // np.dtype(net.dtype).itemsize, net.n_params ** 2 // 4)
-        budget -= fixed
-        block = max(MIN_BLOCK, budget // max(per_row, 1))
+        itemsize = np.dtype(net.dtype).itemsize
+        budget = max(BLOCK_BYTES, net.n_params ** 2 // 4 * itemsize)
+        block = max(MIN_BLOCK, _lm.block_rows(net._plan, budget, itemsize, kron))
     else:
         block = _check_int(block_size, "block_size", 1)
     return int(min(block, n_samples))
@@ -226,7 +224,8 @@ def quasi_hessian(net, theta, X, y, sample_weight=None, *, block_size=None,
     G = np.empty((P, P), net.dtype)
     g = np.empty(P, net.dtype)
     f = _lm.quasi_hessian(net._plan, theta, problem.X, problem.Y, problem.sw,
-                          problem.weight_sum, net.alpha, block, G, g, kron)
+                          problem.weight_sum, problem.alpha, G, g,
+                          _lm.LMWorkspace(net._plan, block, kron, net.dtype))
     G = np.triu(G)
     G += np.triu(G, 1).T
     return f, g, G
@@ -317,10 +316,11 @@ def levenberg_marquardt(net, theta0, X, y, sample_weight=None, *, mu=1e-3, mu_de
             return _call(callback, OptimizeResult(x=theta.copy(), fun=fun, jac=g.copy(),
                                                   nit=nit, mu=mu_now))
 
+    options = dict(mu=mu, mu_dec=mu_dec, mu_inc=mu_inc, mu_max=mu_max, mu_min=MU_MIN,
+                   max_iter=max_iter, ftol=ftol, gtol=gtol)
     status, nit, nfev, njev, nhev, f, mu = _lm.lm_loop(
-        net._plan, theta, problem.X, problem.Y, problem.sw, problem.weight_sum, net.alpha,
-        block, mu, mu_dec, mu_inc,
-        mu_max, MU_MIN, max_iter, ftol, gtol, g, G, kron, report)
+        net._plan, theta, problem.X, problem.Y, problem.sw, problem.weight_sum, problem.alpha,
+        options, g, G, _lm.LMWorkspace(net._plan, block, kron, net.dtype), report)
     return _result(int(status), x=theta, fun=float(f), jac=g, nit=nit, nfev=nfev,
                    njev=njev, nhev=nhev, mu=mu)
 

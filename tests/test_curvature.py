@@ -361,6 +361,36 @@ def test_products_bad_V(cb, method):
 
 
 @pytest.mark.parametrize("dtype", DTYPES)
+@pytest.mark.parametrize("arch", ["hidden1", "hidden2"])
+def test_dense_ggn_by_blocks_of_rows(cb, arch, dtype, monkeypatch):
+    """ggn, efisher, block_ggn and block_hessian accumulated over blocks of a few rows
+    (the last one shorter): the reference, the regularizer added once."""
+    from cbackprop import _assembly, _curvature
+    net, theta, X, y, sw = _case(cb, "tanh", "log_loss", True, 0.3, arch, dtype)
+    expected = _expected(arch, "tanh", "log_loss", True, 0.3)
+    itemsize = np.dtype(dtype).itemsize
+
+    def few_rows(hessian):
+        # a workspace budget of at most 4 rows (blocks of 4 and 2, or 3 and 3)
+        budget = 1 << 24
+        while _curvature.dense_block_rows(net._plan, budget, itemsize, hessian) > 4:
+            budget = budget * 7 // 8
+        assert 1 <= _curvature.dense_block_rows(net._plan, budget, itemsize, hessian) < 6
+        monkeypatch.setattr(_assembly, "DENSE_BLOCK_BYTES", budget)
+
+    few_rows(False)
+    for kind in ("ggn", "efisher"):
+        assert_close(getattr(net, kind)(theta, X, y, sample_weight=sw), expected[kind], dtype,
+                     scale=np.abs(expected[kind]).max(), err_msg=kind)
+    for kind, method in BLOCKS.items():
+        few_rows(kind == "hessian")
+        scale = np.abs(expected[kind]).max()
+        for B, R in zip(getattr(net, method)(theta, X, y, sample_weight=sw),
+                        ref.diagonal_blocks(ARCHS[arch], expected[kind])):
+            assert_close(B, R, dtype, REFERENCE_KIND[kind], scale=scale, err_msg=method)
+
+
+@pytest.mark.parametrize("dtype", DTYPES)
 @pytest.mark.parametrize("method", ["hessian", "ggn", "efisher"])
 def test_dense_size_limit(cb, method, dtype):
     net, theta, X, y, sw = _case(cb, "tanh", "log_loss", True, 0.3, "hidden1", dtype)

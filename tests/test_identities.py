@@ -213,10 +213,8 @@ def test_newton_products(act, loss, dtype, monkeypatch):
 # ======================================================================================
 # float32 log_loss: Network.loss and Network.loss_grad evaluate the value by two
 # kernel paths that round differently (2.6e-9 relative apart); one path is expected
-TWO_PATHS = pytest.mark.xfail(strict=True, reason="two loss-value paths")
 LOSS_VALUE_CASES = [
-    pytest.param(act, loss, dtype, id=f"{act}-{loss}-{common.dtype_id(dtype)}",
-                 marks=[TWO_PATHS] if (loss, dtype) == ("log_loss", np.float32) else [])
+    pytest.param(act, loss, dtype, id=f"{act}-{loss}-{common.dtype_id(dtype)}")
     for act in ACTIVATIONS for loss in ref.LOSSES for dtype in common.FLOATS]
 
 

@@ -356,6 +356,25 @@ def test_loss_and_grad(cb, act, loss, dtype, weighted, alpha, arch):
         assert_close(g3, exp_grad, dtype)
 
 
+@pytest.mark.parametrize("weighted", [False, True], ids=["unweighted", "weighted"])
+@pytest.mark.parametrize("dtype", DTYPES)
+@pytest.mark.parametrize("loss", ref.LOSSES)
+def test_loss_value_is_one_code_path(cb, loss, dtype, weighted):
+    # The value must not depend on whether a gradient (or a GGN, in the
+    # Levenberg-Marquardt accumulation over one block) is computed with it.
+    from cbackprop import optimize as opt
+    arch = ARCHS["hidden1"]
+    (theta, X, y, sw), _ = _problem(arch, loss, dtype, weighted, "one-path", loss, weighted,
+                                    n=70)
+    net = _net(cb, arch, "tanh", loss, 0.3, dtype)
+    value = net.loss(theta, X, y, sample_weight=sw)
+    assert value == net.loss_grad(theta, X, y, sample_weight=sw)[0]
+    for accumulation in ("rows", "kronecker"):
+        qh = opt.quasi_hessian(net, theta, X, y, sw, block_size=X.shape[0],
+                               accumulation=accumulation)[0]
+        assert value == qh, accumulation
+
+
 @pytest.mark.parametrize("arch", ARCHS.values(), ids=ARCHS.keys())
 @pytest.mark.parametrize("weighted", [False, True], ids=["unweighted", "weighted"])
 @pytest.mark.parametrize("dtype", DTYPES)
