@@ -39,11 +39,12 @@ paper leaves a choice):
    and momentum, the proposal scaled by ``min(1, sqrt(kl_clip /
    (lr^2 |g.Delta|)))`` (KL clipping: Ba, Grosse and Martens 2017; the
    ``norm_constraint`` of kfac-jax and tensorflow/kfac).
-5. Every ``damping_every`` steps, the reduction ratio ``rho`` of the
+5. Every ``damping_every`` steps (T1), the reduction ratio ``rho`` of the
    batch loss against the quadratic model without the damping term
    (kfac-jax's ``include_damping_in_quad_change=False``) scales the damping
-   by ``damping_decay`` (rho > 3/4) or its inverse (rho < 1/4) (section
-   6.5).
+   by ``damping_decay ** damping_every`` (rho > 3/4) or its inverse
+   (rho < 1/4): section 6.5's ``omega = (19/20)^T1``, kfac-jax's
+   ``0.9 ** 5``.
 
 A step whose update or loss is not finite is rejected: the parameters stay,
 the momentum is dropped and the damping grows tenfold (as LM's ``mu_inc``);
@@ -57,6 +58,7 @@ import numbers
 
 import numpy as np
 from scipy.optimize import OptimizeResult
+from scipy.special import expit
 from sklearn.utils import check_random_state
 
 from cbackprop import _curvature
@@ -76,6 +78,8 @@ assert {-3, -2, 0, 1, 2} <= set(TERMINATION_MESSAGES)
 def _forward_state(net, theta, X, Y):
     """Layer inputs, raw deltas and f' of a batch: the one internal surface.
 
+    Views into the network's scratch buffers, valid until the next call.
+
     Returns
     -------
     inputs : list of (N, n_l) arrays, the input of each layer (X first)
@@ -92,7 +96,7 @@ def _forward_state(net, theta, X, Y):
     block = lambda S, l: S[offs[l]:offs[l + 1]].reshape(N, sizes[l + 1])
     L = net.n_layers
     inputs = [X] + [block(A, l) for l in range(L - 1)]
-    return (inputs, [block(DL, l).copy() for l in range(L)],
+    return (inputs, [block(DL, l) for l in range(L)],
             [block(F1, l) for l in range(L - 1)], block(Z, L - 1))
 
 
@@ -103,7 +107,7 @@ def _sample_output_deltas(loss, z, rng):
     canonical pair (identity: unit Gaussian noise; exp: Poisson; softmax:
     categorical; logistic: Bernoulli).
     """
-    z = z.astype(np.float64)
+    z = np.asarray(z, dtype=np.float64)
     if loss == "squared_error":
         return rng.standard_normal(z.shape)
     if loss == "poisson":
@@ -112,11 +116,11 @@ def _sample_output_deltas(loss, z, rng):
     if loss == "log_loss":
         p = np.exp(z - z.max(axis=1, keepdims=True))
         p /= p.sum(axis=1, keepdims=True)
-        draw = (p.cumsum(axis=1) > rng.uniform(size=(z.shape[0], 1))).argmax(axis=1)
+        draw = (p.cumsum(axis=1) > rng.random_sample((z.shape[0], 1))).argmax(axis=1)
         p[np.arange(z.shape[0]), draw] -= 1.0
         return p
-    s = 0.5 * (1.0 + np.tanh(0.5 * z))   # the logistic function, overflow-free
-    return s - (rng.uniform(size=z.shape) < s)
+    s = expit(z)
+    return s - (rng.random_sample(z.shape) < s)
 
 
 def _backprop(net, theta, top, fprime):
@@ -132,8 +136,7 @@ def _input_factor(a, c):
     """``sum_i c_i [a_i, 1][a_i, 1]^T`` ((n_in + 1) square, the 1 last)."""
     n_in = a.shape[1]
     F = np.empty((n_in + 1, n_in + 1))
-    b = a * np.sqrt(c)[:, None]
-    F[:n_in, :n_in] = b.T @ b
+    F[:n_in, :n_in] = _gram(a, np.sqrt(c)[:, None])
     F[n_in, :n_in] = F[:n_in, n_in] = c @ a
     F[n_in, n_in] = c.sum()
     return F
@@ -172,8 +175,13 @@ def _batch_factors(net, theta, X, Y, sw, sw_sum, curvature, rng):
         top = _sample_output_deltas(net.loss_name, z, rng)
         deltas = _backprop(net, theta.astype(np.float64), top, fprime)
     root = np.sqrt(c)[:, None]
-    return [(_input_factor(a.astype(np.float64), c),
-             (d * root).T @ (d * root)) for a, d in zip(inputs, deltas)]
+    return [(_input_factor(a, c), _gram(d, root)) for a, d in zip(inputs, deltas)]
+
+
+def _gram(d, root):
+    """``sum_i c_i d_i d_i^T`` from the rows d_i and sqrt(c_i), in float64."""
+    b = np.multiply(d, root, dtype=np.float64)
+    return b.T @ b
 
 
 # ------------------------------------------------- damped inverse, model
@@ -420,8 +428,9 @@ def kfac(net, theta0, X, y, sample_weight=None, *, max_iter=100, batch_size=None
         Bounds of lambda (kfac-jax: 1e-8 and inf); a non-finite step
         pushing lambda above max_damping stops with status -3.
     damping_decay : float in (0, 1)
-        Factor of the adaptation every ``damping_every`` steps (kfac-jax:
-        0.9 every 5 steps; the paper: (19/20)^5 = 0.77).
+        Per-step decay: the damping is scaled by ``damping_decay **
+        damping_every`` at each adaptation (kfac-jax: 0.9, every 5 steps;
+        the paper: 19/20, every 5).
     ema_decay : float in [0, 1)
         Decay of the factors' moving averages (0.95, paper and kfac-jax).
     inverse_every : int >= 1
@@ -574,7 +583,8 @@ class _Run:
         self.prev[:] = delta
         if adapt:
             rho = (f_new - f) / change if change < 0 else -math.inf
-            self.damping = _next_damping(self.damping, rho, o["damping_decay"],
+            self.damping = _next_damping(self.damping, rho,
+                                         o["damping_decay"] ** o["damping_every"],
                                          o["min_damping"], o["max_damping"])
         return f_new, g_new, True, info
 

@@ -137,7 +137,7 @@ PROBLEMS = {p.name: p for p in [
     Problem("friedman1", (10, 20, 1), "squared_error", 0.005, _friedman1,
             note="500 x 10 noise-free, standardized target, mse 0.01"),
     Problem("autoencoder", (64, 32, 16, 32, 64), "binary_log_loss", 2.5, _autoencoder,
-            budget=20.0, kfac=dict(batch_size=128, damping=0.01),
+            budget=10.0, kfac=dict(batch_size=128),
             note="binarized digits, cross-entropy 2.5 (summed over 64 pixels)"),
 ]}
 
