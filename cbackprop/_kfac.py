@@ -54,7 +54,6 @@ The network's internals are used in one place only,
 :func:`_forward_state`, for the 'mc' and 'empirical' factors.
 """
 import math
-import numbers
 
 import numpy as np
 from scipy.optimize import OptimizeResult
@@ -329,18 +328,7 @@ def _check_options(o, net):
     o["ema_decay"] = _check_real(o["ema_decay"], "ema_decay", ge=0, lt=1)
     for name in ("damping_every", "inverse_every"):
         o[name] = _check_int(o[name], name, 1)
-    if o["learning_rate"] is None:
-        if o["momentum"] is not None:
-            raise ValueError("momentum is chosen with the learning rate by the quadratic "
-                             "model when learning_rate is None; pass both or neither")
-        if o["kl_clip"] is not None:
-            raise ValueError("kl_clip applies to a fixed learning_rate only")
-    else:
-        o["learning_rate"] = _check_real(o["learning_rate"], "learning_rate", gt=0)
-        o["momentum"] = _check_real(0.0 if o["momentum"] is None else o["momentum"],
-                                    "momentum", ge=0, lt=1)
-        if o["kl_clip"] is not None:
-            o["kl_clip"] = _check_real(o["kl_clip"], "kl_clip", gt=0)
+    _check_step_rule(o)
     if o["curvature"] not in CURVATURES:
         raise ValueError(f"unknown curvature {o['curvature']!r}; expected one of "
                          f"{list(CURVATURES)}")
@@ -354,6 +342,22 @@ def _check_options(o, net):
     o["gtol"] = _check_real(o["gtol"], "gtol", ge=0)
     o["callback"] = _check_callback(o["callback"])
     return o
+
+
+def _check_step_rule(o):
+    """learning_rate, momentum, kl_clip: all adaptive, or a fixed rule."""
+    if o["learning_rate"] is None:
+        if o["momentum"] is not None:
+            raise ValueError("momentum is chosen with the learning rate by the quadratic "
+                             "model when learning_rate is None; pass both or neither")
+        if o["kl_clip"] is not None:
+            raise ValueError("kl_clip applies to a fixed learning_rate only")
+        return
+    o["learning_rate"] = _check_real(o["learning_rate"], "learning_rate", gt=0)
+    o["momentum"] = _check_real(0.0 if o["momentum"] is None else o["momentum"],
+                                "momentum", ge=0, lt=1)
+    if o["kl_clip"] is not None:
+        o["kl_clip"] = _check_real(o["kl_clip"], "kl_clip", gt=0)
 
 
 class _Curvature:

@@ -137,7 +137,7 @@ PROBLEMS = {p.name: p for p in [
     Problem("friedman1", (10, 20, 1), "squared_error", 0.005, _friedman1,
             note="500 x 10 noise-free, standardized target, mse 0.01"),
     Problem("autoencoder", (64, 32, 16, 32, 64), "binary_log_loss", 2.5, _autoencoder,
-            budget=10.0, kfac=dict(batch_size=128),
+            budget=10.0, kfac=dict(batch_size=128, min_damping=1e-3),
             note="binarized digits, cross-entropy 2.5 (summed over 64 pixels)"),
 ]}
 
@@ -180,7 +180,10 @@ class _Trace:
 
     @property
     def reached(self):
-        hit = [i for i, f in enumerate(self.losses) if f <= self.target]
+        """(time, iteration) of the first record at the target within the
+        budget, or None."""
+        hit = [i for i, (t, f) in enumerate(zip(self.times, self.losses))
+               if f <= self.target and t <= self.budget]
         return (self.times[hit[0]], hit[0] + 1) if hit else None
 
 
@@ -383,9 +386,9 @@ def markdown(all_stats, seeds, quick, clock="wall", budget=None):
     return "\n".join(lines)
 
 
-def plot(all_traces, path):
-    """Training loss against wall time per problem (first seed); None without
-    matplotlib."""
+def plot(all_traces, path, clock="wall"):
+    """Training loss against time per problem (first seed), one colour per
+    solver throughout; None without matplotlib."""
     try:
         import matplotlib
         matplotlib.use("Agg")
@@ -400,11 +403,12 @@ def plot(all_traces, path):
         for solver, traces in all_traces[name].items():
             t = traces[0]
             if t.losses:
-                ax.semilogy(np.maximum(t.times, 1e-6), t.losses, label=solver, lw=1)
+                ax.semilogy(np.maximum(t.times, 1e-6), t.losses, label=solver, lw=1,
+                            color=f"C{SOLVERS.index(solver)}")
         ax.axhline(PROBLEMS[name].target, color="k", ls=":", lw=0.8)
         ax.set_xscale("log")
         ax.set_title(name, fontsize=9)
-        ax.set_xlabel("wall time (s)", fontsize=8)
+        ax.set_xlabel(f"{'wall' if clock == 'wall' else 'CPU'} time (s)", fontsize=8)
         ax.set_ylabel("training loss", fontsize=8)
         ax.tick_params(labelsize=7)
     for ax in list(axes.flat)[len(names):]:
@@ -489,7 +493,7 @@ def main(argv=None):
     md = os.path.join(args.out, "study.md")
     with open(md, "w") as f:
         f.write(markdown(stats, seeds, args.quick, args.clock, budget))
-    png = plot(traces, os.path.join(args.out, "study.png"))
+    png = plot(traces, os.path.join(args.out, "study.png"), args.clock)
     print(f"wrote {md}" + (f" and {png}" if png else ""))
     return 0
 
