@@ -1,0 +1,686 @@
+"""K-FAC: Kronecker-factored approximate curvature (Martens and Grosse 2015).
+
+The (W_l, b_l) block of the GGN (for the canonical losses, the Fisher) is
+approximated by ``A_l (x) G_l``: ``A_l`` the second moment of the layer's
+input with a 1 appended last (the bias row of the augmented ``(n_in + 1,
+n_out)`` block, contiguous in theta), ``G_l`` the second moment of the
+backpropagated output-space factors at the layer's pre-activation. The
+inverse of a sum of Kronecker products is cheap: with the factors' eigen-
+decompositions, ``(A (x) G)^{-1} vec(M) = vec(A^{-1} M G^{-1})`` in the
+row-major vec of theta.
+
+Three estimates of ``G_l`` (``curvature``):
+
+* ``'exact'``: the loss-Hessian factor's C columns backpropagated
+  (``Network.kfac``): exact K-FAC, C backward passes;
+* ``'mc'``: one target per datum drawn from the model's predictive
+  distribution and its gradient backpropagated, an unbiased estimate at the
+  cost of one backward pass (Martens and Grosse, section 5; kfac-jax's
+  default ``'fisher_gradients'``), the choice when outputs are many;
+* ``'empirical'``: the observed targets' gradients (the empirical Fisher).
+
+What each step does (paper sections in brackets, kfac-jax defaults where the
+paper leaves a choice):
+
+1. Factors of the current batch averaged into exponential moving averages
+   with weight ``min(1 - 1/k, ema_decay)`` for the k-th estimate (section 5).
+   Before the first step, ``burnin`` estimates on successive batches seed
+   the averages (kfac-jax's ``num_burnin_steps``).
+2. Eigendecompositions of the averages refreshed every ``inverse_every``
+   steps, and at every one of the first ``inverse_every`` steps, when the
+   averages move fastest (section 8 refreshes every 20 steps; kfac-jax 5).
+3. Factored Tikhonov damping with the pi heuristic (section 6.3):
+   ``(A + pi sqrt(gamma) I) (x) (G + sqrt(gamma) / pi I)``, ``pi^2 =
+   (tr A / dim A) / (tr G / dim G)``, ``gamma = damping + alpha / W``.
+4. The proposal ``Delta = -F^{-1} g`` and the previous update ``delta0``
+   combined as ``alpha Delta + mu delta0`` with the coefficients minimizing
+   the exact quadratic model ``g.d + d^T (G + damping I) d / 2`` (a 2 x 2
+   system on GGN-vector products; section 7), or with a fixed learning rate
+   and momentum, the proposal scaled by ``min(1, sqrt(kl_clip /
+   (lr^2 |g.Delta|)))`` (KL clipping: Ba, Grosse and Martens 2017; the
+   ``norm_constraint`` of kfac-jax and tensorflow/kfac).
+5. Every ``damping_every`` steps (T1), the reduction ratio ``rho`` of the
+   batch loss against the quadratic model without the damping term
+   (kfac-jax's ``include_damping_in_quad_change=False``) scales the damping
+   by ``damping_decay ** damping_every`` (rho > 3/4) or its inverse
+   (rho < 1/4): section 6.5's ``omega = (19/20)^T1``, kfac-jax's
+   ``0.9 ** 5``.
+
+A step whose update or loss is not finite is rejected: the parameters stay,
+the momentum is dropped and the damping grows tenfold (as LM's ``mu_inc``);
+status -3 once it exceeds ``max_damping``.
+
+The network's internals are used in one place only,
+:func:`_forward_state`, for the 'mc' and 'empirical' factors.
+"""
+import math
+
+import numpy as np
+from scipy.optimize import OptimizeResult
+from scipy.special import expit
+from sklearn.utils import check_random_state
+
+from cbackprop import _curvature
+from cbackprop.optimize import (TERMINATION_MESSAGES, _call, _check_callback,
+                                _check_int, _check_real, _problem, _result)
+
+__all__ = ["kfac", "kfac_factors", "damped_inverse_apply", "quadratic_coefficients",
+           "estimator_kwargs", "epoch_callback"]
+
+CURVATURES = ("auto", "exact", "mc", "empirical")
+EXACT_MAX_OUTPUTS = 4     # 'auto': exact factors up to this many outputs, else 'mc'
+REJECT_FACTOR = 10.0      # damping growth after a non-finite step (LM's mu_inc)
+assert {-3, -2, 0, 1, 2} <= set(TERMINATION_MESSAGES)
+
+
+# ------------------------------------------------------------ the factors
+def _forward_state(net, theta, X, Y):
+    """Layer inputs, raw deltas and f' of a batch: the one internal surface.
+
+    Views into the network's scratch buffers, valid until the next call.
+
+    Returns
+    -------
+    inputs : list of (N, n_l) arrays, the input of each layer (X first)
+    deltas : list of (N, n_{l+1}) arrays, ``dl_i / dz_l`` of the unweighted
+        per-sample losses (observed targets)
+    fprime : list of (N, n_{l+1}) arrays, f'(z_l) of the hidden layers
+    z_out : (N, n_L) raw outputs
+    """
+    N, sizes = X.shape[0], net.layer_sizes
+    n = N * net._plan.width
+    Z, A, F1, _, DL, _ = _curvature.first_order_state(
+        net._plan, theta, X, Y, None, 1.0, net._scratch("kfac_first_order", (n,) * 6))
+    offs = np.concatenate([[0], np.cumsum(sizes[1:])]) * N
+    block = lambda S, l: S[offs[l]:offs[l + 1]].reshape(N, sizes[l + 1])
+    L = net.n_layers
+    inputs = [X] + [block(A, l) for l in range(L - 1)]
+    return (inputs, [block(DL, l) for l in range(L)],
+            [block(F1, l) for l in range(L - 1)], block(Z, L - 1))
+
+
+def _sample_output_deltas(loss, z, rng):
+    """Gradients at z of the loss at targets drawn from the model: ``mu - y~``.
+
+    Their second moment is the loss Hessian in output space for every
+    canonical pair (identity: unit Gaussian noise; exp: Poisson; softmax:
+    categorical; logistic: Bernoulli).
+    """
+    z = np.asarray(z, dtype=np.float64)
+    if loss == "squared_error":
+        return rng.standard_normal(z.shape)
+    if loss == "poisson":
+        mu = np.exp(z)
+        return mu - rng.poisson(mu)
+    if loss == "log_loss":
+        p = np.exp(z - z.max(axis=1, keepdims=True))
+        p /= p.sum(axis=1, keepdims=True)
+        draw = (p.cumsum(axis=1) > rng.random_sample((z.shape[0], 1))).argmax(axis=1)
+        p[np.arange(z.shape[0]), draw] -= 1.0
+        return p
+    s = expit(z)
+    return s - (rng.random_sample(z.shape) < s)
+
+
+def _backprop(net, theta, top, fprime):
+    """Deltas of every layer from output deltas ``top`` (N, n_L)."""
+    coefs, _ = net.unpack(theta)
+    deltas = [top]
+    for l in range(net.n_layers - 1, 0, -1):
+        deltas.append((deltas[-1] @ coefs[l].T) * fprime[l - 1])
+    return deltas[::-1]
+
+
+def _input_factor(a, c):
+    """``sum_i c_i [a_i, 1][a_i, 1]^T`` ((n_in + 1) square, the 1 last)."""
+    n_in = a.shape[1]
+    F = np.empty((n_in + 1, n_in + 1))
+    F[:n_in, :n_in] = _gram(a, np.sqrt(c)[:, None])
+    F[n_in, :n_in] = F[:n_in, n_in] = c @ a
+    F[n_in, n_in] = c.sum()
+    return F
+
+
+def kfac_factors(net, theta, X, y, sample_weight=None, *, curvature="exact",
+                 random_state=None):
+    """Kronecker factors ``[(A_l, G_l)]`` of one batch, in float64.
+
+    ``curvature='exact'`` is :meth:`Network.kfac`; ``'mc'`` replaces the
+    loss-Hessian factor by the gradient at one target per datum drawn from
+    the model (``E[G_mc] = G_exact``); ``'empirical'`` uses the observed
+    targets' gradients. ``A_l`` is the same in all three;
+    ``c_i = w_i / W`` weights both.
+
+    Returns
+    -------
+    list of (A_l of shape (n_in + 1, n_in + 1), G_l of shape (n_out, n_out))
+    """
+    if curvature not in CURVATURES[1:]:
+        raise ValueError(f"unknown curvature {curvature!r}; expected one of "
+                         f"{list(CURVATURES[1:])}")
+    theta, X, Y, sw, sw_sum = net._check(theta, X, y, sample_weight)
+    return _batch_factors(net, theta, X, Y, sw, sw_sum, curvature,
+                          check_random_state(random_state))
+
+
+def _batch_factors(net, theta, X, Y, sw, sw_sum, curvature, rng):
+    """kfac_factors on validated arrays (no copies, no checks)."""
+    if curvature == "exact":
+        return [(A.astype(np.float64), G.astype(np.float64))
+                for A, G in net.kfac(theta, X, Y, sw)]
+    c = (np.ones(X.shape[0]) if sw is None else sw.astype(np.float64)) / sw_sum
+    inputs, deltas, fprime, z = _forward_state(net, theta, X, Y)
+    if curvature == "mc":
+        top = _sample_output_deltas(net.loss_name, z, rng)
+        deltas = _backprop(net, theta.astype(np.float64), top, fprime)
+    root = np.sqrt(c)[:, None]
+    return [(_input_factor(a, c), _gram(d, root)) for a, d in zip(inputs, deltas)]
+
+
+def _gram(d, root):
+    """``sum_i c_i d_i d_i^T`` from the rows d_i and sqrt(c_i), in float64."""
+    b = np.multiply(d, root, dtype=np.float64)
+    return b.T @ b
+
+
+# ------------------------------------------------- damped inverse, model
+class _Eigen:
+    """Eigendecomposition of one layer's factors, for any damping."""
+
+    def __init__(self, A, G):
+        self.sA, self.UA = np.linalg.eigh(A)
+        self.sG, self.UG = np.linalg.eigh(G)
+        # Rounding can leave tiny negative eigenvalues of these PSD factors.
+        np.maximum(self.sA, 0.0, out=self.sA)
+        np.maximum(self.sG, 0.0, out=self.sG)
+        tA, tG = self.sA.mean(), self.sG.mean()
+        self.pi = math.sqrt(tA / tG) if tA > 0 and tG > 0 else 1.0
+
+    def solve(self, M, gamma):
+        """``(A + pi r I)^{-1} M (G + r / pi I)^{-1}``, ``r = sqrt(gamma)``."""
+        r = math.sqrt(gamma)
+        T = self.UA.T @ M @ self.UG
+        T /= np.outer(self.sA + self.pi * r, self.sG + r / self.pi)
+        return self.UA @ T @ self.UG.T
+
+
+def damped_inverse_apply(net, factors, v, damping):
+    """Apply the pi-damped K-FAC inverse to a vector of theta's layout.
+
+    Per layer, ``((A + pi sqrt(d) I) (x) (G + sqrt(d) / pi I))^{-1}`` times
+    the layer's slice of v, with ``pi^2 = (tr A / dim A) / (tr G / dim G)``.
+
+    Parameters
+    ----------
+    factors : list of (A_l, G_l), as :func:`kfac_factors` returns
+    v : array of shape (n_params,)
+    damping : float > 0
+
+    Returns
+    -------
+    ndarray of shape (n_params,), float64
+    """
+    return _precondition(net, [_Eigen(A, G) for A, G in factors], v, damping)
+
+
+def _precondition(net, eigens, v, gamma):
+    out = np.empty(net.n_params)
+    start = 0
+    for (n_in, n_out), eig in zip(zip(net.layer_sizes[:-1], net.layer_sizes[1:]), eigens):
+        stop = start + (n_in + 1) * n_out
+        out[start:stop] = eig.solve(v[start:stop].reshape(n_in + 1, n_out), gamma).ravel()
+        start = stop
+    return out
+
+
+def quadratic_coefficients(VGV, VV, Vg, damping):
+    """Coefficients minimizing the damped quadratic model over span(V).
+
+    For directions V = [Delta, delta0], ``m(c) = c.Vg + c^T (VGV + damping
+    VV) c / 2`` is minimized by solving the 2 x 2 (or 1 x 1) system; a
+    singular system (delta0 zero or parallel to Delta) falls back to Delta
+    alone.
+
+    Parameters
+    ----------
+    VGV, VV : arrays of shape (k, k), ``V^T G V`` and ``V^T V``
+    Vg : array of shape (k,), ``V^T g``
+    damping : float >= 0
+
+    Returns
+    -------
+    coef : ndarray of shape (k,)
+    change : float
+        The model's value at coef without the damping term, ``coef.Vg +
+        coef^T VGV coef / 2`` (the denominator of the reduction ratio).
+    """
+    C = VGV + damping * VV
+    k = len(Vg)
+    coef = np.zeros(k)
+    if k == 2:
+        det = C[0, 0] * C[1, 1] - C[0, 1] ** 2
+        if det > 1e-12 * C[0, 0] * C[1, 1] and C[0, 0] > 0:
+            coef = np.linalg.solve(C, -Vg)
+            return coef, float(coef @ Vg + 0.5 * coef @ VGV @ coef)
+    if C[0, 0] > 0:
+        coef[0] = -Vg[0] / C[0, 0]
+    return coef, float(coef @ Vg + 0.5 * coef @ VGV @ coef)
+
+
+def _next_damping(damping, rho, decay, lo, hi):
+    """Levenberg-Marquardt style rule of section 6.5 on the ratio rho."""
+    if rho > 0.75:
+        damping *= decay
+    elif rho < 0.25:
+        damping /= decay
+    return min(max(damping, lo), hi)
+
+
+# ---------------------------------------------------------------- batches
+class _Batches:
+    """Successive mini-batches (shuffled each epoch) or the full batch."""
+
+    def __init__(self, X, Y, sw, batch_size, shuffle, rng):
+        self.X, self.Y, self.sw = X, Y, sw
+        N = X.shape[0]
+        self.full = batch_size is None or batch_size >= N
+        self.size = N if self.full else batch_size
+        self.per_epoch = -(-N // self.size)
+        self.shuffle, self.rng = shuffle, rng
+        self.order, self.pos, self.epochs = np.arange(N), 0, 0
+
+    def restart(self):
+        """Begin the first epoch (after the burn-in)."""
+        self.pos = self.epochs = 0
+
+    def next(self):
+        """(X_b, Y_b, sw_b) of the next batch."""
+        if self.full:
+            self.epochs += 1
+            return self.X, self.Y, self.sw
+        if self.pos == 0 and self.shuffle:
+            self.rng.shuffle(self.order)
+        idx = self.order[self.pos:self.pos + self.size]
+        self.pos += self.size
+        if self.pos >= len(self.order):
+            self.pos, self.epochs = 0, self.epochs + 1
+        sw = None if self.sw is None else self.sw[idx]
+        return self.X[idx], self.Y[idx], sw
+
+    @property
+    def epoch_end(self):
+        return self.full or self.pos == 0
+
+
+# ---------------------------------------------------------------- solver
+def _check_options(o, net):
+    """Validate kfac's options (a dict) in place; returns it."""
+    o["max_iter"] = _check_int(o["max_iter"], "max_iter", 1)
+    if o["batch_size"] is not None:
+        o["batch_size"] = _check_int(o["batch_size"], "batch_size", 1)
+    for name in ("damping", "min_damping"):
+        o[name] = _check_real(o[name], name, gt=0)
+    o["max_damping"] = _check_real(o["max_damping"], "max_damping", gt=0, finite=False)
+    if o["min_damping"] > o["damping"] or o["damping"] > o["max_damping"]:
+        raise ValueError("need min_damping <= damping <= max_damping, got "
+                         f"{o['min_damping']}, {o['damping']}, {o['max_damping']}")
+    o["damping_decay"] = _check_real(o["damping_decay"], "damping_decay", gt=0, lt=1)
+    o["ema_decay"] = _check_real(o["ema_decay"], "ema_decay", ge=0, lt=1)
+    for name in ("damping_every", "inverse_every"):
+        o[name] = _check_int(o[name], name, 1)
+    _check_step_rule(o)
+    if o["curvature"] not in CURVATURES:
+        raise ValueError(f"unknown curvature {o['curvature']!r}; expected one of "
+                         f"{list(CURVATURES)}")
+    if o["curvature"] == "auto":
+        o["curvature"] = "exact" if net.n_outputs <= EXACT_MAX_OUTPUTS else "mc"
+    if o["burnin"] is not None:
+        o["burnin"] = _check_int(o["burnin"], "burnin", 0)
+    if not isinstance(o["shuffle"], (bool, np.bool_)):
+        raise ValueError(f"shuffle must be True or False, got {o['shuffle']!r}")
+    o["ftol"] = _check_real(o["ftol"], "ftol", ge=0)
+    o["gtol"] = _check_real(o["gtol"], "gtol", ge=0)
+    o["callback"] = _check_callback(o["callback"])
+    return o
+
+
+def _check_step_rule(o):
+    """learning_rate, momentum, kl_clip: all adaptive, or a fixed rule."""
+    if o["learning_rate"] is None:
+        if o["momentum"] is not None:
+            raise ValueError("momentum is chosen with the learning rate by the quadratic "
+                             "model when learning_rate is None; pass both or neither")
+        if o["kl_clip"] is not None:
+            raise ValueError("kl_clip applies to a fixed learning_rate only")
+        return
+    o["learning_rate"] = _check_real(o["learning_rate"], "learning_rate", gt=0)
+    o["momentum"] = _check_real(0.0 if o["momentum"] is None else o["momentum"],
+                                "momentum", ge=0, lt=1)
+    if o["kl_clip"] is not None:
+        o["kl_clip"] = _check_real(o["kl_clip"], "kl_clip", gt=0)
+
+
+class _Curvature:
+    """Moving averages of the factors and their eigendecompositions."""
+
+    def __init__(self, net, curvature, ema_decay, inverse_every, rng):
+        self.net, self.kind, self.decay = net, curvature, ema_decay
+        self.every, self.rng = inverse_every, rng
+        self.factors, self.count, self.eigens = None, 0, None
+
+    def update(self, theta, X, Y, sw):
+        sw_sum = float(X.shape[0]) if sw is None else float(sw.sum(dtype=np.float64))
+        new = _batch_factors(self.net, theta, X, Y, sw, sw_sum, self.kind, self.rng)
+        self.count += 1
+        w = min(1.0 - 1.0 / self.count, self.decay)
+        if self.factors is None:
+            self.factors = new
+            return
+        for (A, G), (An, Gn) in zip(self.factors, new):
+            A *= w
+            A += (1.0 - w) * An
+            G *= w
+            G += (1.0 - w) * Gn
+
+    def refresh(self, step):
+        """Eigendecompose at the first ``every`` steps, then every ``every``."""
+        if self.eigens is None or step < self.every or step % self.every == 0:
+            self.eigens = [_Eigen(A, G) for A, G in self.factors]
+
+    def direction(self, g, gamma):
+        return -_precondition(self.net, self.eigens, g.astype(np.float64), gamma)
+
+
+def kfac(net, theta0, X, y, sample_weight=None, *, max_iter=100, batch_size=None,
+         curvature="auto", learning_rate=None, momentum=None, kl_clip=None,
+         damping=1.0, min_damping=1e-8, max_damping=1e10, damping_decay=0.9,
+         damping_every=5, ema_decay=0.95, inverse_every=5, burnin=None, shuffle=True,
+         ftol=1e-12, gtol=1e-10, random_state=None, callback=None):
+    """K-FAC (Martens and Grosse 2015) on full batches or mini-batches.
+
+    See the module docstring for the algorithm. Each step costs a loss and
+    gradient on the batch, one factor estimate (C backward passes for
+    'exact', one for 'mc' and 'empirical'), a GGN-vector product with two
+    vectors (adaptive coefficients) and, every ``inverse_every`` steps, one
+    symmetric eigendecomposition per factor.
+
+    Parameters
+    ----------
+    net : Network
+    theta0 : array of shape (n_params,)
+        Starting point; not modified.
+    X, y, sample_weight : the training data (see ``Network.loss``).
+    max_iter : int >= 1
+        Steps (one per batch; status 0).
+    batch_size : int >= 1, optional
+        Rows per mini-batch (the last of an epoch may be smaller); None or
+        >= N: full batch.
+    curvature : {'auto', 'exact', 'mc', 'empirical'}
+        Estimate of the G factors (module docstring); 'auto': 'exact' up to
+        4 outputs, 'mc' above.
+    learning_rate, momentum : float, optional
+        None (default): both chosen every step by the exact quadratic model
+        (section 7). A float learning_rate fixes them (momentum default 0).
+    kl_clip : float > 0, optional
+        With a fixed learning_rate: scale the proposal so that ``lr^2
+        Delta^T F Delta <= kl_clip`` (kfac-jax's ``norm_constraint``; off
+        by default as there).
+    damping : float > 0
+        Initial damping lambda (kfac-jax's ``initial_damping``; its examples
+        use 1.0 as here). The factored damping is ``lambda + alpha / W``.
+    min_damping, max_damping : float
+        Bounds of lambda (kfac-jax: 1e-8 and inf); a non-finite step
+        pushing lambda above max_damping stops with status -3.
+    damping_decay : float in (0, 1)
+        Per-step decay: the damping is scaled by ``damping_decay **
+        damping_every`` at each adaptation (kfac-jax: 0.9, every 5 steps;
+        the paper: 19/20, every 5).
+    ema_decay : float in [0, 1)
+        Decay of the factors' moving averages (0.95, paper and kfac-jax).
+    inverse_every : int >= 1
+        Steps between eigendecompositions (kfac-jax's 5).
+    burnin : int >= 0, optional
+        Factor estimates before the first step; default 10 (kfac-jax) when
+        the estimates vary (mini-batches or 'mc'), 0 otherwise.
+    shuffle : bool
+        Shuffle the rows each epoch (mini-batches).
+    ftol, gtol : float >= 0
+        Full batch only: stop after a step lowering the loss by at most
+        ``ftol * |f|`` (status 2), or when ``max|g| <= gtol`` (status 1).
+    random_state : None, int or RandomState
+        Shuffling and Monte-Carlo targets.
+    callback : callable, optional
+        ``callback(intermediate_result)`` after every step, with ``x, fun,
+        nit, epoch, damping, learning_rate, momentum, accepted, rows``: ``fun`` is
+        the loss at x (full batch) or the batch loss before the step
+        (mini-batch, what scikit-learn's epoch loss averages), ``epoch`` the
+        number of completed passes over the data, ``rows`` the batch's.
+        Raise StopIteration to stop (status -2); :func:`epoch_callback`
+        turns it into one call per epoch.
+
+    Returns
+    -------
+    OptimizeResult
+        ``x, fun, jac`` (the full-data loss and gradient at x), ``nit,
+        nfev, njev, nhev`` (GGN-vector products), ``status, success,
+        message`` (:data:`cbackprop.optimize.TERMINATION_MESSAGES`),
+        ``damping`` (final lambda), ``epochs``, ``rejected`` (steps not
+        taken).
+    """
+    o = _check_options(dict(
+        max_iter=max_iter, batch_size=batch_size, curvature=curvature,
+        learning_rate=learning_rate, momentum=momentum, kl_clip=kl_clip, damping=damping,
+        min_damping=min_damping, max_damping=max_damping, damping_decay=damping_decay,
+        damping_every=damping_every, ema_decay=ema_decay, inverse_every=inverse_every,
+        burnin=burnin, shuffle=shuffle, ftol=ftol, gtol=gtol, callback=callback), net)
+    theta, X, Y, sw, _ = _problem(net, theta0, X, y, sample_weight)
+    rng = check_random_state(random_state)
+    run = _Run(net, theta, _Batches(X, Y, sw, o["batch_size"], o["shuffle"], rng), o, rng)
+    status = run.loop()
+    f, g = net.loss_grad(theta, X, Y, sw)
+    return _result(status, x=theta, fun=float(f), jac=g, nit=run.nit,
+                   nfev=run.nfev + 1, njev=run.njev + 1, nhev=run.nhev,
+                   damping=run.damping, epochs=run.nit if run.full else run.batches.epochs,
+                   rejected=run.rejected)
+
+
+class _Run:
+    """The state of one kfac() call; ``loop`` returns the status."""
+
+    def __init__(self, net, theta, batches, o, rng):
+        self.net, self.theta, self.batches, self.o = net, theta, batches, o
+        self.curv = _Curvature(net, o["curvature"], o["ema_decay"], o["inverse_every"], rng)
+        self.damping = o["damping"]
+        self.prev = np.zeros(net.n_params)          # the previous update, float64
+        self.nit = self.nfev = self.njev = self.nhev = self.rejected = 0
+        self.full = batches.full
+        burnin = o["burnin"]
+        if burnin is None:
+            burnin = 0 if self.full and o["curvature"] != "mc" else 10
+        self.burnin = burnin
+
+    def _batch(self):
+        Xb, Yb, swb = self.batches.next()
+        f, g = self.net.loss_grad(self.theta, Xb, Yb, swb)
+        self.nfev += 1
+        self.njev += 1
+        return Xb, Yb, swb, f, g
+
+    def _gamma(self, Xb, swb):
+        W = Xb.shape[0] if swb is None else float(swb.sum(dtype=np.float64))
+        return self.damping + self.net.alpha / W
+
+    def loop(self):
+        net, o = self.net, self.o
+        for _ in range(self.burnin):
+            self.curv.update(self.theta, *self.batches.next())
+        self.batches.restart()
+        Xb, Yb, swb, f, g = self._batch()
+        if not math.isfinite(f):
+            raise ValueError(f"the loss at theta0 is not finite ({f})")
+        while True:
+            if self.full and not np.max(np.abs(g)) > o["gtol"] and np.isfinite(g).all():
+                return 1
+            if self.nit >= o["max_iter"]:
+                return 0
+            f_new, g_new, accepted, info = self._step(Xb, Yb, swb, f, g)
+            self.nit += 1
+            if self.full:
+                f_old = f
+                if accepted:
+                    f, g = f_new, g_new
+            res = OptimizeResult(x=self.theta.copy(), fun=float(f), nit=self.nit,
+                                 epoch=self.nit if self.full else self.batches.epochs,
+                                 damping=self.damping,
+                                 accepted=accepted, **info)
+            if o["callback"] is not None and _call(o["callback"], res):
+                return -2
+            if not accepted and self.damping > o["max_damping"]:
+                return -3
+            if self.full and accepted and 0 <= f_old - f <= o["ftol"] * abs(f_old):
+                return 2
+            if not self.full:
+                Xb, Yb, swb, f, g = self._next_minibatch()
+
+    def _next_minibatch(self):
+        """The next batch's loss; a non-finite one undoes the last step."""
+        Xb, Yb, swb, f, g = self._batch()
+        if not math.isfinite(f) and np.any(self.prev):
+            self.theta -= self.prev.astype(self.theta.dtype)
+            self._reject()
+            f, g = self.net.loss_grad(self.theta, Xb, Yb, swb)
+            self.nfev += 1
+            self.njev += 1
+        return Xb, Yb, swb, f, g
+
+    def _reject(self):
+        self.prev[:] = 0.0
+        self.rejected += 1
+        self.damping *= REJECT_FACTOR
+
+    def _step(self, Xb, Yb, swb, f, g):
+        """One K-FAC step on the batch: (f_new, g_new, accepted, info)."""
+        net, o = self.net, self.o
+        self.curv.update(self.theta, Xb, Yb, swb)
+        self.curv.refresh(self.nit)
+        delta, lr, mom, change = self._update(Xb, Yb, swb, g)
+        info = {"learning_rate": lr, "momentum": mom, "rows": Xb.shape[0]}
+        if not np.isfinite(delta).all():
+            self._reject()
+            return None, None, False, info
+        adapt = (self.nit + 1) % o["damping_every"] == 0
+        trial = self.theta + delta.astype(self.theta.dtype)
+        f_new = g_new = None
+        if self.full:
+            f_new, g_new = net.loss_grad(trial, Xb, Yb, swb)
+            self.nfev += 1
+            self.njev += 1
+        elif adapt:
+            f_new = net.loss(trial, Xb, Yb, swb)
+            self.nfev += 1
+        if f_new is not None and not math.isfinite(f_new):
+            self._reject()
+            return None, None, False, info
+        if adapt and change is None:
+            change = self._model_change(Xb, Yb, swb, g, delta)
+        self.theta[:] = trial
+        self.prev[:] = delta
+        if adapt:
+            rho = (f_new - f) / change if change < 0 else -math.inf
+            self.damping = _next_damping(self.damping, rho,
+                                         o["damping_decay"] ** o["damping_every"],
+                                         o["min_damping"], o["max_damping"])
+        return f_new, g_new, True, info
+
+    def _update(self, Xb, Yb, swb, g):
+        """(delta, learning rate, momentum, undamped model change or None)."""
+        o = self.o
+        gamma = self._gamma(Xb, swb)
+        D = self.curv.direction(g, gamma)
+        if o["learning_rate"] is None:
+            return self._adaptive(Xb, Yb, swb, g, D)
+        lr = o["learning_rate"]
+        if o["kl_clip"] is not None:
+            q = abs(float(g.astype(np.float64) @ D))
+            if q > 0:
+                lr *= min(1.0, math.sqrt(o["kl_clip"] / (lr * lr * q)))
+        return lr * D + o["momentum"] * self.prev, lr, o["momentum"], None
+
+    def _adaptive(self, Xb, Yb, swb, g, D):
+        """Learning rate and momentum from the exact quadratic model."""
+        if not np.isfinite(D).all():
+            return D, math.nan, math.nan, None
+        V = np.stack([D, self.prev], axis=1) if np.any(self.prev) else D[:, None]
+        GV = self.net.ggn_vp(self.theta, Xb, Yb, V, swb).astype(np.float64)
+        self.nhev += V.shape[1]
+        coef, change = quadratic_coefficients(V.T @ GV, V.T @ V,
+                                              V.T @ g.astype(np.float64), self.damping)
+        mom = float(coef[1]) if len(coef) > 1 else 0.0
+        return V @ coef, float(coef[0]), mom, change
+
+    def _model_change(self, Xb, Yb, swb, g, delta):
+        """``g.d + d^T G d / 2`` for a fixed-rate step (one GGN product)."""
+        Gd = self.net.ggn_vp(self.theta, Xb, Yb, delta, swb).astype(np.float64)
+        self.nhev += 1
+        return float(g.astype(np.float64) @ delta + 0.5 * delta @ Gd)
+
+
+# ------------------------------------------------------------ estimators
+def estimator_kwargs(estimator, n_samples):
+    """:func:`kfac` arguments from an MLP estimator's parameters.
+
+    * ``batch_size``: 'auto' -> full batch (the quadratic model's step
+      sizes want low-noise curvature); an int -> mini-batches of
+      ``min(batch_size, n_samples)`` rows (full batch when that is all).
+    * ``max_iter``: full batch, steps (as 'lbfgs' and the other second-order
+      solvers count); mini-batches, epochs, so ``max_iter * ceil(n_samples /
+      batch_size)`` steps (as 'sgd' and 'adam' count).
+    * ``tol``: full batch, the gradient tolerance ``gtol`` (as for 'lbfgs');
+      mini-batches, scikit-learn's epoch rule, applied by
+      :func:`epoch_callback` (``gtol=0`` here).
+    * ``shuffle`` and ``random_state`` (the estimator's ``_random_state``
+      when fitting has drawn it): mini-batch order and Monte-Carlo targets.
+    * ``learning_rate_init`` and the other first-order parameters are not
+      used: learning rate and momentum come from the quadratic model.
+
+    Returns
+    -------
+    dict of keyword arguments for :func:`kfac` (without ``callback``)
+    """
+    size = estimator.batch_size
+    full = size == "auto" or size >= n_samples
+    kw = dict(shuffle=bool(estimator.shuffle),
+              random_state=getattr(estimator, "_random_state", estimator.random_state))
+    if full:
+        return dict(kw, batch_size=None, max_iter=estimator.max_iter, gtol=estimator.tol)
+    steps = -(-n_samples // size)
+    return dict(kw, batch_size=int(size), max_iter=estimator.max_iter * steps, gtol=0.0)
+
+
+def epoch_callback(callback, n_samples, *, tol=None, n_iter_no_change=10):
+    """Wrap a callback so that it sees one result per epoch of mini-batches.
+
+    ``callback`` gets ``OptimizeResult(x, fun, nit, damping)`` at the end of
+    every epoch, ``fun`` the row-weighted mean of the epoch's batch losses
+    (scikit-learn's ``loss_curve_`` entry) and ``nit`` the epoch number.
+    With ``tol``, scikit-learn's rule stops the run (StopIteration) once the
+    epoch loss has failed to drop below ``best - tol`` for more than
+    ``n_iter_no_change`` consecutive epochs. ``callback`` may be None.
+    """
+    state = {"sum": 0.0, "rows": 0, "best": math.inf, "stale": 0}
+
+    def wrapper(r):
+        state["sum"] += r.fun * r.rows
+        state["rows"] += r.rows
+        if state["rows"] < n_samples:
+            return
+        loss = state["sum"] / state["rows"]
+        state["sum"], state["rows"] = 0.0, 0
+        if callback is not None:
+            callback(OptimizeResult(x=r.x, fun=loss, nit=r.epoch, damping=r.damping))
+        if tol is not None:
+            state["stale"] = state["stale"] + 1 if loss > state["best"] - tol else 0
+            state["best"] = min(state["best"], loss)
+            if state["stale"] > n_iter_no_change:
+                raise StopIteration
+    return wrapper
