@@ -26,6 +26,7 @@ from sklearn.utils._param_validation import StrOptions
 from sklearn.utils.validation import _check_sample_weight, check_is_fitted, validate_data
 
 from cbackprop import _train, optimize
+from cbackprop import _kfac  # after optimize, whose helpers it uses
 from cbackprop._problem import Problem
 from cbackprop._stochastic import AdamState, SGDState
 from cbackprop.network import ACTIVATIONS, Network
@@ -36,9 +37,9 @@ except ImportError:  # pragma: no cover
     def _get_additional_lbfgs_options_dict(key, value):
         return {}
 
-_DAMPING = {"lm": "mu", "hessian-free": "damping"}  # the damping in each result
+_DAMPING = {"lm": "mu", "hessian-free": "damping", "kfac": "damping"}  # in each result
 STOCHASTIC_SOLVERS = ("sgd", "adam")
-SECOND_ORDER_SOLVERS = ("lm", "hessian-free", "newton")
+SECOND_ORDER_SOLVERS = ("lm", "hessian-free", "newton", "kfac")
 SOLVERS = ("lbfgs", "sgd", "adam") + SECOND_ORDER_SOLVERS
 
 # An epoch whose mean loss exceeds this factor times the reference loss
@@ -339,7 +340,7 @@ class BaseMLP(BaseEstimator):
         self._theta[:] = x
         self.loss_ = f
 
-    # ------------------------------------------------------------ lm, hessian-free, newton
+    # ------------------------------------------------------------ lm, hessian-free, newton, kfac
     # Full batch: max_iter counts outer iterations, tol is the gradient
     # tolerance (max|g|, as for 'lbfgs'), loss_curve_ gets one entry per
     # iteration; early_stopping scores the validation split after every
@@ -367,10 +368,11 @@ class BaseMLP(BaseEstimator):
             self._interrupted(*self._best_seen, len(self.loss_curve_))
             return
         self._damping = res.get(_DAMPING.get(self.solver, ""), None)
-        self.n_iter_, self.loss_ = int(res.nit), float(res.fun)
+        # Epochs for K-FAC on mini-batches, as 'sgd' and 'adam' count.
+        self.n_iter_, self.loss_ = int(res.get("epochs", res.nit)), float(res.fun)
         self._theta[:] = self._best_theta if self.early_stopping else res.x
         if res.status <= 0 and res.status != -2:
-            warnings.warn(f"{self.solver} stopped after {res.nit} iteration(s) "
+            warnings.warn(f"{self.solver} stopped after {self.n_iter_} iteration(s) "
                           f"(status={res.status}): {res.message}", ConvergenceWarning,
                           stacklevel=3)
 
@@ -402,7 +404,24 @@ class BaseMLP(BaseEstimator):
         if self.solver == "hessian-free":
             return optimize.hessian_free(net, self._theta, X, Y, sw, damping=damping or 1.0,
                                          random_state=self._random_state, **kw)
+        if self.solver == "kfac":
+            return self._run_kfac(net, X, Y, sw, callback, damping)
         return optimize.newton(net, self._theta, X, Y, sw, **kw)
+
+    def _run_kfac(self, net, X, Y, sw, callback, damping):
+        """K-FAC full batch ('auto' batch_size) or on mini-batches of
+        batch_size rows, max_iter epochs, the epoch losses in loss_curve_
+        and scikit-learn's no-improvement rule ending the epochs."""
+        kw = _kfac.estimator_kwargs(self, X.shape[0])
+        per_step = callback
+        if kw["batch_size"] is not None:
+            def per_epoch(r):
+                callback(r)
+                if self._no_improvement_count > self.n_iter_no_change:
+                    raise StopIteration
+            per_step = _kfac.epoch_callback(per_epoch, X.shape[0])
+        return optimize.kfac(net, self._theta, X, Y, sw, damping=damping or 1.0,
+                             callback=per_step, **kw)
 
     # ------------------------------------------------------------ sgd, adam
     def _new_optimizer(self):

@@ -60,9 +60,11 @@ from scipy.optimize import OptimizeResult
 from scipy.special import expit
 from sklearn.utils import check_random_state
 
-from cbackprop import _curvature
-from cbackprop.optimize import (TERMINATION_MESSAGES, _call, _check_callback,
-                                _check_int, _check_real, _problem, _result)
+from cbackprop._problem import Problem, first_order_state
+from cbackprop._validation import check_theta
+from cbackprop.optimize import (TERMINATION_MESSAGES, _call, _check_callback, _check_int,
+                                _check_real, _gradient_converged, _prepare, _result,
+                                _stalled)
 
 __all__ = ["kfac", "kfac_factors", "damped_inverse_apply", "quadratic_coefficients",
            "estimator_kwargs", "epoch_callback"]
@@ -87,12 +89,10 @@ def _forward_state(net, theta, X, Y):
     fprime : list of (N, n_{l+1}) arrays, f'(z_l) of the hidden layers
     z_out : (N, n_L) raw outputs
     """
-    N, sizes = X.shape[0], net.layer_sizes
-    n = N * net._plan.width
-    Z, A, F1, _, DL, _ = _curvature.first_order_state(
-        net._plan, theta, X, Y, None, 1.0, net._scratch("kfac_first_order", (n,) * 6))
-    offs = np.concatenate([[0], np.cumsum(sizes[1:])]) * N
-    block = lambda S, l: S[offs[l]:offs[l + 1]].reshape(N, sizes[l + 1])
+    N = X.shape[0]
+    # Unit weights and W = 1: the deltas are the raw per-sample ones.
+    Z, A, F1, _, DL, _ = first_order_state(net, theta, X, Y, None, 1.0)
+    block = lambda S, l: net.layout.layer(S, l, N)[0]
     L = net.n_layers
     inputs = [X] + [block(A, l) for l in range(L - 1)]
     return (inputs, [block(DL, l) for l in range(L)],
@@ -158,8 +158,9 @@ def kfac_factors(net, theta, X, y, sample_weight=None, *, curvature="exact",
     if curvature not in CURVATURES[1:]:
         raise ValueError(f"unknown curvature {curvature!r}; expected one of "
                          f"{list(CURVATURES[1:])}")
-    theta, X, Y, sw, sw_sum = net._check(theta, X, y, sample_weight)
-    return _batch_factors(net, theta, X, Y, sw, sw_sum, curvature,
+    theta = check_theta(theta, net.n_params, net.dtype)
+    p = Problem(net, X, y, sample_weight)
+    return _batch_factors(net, theta, p.X, p.Y, p.sw, p.weight_sum, curvature,
                           check_random_state(random_state))
 
 
@@ -473,11 +474,13 @@ def kfac(net, theta0, X, y, sample_weight=None, *, max_iter=100, batch_size=None
         min_damping=min_damping, max_damping=max_damping, damping_decay=damping_decay,
         damping_every=damping_every, ema_decay=ema_decay, inverse_every=inverse_every,
         burnin=burnin, shuffle=shuffle, ftol=ftol, gtol=gtol, callback=callback), net)
-    theta, X, Y, sw, _ = _problem(net, theta0, X, y, sample_weight)
+    theta, problem = _prepare(net, theta0, X, y, sample_weight)
+    X, Y, sw = problem.X, problem.Y, problem.sw
     rng = check_random_state(random_state)
     run = _Run(net, theta, _Batches(X, Y, sw, o["batch_size"], o["shuffle"], rng), o, rng)
     status = run.loop()
-    f, g = net.loss_grad(theta, X, Y, sw)
+    g = np.empty(net.n_params, net.dtype)
+    f = problem.loss_grad(theta, g)
     return _result(status, x=theta, fun=float(f), jac=g, nit=run.nit,
                    nfev=run.nfev + 1, njev=run.njev + 1, nhev=run.nhev,
                    damping=run.damping, epochs=run.nit if run.full else run.batches.epochs,
@@ -519,7 +522,7 @@ class _Run:
         if not math.isfinite(f):
             raise ValueError(f"the loss at theta0 is not finite ({f})")
         while True:
-            if self.full and not np.max(np.abs(g)) > o["gtol"] and np.isfinite(g).all():
+            if self.full and _gradient_converged(g, o["gtol"]):
                 return 1
             if self.nit >= o["max_iter"]:
                 return 0
@@ -537,7 +540,7 @@ class _Run:
                 return -2
             if not accepted and self.damping > o["max_damping"]:
                 return -3
-            if self.full and accepted and 0 <= f_old - f <= o["ftol"] * abs(f_old):
+            if self.full and accepted and f_old >= f and _stalled(f_old, f, o["ftol"]):
                 return 2
             if not self.full:
                 Xb, Yb, swb, f, g = self._next_minibatch()

@@ -38,7 +38,7 @@ from cbackprop._assembly import check_dense, diag_efisher, diag_ggn
 from cbackprop._problem import Problem
 from cbackprop._validation import check_theta
 
-__all__ = ["levenberg_marquardt", "hessian_free", "newton", "quasi_hessian",
+__all__ = ["levenberg_marquardt", "hessian_free", "newton", "kfac", "quasi_hessian",
            "TERMINATION_MESSAGES"]
 
 TERMINATION_MESSAGES = {
@@ -712,3 +712,7 @@ def newton(net, theta0, X, y, sample_weight=None, *, method="trust-krylov", max_
     return _result(status, x=res.x.astype(dtype), fun=float(res.fun), jac=jac.astype(dtype),
                    nit=int(res.nit), nfev=counts["nfev"], njev=counts["nfev"],
                    nhev=counts["nhev"])
+
+
+# K-FAC lives in its own module and uses the helpers above.
+from cbackprop._kfac import kfac  # noqa: E402

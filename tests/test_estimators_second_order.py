@@ -1,4 +1,4 @@
-"""MLPClassifier / MLPRegressor with solver='lm', 'hessian-free', 'newton'."""
+"""MLPClassifier / MLPRegressor with solver='lm', 'hessian-free', 'newton', 'kfac'."""
 import pickle
 import warnings
 
@@ -11,7 +11,7 @@ from sklearn.utils.estimator_checks import parametrize_with_checks
 
 from cbackprop import MLPClassifier, MLPRegressor
 
-SECOND_ORDER = ["lm", "hessian-free", "newton"]
+SECOND_ORDER = ["lm", "hessian-free", "newton", "kfac"]
 
 
 @pytest.fixture(scope="module")
@@ -39,6 +39,7 @@ def _fit(est, X, y):
 @pytest.mark.parametrize("solver, hidden, max_iter", [
     pytest.param("lm", (32,), 15, id="lm"),
     pytest.param("hessian-free", (100,), 40, id="hessian-free"),
+    pytest.param("kfac", (100,), 40, id="kfac"),
 ])
 def test_digits_reach_adam_accuracy_in_few_iterations(digits, adam_accuracy, solver, hidden,
                                                        max_iter):
@@ -123,8 +124,20 @@ def test_lm_too_large_suggests_hessian_free(monkeypatch, digits):
     MLPClassifier((5,), solver="lm", max_iter=5, random_state=0),
     MLPRegressor(hidden_layer_sizes=(5,), solver="hessian-free", max_iter=5, random_state=0),
     MLPRegressor(hidden_layer_sizes=(5,), solver="newton", max_iter=5, random_state=0),
+    MLPClassifier((5,), solver="kfac", max_iter=5, random_state=0),
+    MLPRegressor(hidden_layer_sizes=(5,), solver="kfac", max_iter=30, random_state=0),
 ])
 def test_sklearn_compatible(estimator, check):
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", ConvergenceWarning)
         check(estimator)
+
+
+def test_kfac_mini_batches_count_epochs(digits):
+    """batch_size rows per K-FAC step: n_iter_ and loss_curve_ count epochs, as for adam."""
+    X, Xt, y, yt = digits
+    clf = _fit(MLPClassifier((32,), solver="kfac", batch_size=128, max_iter=8,
+                             random_state=0), X, y)
+    assert clf.n_iter_ == len(clf.loss_curve_) == 8
+    assert clf.loss_curve_[-1] < clf.loss_curve_[0]
+    assert clf.score(Xt, yt) > 0.9
