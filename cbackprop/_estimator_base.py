@@ -277,9 +277,15 @@ class BaseMLP(BaseEstimator):
         return self._as_targets(y)
 
     # ------------------------------------------------------------ lbfgs
+    def _make_problem(self, net, X, y, sample_weight):
+        """The prepared problem of the (validated) training data, for 'lbfgs'
+        and the second-order solvers; cluster-backed in :mod:`cbackprop.dask`."""
+        return Problem(net, np.ascontiguousarray(X, dtype=net.dtype), self._as_targets(y),
+                       sample_weight, validate=False)
+
     def _fit_lbfgs(self, X, y, sample_weight):
         net = self._scratch_network()
-        problem = Problem(net, X, self._as_targets(y), sample_weight, validate=False)
+        problem = self._make_problem(net, X, y, sample_weight)
         grad = np.empty(net.n_params, net.dtype)
         x_cast = None if net.dtype == np.float64 else np.empty(net.n_params, net.dtype)
         best = {"f": np.inf, "x": None}
@@ -335,8 +341,7 @@ class BaseMLP(BaseEstimator):
     def _fit_second_order(self, X, y, sample_weight):
         X_tr, y_tr, sw_tr, X_val, y_val, sw_val = self._validation_split(X, y, sample_weight)
         net = self._scratch_network()
-        X_tr = np.ascontiguousarray(X_tr, dtype=net.dtype)
-        Y_tr = self._as_targets(y_tr)
+        problem = self._make_problem(net, X_tr, y_tr, sw_tr)
         curve = self.loss_curve_ if self.warm_start and getattr(
             self, "loss_curve_", None) else ()
         self._start_records(curve)
@@ -344,7 +349,8 @@ class BaseMLP(BaseEstimator):
             self._best_theta = self._theta.copy()
         callback = self._second_order_callback(X_val, y_val, sw_val)
         try:
-            res = self._run_second_order(net, X_tr, Y_tr, sw_tr, callback)
+            # The prepared problem stands for (X, y, sample_weight) in the solver.
+            res = self._run_second_order(net, problem, None, None, callback)
         except ValueError as exc:
             if "bytes" in str(exc) and self.solver == "lm":
                 raise ValueError(f"{exc}; solver='hessian-free' needs no P x P matrix") from exc
