@@ -29,7 +29,7 @@ else:
 cbackprop, _ = _import_cbackprop()
 
 HIDDEN = (256, 256)
-LM_HIDDEN = (3,)          # P = 2395: G is 46 MB
+LM_HIDDEN = (2,)          # P = 1600: G is 20 MB
 ROWS = (10000, 20000, 40000)
 
 

@@ -47,7 +47,7 @@ try:
 except ImportError as exc:  # pragma: no cover - exercised without the extra
     raise ImportError(EXTRA) from exc
 
-CACHE_TOKENS = 8   # problems kept warm per worker process (least recently used out)
+CACHE_GROUPS = 32  # groups of problems kept warm per worker process (least recent out)
 LOST_RETRIES = 3   # rounds tried when workers die
 # What a round raises when a worker holding its inputs died.
 _LOST = (distributed.client.FutureCancelledError, distributed.scheduler.KilledWorker,
@@ -147,7 +147,7 @@ def _group_problems(token, group, net, W, reg_first, max_rows, parts):
                 for i, (X, Y, sw) in enumerate(parts)]
     with _LOCK:
         _STATE[key] = problems
-        while len(_STATE) > CACHE_TOKENS * 4:
+        while len(_STATE) > CACHE_GROUPS:
             _STATE.popitem(last=False)
     return problems
 

@@ -97,6 +97,16 @@ class _DaskMLP:
         state["client"] = None
         return state
 
+    def __sklearn_clone__(self):
+        # The clone shares the client (a client cannot be deep-copied).
+        client, self.client = self.client, None
+        try:
+            new = super().__sklearn_clone__()
+        finally:
+            self.client = client
+        new.client = client
+        return new
+
     def to_local(self):
         """The equivalent fitted in-memory estimator (a copy: no client).
 
@@ -136,7 +146,9 @@ class _DaskMLP:
         self
         """
         client = get_client(self.client)
+        names = getattr(X, "columns", None)      # a dask dataframe's
         X, y, sample_weight = as_row_chunked(X, y, sample_weight)
+        self._set_feature_names(names)
         if self.early_stopping:
             raise ValueError(f"{type(self).__name__} does not support early_stopping=True "
                              "(no validation split of cluster data); score a held-out "
@@ -178,6 +190,15 @@ class _DaskMLP:
             raise ValueError("Solver produced non-finite parameter weights. The input "
                              "data may contain large values and need to be preprocessed.")
         return self
+
+    def _set_feature_names(self, names):
+        """feature_names_in_ as scikit-learn sets it: only for string names."""
+        if self.warm_start and hasattr(self, "coefs_"):
+            return
+        if names is not None and all(isinstance(n, str) for n in names):
+            self.feature_names_in_ = np.asarray(names, dtype=object)
+        elif hasattr(self, "feature_names_in_"):
+            del self.feature_names_in_
 
     def _make_problem(self, net, X, y, sample_weight):
         return DaskProblem(net, X, y, sample_weight, client=self._client_now)
@@ -241,8 +262,11 @@ class _DaskMLP:
         if X.shape[1] != self.n_features_in_:
             raise ValueError(f"X has {X.shape[1]} features, but {type(self).__name__} is "
                              f"expecting {self.n_features_in_} features as input.")
+        local = self.to_local()
+        # Blocks are plain arrays even when X was a dataframe.
+        local.__dict__.pop("feature_names_in_", None)
         # The model enters the graph once, as one key every block reads.
-        model = dask.delayed(self.to_local(), pure=True)
+        model = dask.delayed(local, pure=True)
         if out_cols is None:
             return X.map_blocks(_method_block, model, method, dtype=dtype, drop_axis=1,
                                 chunks=(X.chunks[0],), meta=np.empty((0,), dtype))
@@ -258,6 +282,9 @@ class DaskMLPClassifier(_DaskMLP, MLPClassifier):
     _local = MLPClassifier
 
     def _all_classes(self, client, y):
+        """The sorted classes of y, found on the cluster."""
+        if y.ndim == 2 and y.shape[1] == 1:
+            y = y[:, 0]
         if y.ndim != 1:
             raise ValueError(f"{type(self).__name__} needs 1-D class labels y, got shape "
                              f"{y.shape} (multilabel targets are not supported on dask)")

@@ -247,10 +247,13 @@ def test_predict_is_blockwise_and_to_local(client):
         local_r.score(X, y), rel=1e-10)
 
 
-def test_pickle_drops_the_client(client):
+def test_client_is_shared_by_clones_and_never_pickled(client):
     import pickle
+    from sklearn.base import clone
     est = DaskMLPRegressor(hidden_layer_sizes=(2,), client=client)
     assert est.get_params()["client"] is client
+    twin = clone(est)
+    assert twin.client is client and twin.get_params()["hidden_layer_sizes"] == (2,)
     assert pickle.loads(pickle.dumps(est)).client is None
 
 
