@@ -107,6 +107,8 @@ def test_curvature_operators(client, chunking):
     for cls in (curvature.HessianOperator, curvature.GGNOperator, curvature.EFisherOperator):
         local, remote = cls(net, theta, X, y_reg, sw), cls(net, theta, dX, dy, dsw)
         assert close(local.matmat(V), remote.matmat(V)), cls.__name__
+    if chunking != "two-uneven":
+        return   # the spectral tools (one round trip per product) on one chunking
     local = curvature.HessianOperator(net, theta, X, y_reg, sw)
     remote = curvature.HessianOperator(net, theta, dX, dy, dsw, batch_size=5)
     assert close(curvature.eigenvalues(local, k=2, return_eigenvectors=False),
@@ -121,7 +123,7 @@ SOLVER_CASES = {
     "lm": ("levenberg_marquardt", dict(max_iter=6)),
     "lm-rows": ("levenberg_marquardt", dict(max_iter=4, accumulation="rows", block_size=5)),
     "hessian-free": ("hessian_free", dict(max_iter=3, cg_max_iter=10)),
-    "hessian-free-batch": ("hessian_free", dict(max_iter=3, cg_max_iter=10,
+    "hessian-free-batch": ("hessian_free", dict(max_iter=2, cg_max_iter=8,
                                                 curvature_batch_size=20,
                                                 preconditioner="diag_ggn", random_state=0)),
     "newton": ("newton", dict(max_iter=4)),
