@@ -202,6 +202,31 @@ def test_full_batch_fit_equals_local(client, kind, chunking, weighted, solver):
         assert remote.out_activation_ == local.out_activation_
 
 
+def test_warm_start_continues_like_local(client):
+    X, _, y_reg, _ = data()
+    params = dict(hidden_layer_sizes=(3,), solver="lm", max_iter=2, warm_start=True,
+                  random_state=0)
+    local = MLPRegressor(**params)
+    remote = DaskMLPRegressor(**params)
+    dX, dy = chunked(CHUNKINGS["two-uneven"], X, y_reg)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        for _ in range(2):
+            local.fit(X, y_reg)
+            remote.fit(dX, dy)
+    assert close(local.theta_, remote.theta_) and len(remote.loss_curve_) == 4
+
+
+def test_a_prepared_problem_passes_through_the_factory(client):
+    X, labels, _, _ = data()
+    Y = np.eye(3)[labels]
+    net = cbackprop.Network(SIZES, "tanh", "log_loss")
+    problem = make_problem(net, *chunked(CHUNKINGS["two-uneven"], X, Y))
+    assert make_problem(net, problem) is problem
+    with pytest.raises(ValueError, match="prepared problem stands for"):
+        make_problem(net, problem, Y)
+
+
 @pytest.mark.parametrize("solver", ["sgd", "adam"])
 def test_stochastic_is_partial_fit_over_the_blocks(client, solver):
     X, labels, _, sw = data()
