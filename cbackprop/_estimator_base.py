@@ -278,9 +278,15 @@ class BaseMLP(BaseEstimator):
         return self._as_targets(y)
 
     # ------------------------------------------------------------ lbfgs
+    def _make_problem(self, net, X, y, sample_weight):
+        """The prepared problem of the (validated) training data, for 'lbfgs'
+        and the second-order solvers; cluster-backed in :mod:`cbackprop.dask`."""
+        return Problem(net, np.ascontiguousarray(X, dtype=net.dtype), self._as_targets(y),
+                       sample_weight, validate=False)
+
     def _fit_lbfgs(self, X, y, sample_weight):
         net = self._scratch_network()
-        problem = Problem(net, X, self._as_targets(y), sample_weight, validate=False)
+        problem = self._make_problem(net, X, y, sample_weight)
         grad = np.empty(net.n_params, net.dtype)
         x_cast = None if net.dtype == np.float64 else np.empty(net.n_params, net.dtype)
         best = {"f": np.inf, "x": None}
@@ -349,8 +355,7 @@ class BaseMLP(BaseEstimator):
     def _fit_second_order(self, X, y, sample_weight):
         X_tr, y_tr, sw_tr, X_val, y_val, sw_val = self._validation_split(X, y, sample_weight)
         net = self._scratch_network()
-        X_tr = np.ascontiguousarray(X_tr, dtype=net.dtype)
-        Y_tr = self._as_targets(y_tr)
+        problem = self._make_problem(net, X_tr, y_tr, sw_tr)
         curve = self.loss_curve_ if self.warm_start and getattr(
             self, "loss_curve_", None) else ()
         self._start_records(curve)
@@ -359,7 +364,8 @@ class BaseMLP(BaseEstimator):
         self._best_seen = (math.inf, None)
         callback = self._second_order_callback(X_val, y_val, sw_val)
         try:
-            res = self._run_second_order(net, X_tr, Y_tr, sw_tr, callback)
+            # The prepared problem stands for (X, y, sample_weight) in the solver.
+            res = self._run_second_order(net, problem, callback)
         except ValueError as exc:
             if "bytes" in str(exc) and self.solver == "lm":
                 raise ValueError(f"{exc}; solver='hessian-free' needs no P x P matrix") from exc
@@ -395,32 +401,34 @@ class BaseMLP(BaseEstimator):
                 raise StopIteration
         return callback
 
-    def _run_second_order(self, net, X, Y, sw, callback):
+    def _run_second_order(self, net, problem, callback):
+        """The solver's result on the prepared problem (it stands for X, y
+        and sample_weight in the solver's call)."""
         kw = dict(max_iter=self.max_iter, gtol=self.tol, callback=callback)
         damping = getattr(self, "_damping", None) if self.warm_start else None
+        theta = self._theta
         if self.solver == "lm":
-            return optimize.levenberg_marquardt(net, self._theta, X, Y, sw,
-                                                mu=damping or 1e-3, **kw)
+            return optimize.levenberg_marquardt(net, theta, problem, None, mu=damping or 1e-3, **kw)
         if self.solver == "hessian-free":
-            return optimize.hessian_free(net, self._theta, X, Y, sw, damping=damping or 1.0,
+            return optimize.hessian_free(net, theta, problem, None, damping=damping or 1.0,
                                          random_state=self._random_state, **kw)
         if self.solver == "kfac":
-            return self._run_kfac(net, X, Y, sw, callback, damping)
-        return optimize.newton(net, self._theta, X, Y, sw, **kw)
+            return self._run_kfac(net, problem, callback, damping)
+        return optimize.newton(net, theta, problem, None, **kw)
 
-    def _run_kfac(self, net, X, Y, sw, callback, damping):
+    def _run_kfac(self, net, problem, callback, damping):
         """K-FAC full batch ('auto' batch_size) or on mini-batches of
         batch_size rows, max_iter epochs, the epoch losses in loss_curve_
         and scikit-learn's no-improvement rule ending the epochs."""
-        kw = _kfac.estimator_kwargs(self, X.shape[0])
+        kw = _kfac.estimator_kwargs(self, problem.n_rows)
         per_step = callback
         if kw["batch_size"] is not None:
             def per_epoch(r):
                 callback(r)
                 if self._no_improvement_count > self.n_iter_no_change:
                     raise StopIteration
-            per_step = _kfac.epoch_callback(per_epoch, X.shape[0])
-        return optimize.kfac(net, self._theta, X, Y, sw, damping=damping or 1.0,
+            per_step = _kfac.epoch_callback(per_epoch, problem.n_rows)
+        return optimize.kfac(net, self._theta, problem, None, damping=damping or 1.0,
                              callback=per_step, **kw)
 
     # ------------------------------------------------------------ sgd, adam

@@ -475,6 +475,10 @@ def kfac(net, theta0, X, y, sample_weight=None, *, max_iter=100, batch_size=None
         damping_every=damping_every, ema_decay=ema_decay, inverse_every=inverse_every,
         burnin=burnin, shuffle=shuffle, ftol=ftol, gtol=gtol, callback=callback), net)
     theta, problem = _prepare(net, theta0, X, y, sample_weight)
+    if not isinstance(problem, Problem):
+        raise ValueError("kfac needs the rows in memory (its mini-batches are drawn on "
+                         "the client); on cluster data use 'lbfgs', 'lm', "
+                         "'hessian-free' or 'newton'")
     X, Y, sw = problem.X, problem.Y, problem.sw
     rng = check_random_state(random_state)
     run = _Run(net, theta, _Batches(X, Y, sw, o["batch_size"], o["shuffle"], rng), o, rng)

@@ -272,4 +272,57 @@ def check_block(net, V):
     return Vk, vec
 
 
-__all__ = ["Problem", "as_float_array"]
+# ---------------------------------------------------------------- the factory
+def is_dask_collection(obj):
+    """Whether obj is a dask collection (array, dataframe, series), told by
+    the dask collection protocol so that dask is never imported here."""
+    graph = getattr(type(obj), "__dask_graph__", None)
+    return graph is not None and callable(graph)
+
+
+def is_prepared(obj):
+    """Whether obj is already a prepared problem (in memory or on a cluster)."""
+    return isinstance(obj, Problem) or getattr(obj, "is_cluster_problem", False)
+
+
+def make_problem(net, X, y=None, sample_weight=None, **kw):
+    """The prepared problem of the data, wherever the data live.
+
+    An in-memory :class:`Problem`, or a
+    :class:`cbackprop._dask_problem.DaskProblem` when X is a dask collection
+    (the rows stay on the workers of the cluster). A problem passed as X
+    (y and sample_weight None) is returned unchanged, so that a caller can
+    prepare the data once for several solver calls.
+
+    Parameters
+    ----------
+    net : Network
+    X, y, sample_weight : the data, or X a prepared problem of net
+    **kw : keyword arguments of Problem (or DaskProblem)
+    """
+    if is_prepared(X):
+        if y is not None or sample_weight is not None or X.net.layer_sizes != net.layer_sizes:
+            raise ValueError("a prepared problem stands for X, y and sample_weight: pass "
+                             "y=None and sample_weight=None, and the problem's network")
+        return X
+    if is_dask_collection(X):
+        from cbackprop._dask_problem import DaskProblem
+        return DaskProblem(net, X, y, sample_weight, **kw)
+    return Problem(net, X, y, sample_weight, **kw)
+
+
+def sum_over_parts(problem, fn, *args):
+    """``fn(part, *args)`` summed over the in-memory parts of a problem.
+
+    The parts of a cluster problem are its workers' in-memory problems
+    (normalized by the global weight sum, one carrying the regularizer), so
+    any row-summed quantity of an in-memory problem (a diagonal, a dense
+    matrix, an LM accumulation) is computed on the cluster by this one call;
+    an in-memory problem is its own single part.
+    """
+    if isinstance(problem, Problem):
+        return fn(problem, *args)
+    return problem.sum_over_parts(fn, *args)
+
+
+__all__ = ["Problem", "as_float_array", "make_problem", "sum_over_parts"]

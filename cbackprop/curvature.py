@@ -32,7 +32,7 @@ import numpy as np
 from scipy.linalg import eigh_tridiagonal
 from scipy.sparse.linalg import LinearOperator, eigsh
 
-from cbackprop._problem import Problem
+from cbackprop._problem import make_problem
 from cbackprop._validation import check_theta
 
 __all__ = ["CurvatureOperator", "HessianOperator", "GGNOperator", "EFisherOperator",
@@ -117,7 +117,10 @@ class CurvatureOperator(LinearOperator):
     theta : array-like of shape (P,)
         Parameters at which the curvature is taken.
     X : array-like of shape (N, n_0)
-        Inputs.
+        Inputs. A row-chunked dask array (or dataframe) keeps the rows on the
+        workers of a dask.distributed cluster: each product is then a sum of
+        per-worker products (see :mod:`cbackprop.dask`); y and sample_weight
+        are then dask collections with X's row chunks.
     y : array-like of shape (N, n_L) or (N,)
         Targets, as for ``net.loss_grad``.
     sample_weight : array-like of shape (N,), optional
@@ -149,7 +152,8 @@ class CurvatureOperator(LinearOperator):
     def __init__(self, net, theta, X, y, sample_weight=None, batch_size=None):
         if batch_size is not None:
             batch_size = _check_int(batch_size, "batch_size", 1)
-        self._problem = Problem(net, X, y, sample_weight, max_rows=batch_size)
+        # In memory, or (X a dask collection) the rows kept on a cluster.
+        self._problem = make_problem(net, X, y, sample_weight, max_rows=batch_size)
         self.net = net
         self.theta = check_theta(theta, net.n_params, net.dtype)
         self.X, self.y, self.sample_weight = (self._problem.X, self._problem.Y,

@@ -24,18 +24,23 @@ result has ``x, fun, jac, nit, nfev, njev, nhev, status, success, message``;
 
 The objective is the network's: ``sum_i w_i l_i / W + alpha / (2 W)
 sum_l ||W_l||^2`` (W the sum of sample weights), in the network's dtype.
+
+X, y and sample_weight may be row-chunked dask arrays: every solver then runs
+on the client over sums of per-worker results, the rows staying on the
+workers (see :mod:`cbackprop.dask`).
 """
 import functools
 import math
 import numbers
 
 import numpy as np
+from scipy.linalg import LinAlgError, cho_factor, cho_solve
 from scipy.optimize import OptimizeResult, minimize
 from sklearn.utils import check_random_state
 
 from cbackprop import _lm
 from cbackprop._assembly import check_dense, diag_efisher, diag_ggn
-from cbackprop._problem import Problem
+from cbackprop._problem import Problem, make_problem, sum_over_parts
 from cbackprop._validation import check_theta
 
 __all__ = ["levenberg_marquardt", "hessian_free", "newton", "kfac", "quasi_hessian",
@@ -97,10 +102,14 @@ def _check_callback(callback):
 
 
 def _prepare(net, theta0, X, y, sample_weight):
-    """(a private working copy of theta0, the prepared problem)."""
+    """(a private working copy of theta0, the prepared problem).
+
+    X, y, sample_weight may be in-memory arrays, dask collections (the rows
+    stay on the cluster) or, X alone, an already prepared problem.
+    """
     theta = check_theta(theta0, net.n_params, net.dtype)
     # A private working copy: theta0 is never written to, whatever its type.
-    return np.array(theta, copy=True), Problem(net, X, y, sample_weight)
+    return np.array(theta, copy=True), make_problem(net, X, y, sample_weight)
 
 
 def _gradient_converged(g, gtol):
@@ -108,6 +117,14 @@ def _gradient_converged(g, gtol):
     (the max-norm, as L-BFGS-B's ``pgtol`` and scikit-learn's ``tol``)."""
     gmax = float(np.max(np.abs(g)))
     return gmax <= gtol and math.isfinite(gmax)
+
+
+def _stop_before_step(g, gtol, nit, max_iter):
+    """Status 1 (gradient test) or 0 (max_iter reached) when the solver stops
+    before its next step, else None."""
+    if _gradient_converged(g, gtol):
+        return 1
+    return 0 if nit >= max_iter else None
 
 
 def _stalled(f_old, f_new, ftol):
@@ -216,19 +233,27 @@ def quasi_hessian(net, theta, X, y, sample_weight=None, *, block_size=None,
     grad : ndarray of shape (n_params,)
     G : ndarray of shape (n_params, n_params), symmetric
     """
-    P = net.n_params
     check_dense(net, None)
     kron = _check_accumulation(accumulation, net)
     theta, problem = _prepare(net, theta, X, y, sample_weight)
+    f, g, G = sum_over_parts(problem, _accumulate, theta, block_size, kron)
+    G += np.triu(G, 1).T
+    return f, g, G
+
+
+def _accumulate(problem, theta, block_size, kron):
+    """(loss, gradient, upper triangle of the GGN) of an in-memory problem,
+    lower triangle zero: one term of a sum over parts of the rows."""
+    net = problem.net
+    P = net.n_params
     block = _block_rows(block_size, net, problem.n_rows, kron)
     G = np.empty((P, P), net.dtype)
     g = np.empty(P, net.dtype)
+    # The kernel adds alpha / W: the alpha that makes the problem's reg_coef.
     f = _lm.quasi_hessian(net._plan, theta, problem.X, problem.Y, problem.sw,
                           problem.weight_sum, problem.alpha, G, g,
                           _lm.LMWorkspace(net._plan, block, kron, net.dtype))
-    G = np.triu(G)
-    G += np.triu(G, 1).T
-    return f, g, G
+    return f, g, np.triu(G)
 
 
 def levenberg_marquardt(net, theta0, X, y, sample_weight=None, *, mu=1e-3, mu_dec=0.1,
@@ -261,6 +286,10 @@ def levenberg_marquardt(net, theta0, X, y, sample_weight=None, *, mu=1e-3, mu_de
     theta0 : array of shape (n_params,)
         Starting point; not modified.
     X, y, sample_weight : the training data (see ``Network.loss``).
+        Row-chunked dask arrays keep the rows on a dask.distributed cluster
+        (see :mod:`cbackprop.dask`): G and g are then sums of per-worker
+        accumulations (P x P each), and the damped solves and the schedule
+        run on the client, one round of losses per trial step.
     mu : float > 0
         Initial damping.
     mu_dec : float in (0, 1)
@@ -306,7 +335,6 @@ def levenberg_marquardt(net, theta0, X, y, sample_weight=None, *, mu=1e-3, mu_de
     P = net.n_params
     check_dense(net, None)
     theta, problem = _prepare(net, theta0, X, y, sample_weight)
-    block = _block_rows(block_size, net, problem.n_rows, kron)
     G = np.empty((P, P), net.dtype)
     g = np.empty(P, net.dtype)
 
@@ -316,13 +344,88 @@ def levenberg_marquardt(net, theta0, X, y, sample_weight=None, *, mu=1e-3, mu_de
             return _call(callback, OptimizeResult(x=theta.copy(), fun=fun, jac=g.copy(),
                                                   nit=nit, mu=mu_now))
 
-    options = dict(mu=mu, mu_dec=mu_dec, mu_inc=mu_inc, mu_max=mu_max, mu_min=MU_MIN,
-                   max_iter=max_iter, ftol=ftol, gtol=gtol)
-    status, nit, nfev, njev, nhev, f, mu = _lm.lm_loop(
-        net._plan, theta, problem.X, problem.Y, problem.sw, problem.weight_sum, problem.alpha,
-        options, g, G, _lm.LMWorkspace(net._plan, block, kron, net.dtype), report)
+    schedule = dict(mu=mu, mu_dec=mu_dec, mu_inc=mu_inc, mu_max=mu_max, mu_min=MU_MIN,
+                    max_iter=max_iter, ftol=ftol, gtol=gtol)
+    if isinstance(problem, Problem):
+        # In memory: the whole loop in one kernel call.
+        block = _block_rows(block_size, net, problem.n_rows, kron)
+        status, nit, nfev, njev, nhev, f, mu = _lm.lm_loop(
+            net._plan, theta, problem.X, problem.Y, problem.sw, problem.weight_sum,
+            problem.alpha, schedule, g, G, _lm.LMWorkspace(net._plan, block, kron, net.dtype),
+            report)
+    else:
+        status, nit, nfev, njev, nhev, f, mu = _lm_loop_over_parts(
+            problem, theta, block_size, kron, g=g, G=G, report=report, **schedule)
     return _result(int(status), x=theta, fun=float(f), jac=g, nit=nit, nfev=nfev,
                    njev=njev, nhev=nhev, mu=mu)
+
+
+def _damped_solve(G, mu, g):
+    """d = -(G + mu I)^{-1} g by Cholesky (G symmetric), or None when the
+    damped matrix is not numerically positive definite or d is not finite."""
+    A = G + mu * np.eye(G.shape[0], dtype=G.dtype)
+    try:
+        d = -cho_solve(cho_factor(A, check_finite=False), g, check_finite=False)
+    except LinAlgError:
+        return None
+    return d if np.isfinite(d).all() else None
+
+
+def _lm_loop_over_parts(problem, theta, block_size, kron, mu, mu_dec, mu_inc, mu_max,
+                        mu_min, max_iter, ftol, gtol, g, G, report):
+    """The loop of ``_lm.lm_loop`` on a problem whose rows are in parts
+    (a cluster): each G and g is a sum of the parts' accumulations, the
+    damped solves and trainlm's schedule run here, and each trial step costs
+    one loss evaluation (a round over the parts). Same decisions, same
+    counts, same return value as the kernel loop; theta and g in place."""
+    def accumulate():
+        f, g[:], upper = sum_over_parts(problem, _accumulate, theta, block_size, kron)
+        np.copyto(G, upper)
+        G[...] += np.triu(upper, 1).T
+        return f
+
+    f = accumulate()
+    nfev = njev = nhev = 1
+    if not math.isfinite(f):
+        raise ValueError(f"the loss at theta0 is not finite ({f})")
+    nit = 0
+    while True:
+        status = _stop_before_step(g, gtol, nit, max_iter)
+        if status is not None:
+            break
+        trial = None
+        while True:
+            d = _damped_solve(G, mu, g)
+            if d is not None:
+                x = theta + d
+                f_try = problem.loss(x)
+                nfev += 1
+                if math.isfinite(f_try) and f_try < f:
+                    trial = x
+                    break
+            mu *= mu_inc
+            if mu > mu_max:
+                break
+        if trial is None:
+            status = -3
+            break
+        theta[:] = trial
+        mu = max(mu * mu_dec, mu_min)
+        nit += 1
+        stop_ftol = _stalled(f, f_try, ftol)
+        if not stop_ftol and nit < max_iter:
+            f = accumulate()
+            nhev += 1
+        else:
+            f = problem.loss_grad(theta, g)
+        njev += 1
+        if report is not None and report(nit, f, mu):
+            status = -2
+            break
+        if stop_ftol:
+            status = 2
+            break
+    return status, nit, nfev, njev, nhev, f, mu
 
 
 # ----------------------------------------------------------- Hessian-free
@@ -346,7 +449,7 @@ class _GGN:
 
     def diagonal(self, kind):
         quantity = {"diag_ggn": diag_ggn, "diag_efisher": diag_efisher}[kind]
-        return quantity(self.problem, self.theta).astype(np.float64)
+        return sum_over_parts(self.problem, quantity, self.theta).astype(np.float64)
 
 
 def _check_batch(curvature_batch_size, n_samples):
@@ -517,13 +620,9 @@ def hessian_free(net, theta0, X, y, sample_weight=None, *, max_iter=100, damping
     full = _GGN(problem, theta)   # theta: the working array
     nhev = ncg = nit = 0
     d_prev = None
-    status = 0
     while True:
-        if _gradient_converged(g, gtol):
-            status = 1
-            break
-        if nit >= max_iter:
-            status = 0
+        status = _stop_before_step(g, gtol, nit, max_iter)
+        if status is not None:
             break
         # ---- curvature (at theta: `full` reads the working array)
         curv = full
