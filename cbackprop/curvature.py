@@ -30,7 +30,7 @@ import numbers
 
 import numpy as np
 from scipy.linalg import eigh_tridiagonal
-from scipy.sparse.linalg import LinearOperator, eigsh
+from scipy.sparse.linalg import LinearOperator, aslinearoperator, eigsh
 
 __all__ = ["CurvatureOperator", "HessianOperator", "GGNOperator", "EFisherOperator",
            "eigenvalues", "trace", "spectral_density", "stochastic_lanczos_quadrature"]
@@ -71,6 +71,18 @@ def _weight_mask(layer_sizes):
     return np.concatenate(parts)
 
 
+def _as_operator(op):
+    """``op`` as a LinearOperator: a dense or sparse matrix, or anything with
+    ``shape`` and ``matvec``, through ``scipy.sparse.linalg.aslinearoperator``."""
+    if isinstance(op, LinearOperator):
+        return op
+    try:
+        return aslinearoperator(op)
+    except TypeError:
+        raise TypeError(f"op must be a LinearOperator, a dense or sparse matrix or an "
+                        f"object with shape and matvec, got {type(op).__name__}") from None
+
+
 def _square_size(op):
     """P for a square (P, P) operator, else ValueError."""
     shape = getattr(op, "shape", None)
@@ -93,6 +105,7 @@ def _float64(op):
     """``op`` itself if its dtype is float64, else a float64 view of it for ARPACK."""
     if op.dtype == np.float64:
         return op
+    op = _as_operator(op)
 
     def matmat(V):
         return np.asarray(op.matmat(V), dtype=np.float64)
@@ -107,28 +120,27 @@ def _float64(op):
 # ======================================================================================
 # operators
 # ======================================================================================
-class CurvatureOperator(LinearOperator):
-    """Base of the curvature operators: validation, data loop and normalization.
-
-    Subclasses implement :meth:`_batch_matmat`, one product of a Network method with
-    a block of vectors on one chunk of rows. Nothing is computed at construction.
-
+_PARAMETERS = """\
     Parameters
     ----------
     net : cbackprop.Network
-        Architecture, activation, loss, ``alpha`` and dtype.
+        Architecture, activation, loss, ``alpha`` and dtype; P is ``net.n_params``.
     theta : array-like of shape (P,)
         Parameters at which the curvature is taken.
     X : array-like of shape (N, n_0)
         Inputs.
     y : array-like of shape (N, n_L) or (N,)
-        Targets, as for ``net.loss_grad``.
+        Targets, as for ``net.loss_grad``: one-hot rows for 'log_loss', 0/1
+        columns for 'binary_log_loss' (``est.network_targets(y)`` makes them
+        from a fitted estimator's labels).
     sample_weight : array-like of shape (N,), optional
         Sample weights ``w_i`` (all ones when None).
     batch_size : int >= 1, optional
         Stream X in chunks of at most this many rows (None: all rows at once).
         The result equals the unchunked product to rounding.
+"""
 
+_ATTRIBUTES = """\
     Attributes
     ----------
     shape : tuple (P, P)
@@ -138,7 +150,24 @@ class CurvatureOperator(LinearOperator):
         The validated inputs (arrays of ``net.dtype``; ``sample_weight`` may be None).
     sample_weight_sum : float
         ``W``, the sum of the sample weights (``N`` when None).
+"""
 
+_INIT_DOC = """Validate the inputs of {what}; nothing is computed yet.
+
+    ``theta``, ``X``, ``y`` and ``sample_weight`` are checked against ``net`` and
+    converted to ``net.dtype`` once; every product then streams the data.
+
+{parameters}"""
+
+
+class CurvatureOperator(LinearOperator):
+    __doc__ = """Base of the curvature operators: validation, data loop and normalization.
+
+    Subclasses implement :meth:`_batch_matmat`, one product of a Network method with
+    a block of vectors on one chunk of rows. Nothing is computed at construction.
+
+{parameters}
+{attributes}
     Notes
     -----
     Every Network product on a chunk ``b`` is normalized by the chunk's own weight
@@ -151,7 +180,7 @@ class CurvatureOperator(LinearOperator):
     with ``D`` the weight mask; chunks whose weights sum to zero contribute
     nothing and are skipped. Without chunking (``batch_size`` None or ``>= N``) the
     Network method is called once on all the data, with ``net`` itself.
-    """
+    """.format(parameters=_PARAMETERS, attributes=_ATTRIBUTES)
 
     def __init__(self, net, theta, X, y, sample_weight=None, batch_size=None):
         if batch_size is not None:
@@ -164,6 +193,9 @@ class CurvatureOperator(LinearOperator):
         self._data_net = None  # the alpha = 0 twin, built by the first chunked product
         P = int(net.n_params)
         super().__init__(np.dtype(net.dtype), (P, P))
+
+    __init__.__doc__ = _INIT_DOC.format(what="a curvature operator (of a subclass)",
+                                        parameters=_PARAMETERS)
 
     # ------------------------------------------------------------------ subclass hook
     def _batch_matmat(self, net, X, y, sample_weight, V):
@@ -257,31 +289,80 @@ class CurvatureOperator(LinearOperator):
         return self
 
 
-class HessianOperator(CurvatureOperator):
-    """The Hessian of the objective, products by ``Network.hvp`` (Pearlmutter's R-operator).
+def _operator_init(class_name, what):
+    """A subclass's own ``__init__`` (same signature), documented for ``what``."""
+    def __init__(self, net, theta, X, y, sample_weight=None, batch_size=None):
+        CurvatureOperator.__init__(self, net, theta, X, y, sample_weight, batch_size)
+    __init__.__qualname__ = f"{class_name}.__init__"
+    __init__.__doc__ = _INIT_DOC.format(what=what, parameters=_PARAMETERS)
+    return __init__
 
-    Parameters and attributes: see :class:`CurvatureOperator`.
-    """
+
+_OPERATOR_DOC = """{summary}
+
+        ``{formula}``
+
+    a symmetric (P, P) matrix, with ``c_i = w_i / W``, ``W = sum_i w_i`` and ``D``
+    the 0/1 diagonal of the weight entries of theta. {detail}
+
+    Products with a (P, k) block call ``Network.{method}`` once per chunk of rows,
+    for all k columns together; the matrix itself is never formed.
+
+{parameters}
+{attributes}
+    Examples
+    --------
+    >>> import numpy as np
+    >>> from cbackprop import Network
+    >>> from cbackprop.curvature import {name}
+    >>> net = Network([3, 4, 1], activation="tanh", alpha=0.1)
+    >>> theta = net.init_params(0)
+    >>> X = np.random.default_rng(0).normal(size=(20, 3))
+    >>> op = {name}(net, theta, X, X[:, 0], batch_size=8)
+    >>> op.shape
+    (21, 21)
+    >>> bool(np.allclose(op @ np.eye(21), net.{dense}(theta, X, X[:, 0])))
+    True
+"""
+
+
+class HessianOperator(CurvatureOperator):
+    __doc__ = _OPERATOR_DOC.format(
+        summary="The Hessian of the training objective, as a LinearOperator.",
+        formula="H = sum_i c_i d^2 l_i / dtheta^2 + alpha / W * D",
+        detail="In general indefinite; products by\n    Pearlmutter's R-operator.",
+        method="hvp", name="HessianOperator", dense="hessian",
+        parameters=_PARAMETERS, attributes=_ATTRIBUTES)
+    __init__ = _operator_init("HessianOperator", "the Hessian operator")
 
     def _batch_matmat(self, net, X, y, sample_weight, V):
         return net.hvp(self.theta, X, y, V, sample_weight=sample_weight)
 
 
 class GGNOperator(CurvatureOperator):
-    """The generalized Gauss-Newton matrix ``J^T H_loss J``, products by ``Network.ggn_vp``.
-
-    Parameters and attributes: see :class:`CurvatureOperator`.
-    """
+    __doc__ = _OPERATOR_DOC.format(
+        summary="The generalized Gauss-Newton matrix, as a LinearOperator.",
+        formula="G = sum_i c_i J_i^T H_i J_i + alpha / W * D",
+        detail=("``J_i`` (n_L, P) is the Jacobian of\n    sample i's raw outputs "
+                "and ``H_i`` (n_L, n_L) the Hessian of its loss in them:\n    "
+                "G is positive semi-definite."),
+        method="ggn_vp", name="GGNOperator", dense="ggn",
+        parameters=_PARAMETERS, attributes=_ATTRIBUTES)
+    __init__ = _operator_init("GGNOperator", "the generalized Gauss-Newton operator")
 
     def _batch_matmat(self, net, X, y, sample_weight, V):
         return net.ggn_vp(self.theta, X, y, V, sample_weight=sample_weight)
 
 
 class EFisherOperator(CurvatureOperator):
-    """The empirical Fisher ``sum_i c_i g_i g_i^T``, products by ``Network.efisher_vp``.
-
-    Parameters and attributes: see :class:`CurvatureOperator`.
-    """
+    __doc__ = _OPERATOR_DOC.format(
+        summary="The empirical Fisher matrix, as a LinearOperator.",
+        formula="F = sum_i c_i g_i g_i^T + alpha / W * D",
+        detail=("``g_i`` (P,) is the gradient of\n    sample i's loss ``l_i`` "
+                "(unscaled, no penalty): F is positive semi-definite."),
+        method="efisher_vp", name="EFisherOperator", dense="efisher",
+        parameters=_PARAMETERS, attributes=_ATTRIBUTES)
+    __init__ = _operator_init("EFisherOperator", "the empirical Fisher operator")
 
     def _batch_matmat(self, net, X, y, sample_weight, V):
         return net.efisher_vp(self.theta, X, y, V, sample_weight=sample_weight)
@@ -305,7 +386,7 @@ def eigenvalues(op, k=6, which="LA", *, random_state=None, return_eigenvectors=T
 
     Parameters
     ----------
-    op : LinearOperator of shape (P, P)
+    op : LinearOperator, ndarray or sparse matrix of shape (P, P)
         Symmetric (a curvature operator, or anything ``eigsh`` accepts). Operators
         of another dtype than float64 are wrapped in a float64 view.
     k : int, 1 <= k < P
@@ -370,8 +451,8 @@ def trace(op, n_matvecs=30, method="hutch++", random_state=None, block_size=None
 
     Parameters
     ----------
-    op : LinearOperator of shape (P, P)
-        Symmetric.
+    op : LinearOperator, ndarray or sparse matrix of shape (P, P)
+        Symmetric; anything ``scipy.sparse.linalg.aslinearoperator`` accepts.
     n_matvecs : int >= 1 (>= 3 for Hutch++)
         Budget of products with ``op`` (columns of the blocks passed to ``matmat``).
         When ``n_matvecs >= P`` the trace is computed exactly from the P unit
@@ -392,6 +473,7 @@ def trace(op, n_matvecs=30, method="hutch++", random_state=None, block_size=None
     -------
     estimate : float
     """
+    op = _as_operator(op)
     P = _square_size(op)
     if method not in ("hutch++", "hutchinson"):
         raise ValueError(f"unknown method {method!r}; expected 'hutch++' or 'hutchinson'")
@@ -503,8 +585,8 @@ def stochastic_lanczos_quadrature(op, n_probes=10, n_iter=30, random_state=None,
 
     Parameters
     ----------
-    op : LinearOperator of shape (P, P)
-        Symmetric.
+    op : LinearOperator, ndarray or sparse matrix of shape (P, P)
+        Symmetric; anything ``scipy.sparse.linalg.aslinearoperator`` accepts.
     n_probes : int >= 1
         Number of random probes (Lanczos runs, done in lockstep: each step is one
         ``matmat`` with one column per probe).
@@ -522,6 +604,7 @@ def stochastic_lanczos_quadrature(op, n_probes=10, n_iter=30, random_state=None,
     weights : ndarray of shape (n_nodes,)
         Non-negative, summing to 1 (each probe's weights sum to ``1 / n_probes``).
     """
+    op = _as_operator(op)
     P = _square_size(op)
     n_probes = _check_int(n_probes, "n_probes", 1)
     n_iter = _check_int(n_iter, "n_iter", 1)
@@ -554,8 +637,8 @@ def spectral_density(op, n_probes=10, n_iter=30, grid=512, sigma=None, random_st
 
     Parameters
     ----------
-    op : LinearOperator of shape (P, P)
-        Symmetric.
+    op : LinearOperator, ndarray or sparse matrix of shape (P, P)
+        Symmetric; anything ``scipy.sparse.linalg.aslinearoperator`` accepts.
     n_probes : int >= 1
         Random probes.
     n_iter : int >= 1
