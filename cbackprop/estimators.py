@@ -354,7 +354,7 @@ class MLPClassifier(ClassifierMixin, BaseMLP):
         return np.log(y_prob, out=y_prob)
 
     def network_targets(self, y):
-        """Class labels y as the targets of ``network_``.
+        """Return class labels y as the targets of ``network_``.
 
         ``network_`` works on 0/1 target matrices: one-hot rows for
         multiclass y (loss 'log_loss'), one 0/1 column for binary y and the
@@ -482,7 +482,7 @@ class MLPRegressor(RegressorMixin, BaseMLP):
         return self._score_with_function(X, y, sample_weight, r2_score)
 
     def network_targets(self, y):
-        """Targets y as the 2-D float targets of ``network_``.
+        """Return targets y as the 2-D float targets of ``network_``.
 
         With them every method of :class:`cbackprop.Network` applies to the
         fitted model, e.g. ``reg.network_.hvp(reg.theta_, X, reg.network_targets(y), V)``;
