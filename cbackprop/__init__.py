@@ -1,10 +1,31 @@
 """cbackprop: fast first- and second-order backpropagation for MLPs.
 
 Typed Cython kernels over SciPy's BLAS compute the forward pass, the loss,
-its gradient and (see :mod:`cbackprop.curvature`) exact curvature.
-"""
-from cbackprop.network import Network
-from cbackprop.estimators import MLPClassifier, MLPRegressor
+its gradient and exact curvature. The package namespace holds
 
-__all__ = ["Network", "MLPClassifier", "MLPRegressor"]
+* :class:`Network`: an MLP's losses, gradients and curvature as pure
+  functions of a flat parameter vector;
+* :class:`MLPClassifier`, :class:`MLPRegressor`: drop-ins for scikit-learn's;
+* :mod:`cbackprop.curvature`: curvature matrices as SciPy LinearOperators,
+  eigenvalues, traces and spectral densities;
+* :mod:`cbackprop.optimize`: second-order training (Levenberg-Marquardt,
+  Hessian-free, trust-region Newton, K-FAC);
+* :mod:`cbackprop.dask` (extra ``cbackprop[dask]``): the estimators, operators and
+  solvers on row-chunked dask arrays across a dask.distributed cluster; imported
+  on first use, so that ``import cbackprop`` never imports dask.
+"""
+import importlib
+
+from cbackprop import curvature, optimize
+from cbackprop.estimators import MLPClassifier, MLPRegressor
+from cbackprop.network import Network
+
+__all__ = ["Network", "MLPClassifier", "MLPRegressor", "curvature", "optimize"]
 __version__ = "0.1.0"
+
+
+def __getattr__(name):
+    # cbackprop.dask on first access: dask is an optional dependency.
+    if name == "dask":
+        return importlib.import_module("cbackprop.dask")
+    raise AttributeError(f"module 'cbackprop' has no attribute {name!r}")

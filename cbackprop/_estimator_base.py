@@ -28,6 +28,7 @@ from sklearn.utils.validation import _check_sample_weight, check_is_fitted, vali
 from cbackprop import _train, optimize
 from cbackprop import _kfac  # after optimize, whose helpers it uses
 from cbackprop._problem import Problem
+from cbackprop._callbacks import CallbackSupportMixin, FitTasks
 from cbackprop._stochastic import AdamState, SGDState
 from cbackprop.network import ACTIVATIONS, Network
 
@@ -41,6 +42,9 @@ _DAMPING = {"lm": "mu", "hessian-free": "damping", "kfac": "damping"}  # in each
 STOCHASTIC_SOLVERS = ("sgd", "adam")
 SECOND_ORDER_SOLVERS = ("lm", "hessian-free", "newton", "kfac")
 SOLVERS = ("lbfgs", "sgd", "adam") + SECOND_ORDER_SOLVERS
+
+# scipy.optimize.minimize's status after the callback raised StopIteration.
+_CALLBACK_STOP_STATUS = 99
 
 # An epoch whose mean loss exceeds this factor times the reference loss
 # (see BaseMLP._reference_loss) is taken as diverged.
@@ -81,11 +85,11 @@ def _zero_weight_batch(sw, order, batch_size):
     return bool((sums == 0).any())
 
 
-class BaseMLP(BaseEstimator):
+class BaseMLP(CallbackSupportMixin, BaseEstimator):
     """Base class of the MLP estimators; use MLPClassifier or MLPRegressor."""
 
     _parameter_constraints = _parameter_constraints(_SkMLPRegressor)
-    del _parameter_constraints["loss"]
+    _parameter_constraints.pop("loss", None)  # absent before scikit-learn 1.7
 
     def __init__(self, hidden_layer_sizes, activation, solver, alpha, batch_size,
                  learning_rate, learning_rate_init, power_t, max_iter, loss, shuffle,
@@ -148,6 +152,7 @@ class BaseMLP(BaseEstimator):
         ``network_`` method, for example ``est.network_.hessian(est.theta_, X, y)``.
         """
         check_is_fitted(self)
+        self._sync_network()
         return self._current_theta()
 
     def __getstate__(self):
@@ -169,6 +174,7 @@ class BaseMLP(BaseEstimator):
     # ------------------------------------------------------------ forward
     def _raw_predict(self, X, check_input=True):
         """Outputs after the link, (N, n_outputs), in the model's dtype."""
+        self._sync_network()
         if check_input:
             X = validate_data(self, X, reset=False, dtype=self.network_.dtype, order="C")
         elif X.dtype != self.network_.dtype or not X.flags.c_contiguous:
@@ -218,7 +224,7 @@ class BaseMLP(BaseEstimator):
         hidden = _hidden_layer_sizes(self.hidden_layer_sizes)
         first_pass = not hasattr(self, "coefs_") or (not self.warm_start and not incremental)
         X, y = self._validate_input(X, y, incremental, reset=first_pass)
-        if not first_pass and X.dtype != self.network_.dtype:
+        if not first_pass and X.dtype != self._sync_network().dtype:
             X = X.astype(self.network_.dtype)  # continue in the model's dtype
         X = np.ascontiguousarray(X)
         if sample_weight is not None:
@@ -237,11 +243,6 @@ class BaseMLP(BaseEstimator):
                     f"warm_start / partial_fit needs the fitted architecture "
                     f"{list(self.network_.layer_sizes)}, got {layer_units}: "
                     f"hidden_layer_sizes or the number of outputs changed.")
-            if (self.activation != self.network_.activation
-                    or float(self.alpha) != self.network_.alpha):
-                self.network_ = Network(layer_units, self.activation,
-                                        self._network_loss(), alpha=self.alpha,
-                                        dtype=self.network_.dtype)
             # Continue from coefs_ / intercepts_ (rebinding them if needed).
             self._bind(np.array(self._current_theta(), copy=not self._views_in_sync()))
 
@@ -306,9 +307,12 @@ class BaseMLP(BaseEstimator):
 
         iprint = 1 if (self.verbose is True or self.verbose >= 1) else -1
         nit = [0]
+        report = self._lbfgs_callback()
 
         def count(intermediate_result):
             nit[0] += 1
+            if report is not None:
+                report(intermediate_result)
 
         try:
             opt_res = scipy.optimize.minimize(
@@ -332,7 +336,7 @@ class BaseMLP(BaseEstimator):
                 f"best finite parameters seen (loss = {best['f']:.6g}); scale the "
                 "data or increase alpha.", ConvergenceWarning, stacklevel=3)
             x, f = best["x"], best["f"]
-        elif opt_res.status != 0:
+        elif opt_res.status not in (0, _CALLBACK_STOP_STATUS):
             status = optimize.LBFGSB_STATUS.get(int(opt_res.status), -6)
             msg = (f"lbfgs failed to converge after {self.n_iter_} iteration(s) "
                    f"(status={status}: {optimize.TERMINATION_MESSAGES[status]}):\n"
@@ -387,6 +391,7 @@ class BaseMLP(BaseEstimator):
         key = _DAMPING.get(self.solver)
 
         def callback(r):
+            stop = self._callback_iteration_end(r.x)   # scikit-learn's callbacks
             if verbose:
                 extra = f", {key} = {r[key]:.3g}" if key and key in r else ""
                 print(f"Iteration {len(self.loss_curve_) + 1}, loss = {r.fun:.8f}{extra}")
@@ -397,7 +402,8 @@ class BaseMLP(BaseEstimator):
             self._record(float(r.fun), X_val, y_val, sw_val)
             # The solvers have their own tolerances; only a validation score
             # that stopped improving ends the fit early.
-            if self.early_stopping and self._no_improvement_count > self.n_iter_no_change:
+            if stop or (self.early_stopping
+                        and self._no_improvement_count > self.n_iter_no_change):
                 raise StopIteration
         return callback
 
@@ -543,6 +549,8 @@ class BaseMLP(BaseEstimator):
                     print("Iteration %d, loss = %.8f" % (self.n_iter_, self.loss_))
                 self._record(self.loss_, X_val, y_val, sw_val)
                 optimizer.iteration_ends(self.t_)
+                if self._callback_iteration_end(theta):
+                    break
 
                 if self._no_improvement_count > self.n_iter_no_change:
                     if early_stopping:
@@ -685,3 +693,66 @@ class BaseMLP(BaseEstimator):
         tags = super().__sklearn_tags__()
         tags.input_tags.sparse = False  # dense kernels: sparse X is refused
         return tags
+
+    # ------------------------------------------------------------ hand-set weights
+    def _sync_network(self):
+        """``network_``, (re)built when missing or stale; returns it.
+
+        As in scikit-learn, the public fitted attributes define the model:
+        ``coefs_`` and ``intercepts_`` (their shapes give the layer sizes),
+        ``out_activation_`` (the loss) and the ``activation`` and ``alpha``
+        parameters. When these were set by hand, or changed since
+        ``network_`` was built, a new Network describes them, in float32 when
+        every array of ``coefs_`` and ``intercepts_`` is float32, else float64.
+        """
+        params = (*self.coefs_, *self.intercepts_)
+        sizes = (np.shape(self.coefs_[0])[0], *(np.shape(c)[1] for c in self.coefs_))
+        f32 = all(getattr(p, "dtype", None) == np.float32 for p in params)
+        key = (sizes, self.activation, self._network_loss(), float(self.alpha),
+               np.dtype(np.float32 if f32 else np.float64))
+        net = self.__dict__.get("network_")
+        if net is None or (net.layer_sizes, net.activation, net.loss_name, net.alpha,
+                           np.dtype(net.dtype)) != key:
+            self.network_ = Network(sizes, self.activation, key[2], alpha=self.alpha,
+                                    dtype=key[4])
+        return self.network_
+
+    # ------------------------------------------------------------ callbacks
+    def _fit_with_callbacks(self, X, y, sample_weight, incremental):
+        """``_fit`` inside the callback tasks of scikit-learn's callback API.
+
+        The root task gets one subtask per epoch ('sgd', 'adam': one for
+        ``partial_fit``) or per iteration (the other solvers).
+        """
+        stochastic = self.solver in STOCHASTIC_SOLVERS
+        tasks = FitTasks.open(self, X, y, sample_weight,
+                              1 if incremental else self.max_iter,
+                              "epoch" if stochastic else "iteration")
+        if tasks is None:
+            return self._fit(X, y, sample_weight=sample_weight, incremental=incremental)
+        self._fit_tasks = tasks
+        try:
+            self._fit(X, y, sample_weight=sample_weight, incremental=incremental)
+        finally:
+            del self._fit_tasks
+        tasks.close()
+        return self
+
+    def _callback_iteration_end(self, theta):
+        """Tell the callbacks that an epoch or iteration ended at ``theta`` (P,).
+
+        Called by every solver after each epoch or iteration; returns whether
+        a callback asked to stop (always False without callbacks).
+        """
+        tasks = self.__dict__.get("_fit_tasks")
+        return tasks is not None and tasks.iteration_end(theta)
+
+    def _lbfgs_callback(self):
+        """SciPy's L-BFGS-B callback reporting each iteration; None without callbacks."""
+        if self.__dict__.get("_fit_tasks") is None:
+            return None
+
+        def callback(intermediate_result):
+            if self._callback_iteration_end(intermediate_result.x):
+                raise StopIteration
+        return callback

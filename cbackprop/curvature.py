@@ -30,7 +30,7 @@ import numbers
 
 import numpy as np
 from scipy.linalg import eigh_tridiagonal
-from scipy.sparse.linalg import LinearOperator, eigsh
+from scipy.sparse.linalg import LinearOperator, aslinearoperator, eigsh
 
 from cbackprop._problem import make_problem
 from cbackprop._validation import check_theta
@@ -66,6 +66,18 @@ def _rademacher(rng, shape):
     return rng.integers(0, 2, size=shape).astype(np.float64) * 2.0 - 1.0
 
 
+def _as_operator(op):
+    """``op`` as a LinearOperator: a dense or sparse matrix, or anything with
+    ``shape`` and ``matvec``, through ``scipy.sparse.linalg.aslinearoperator``."""
+    if isinstance(op, LinearOperator):
+        return op
+    try:
+        return aslinearoperator(op)
+    except TypeError:
+        raise TypeError(f"op must be a LinearOperator, a dense or sparse matrix or an "
+                        f"object with shape and matvec, got {type(op).__name__}") from None
+
+
 def _square_size(op):
     """P for a square (P, P) operator, else ValueError."""
     shape = getattr(op, "shape", None)
@@ -88,6 +100,7 @@ def _float64(op):
     """``op`` itself if its dtype is float64, else a float64 view of it for ARPACK."""
     if op.dtype == np.float64:
         return op
+    op = _as_operator(op)
 
     def matmat(V):
         return np.asarray(op.matmat(V), dtype=np.float64)
@@ -102,18 +115,11 @@ def _float64(op):
 # ======================================================================================
 # operators
 # ======================================================================================
-class CurvatureOperator(LinearOperator):
-    """Base of the curvature operators: the data, validated once, and the products.
-
-    Each subclass names one curvature product of the prepared problem
-    (``'hvp'``, ``'ggn_vp'``, ``'efisher_vp'``); the problem owns the loop over
-    chunks of rows, the normalization by the global weight sum and the
-    regularizer. Nothing is computed at construction.
-
+_PARAMETERS = """\
     Parameters
     ----------
     net : cbackprop.Network
-        Architecture, activation, loss, ``alpha`` and dtype.
+        Architecture, activation, loss, ``alpha`` and dtype; P is ``net.n_params``.
     theta : array-like of shape (P,)
         Parameters at which the curvature is taken.
     X : array-like of shape (N, n_0)
@@ -122,14 +128,18 @@ class CurvatureOperator(LinearOperator):
         per-worker products (see :mod:`cbackprop.dask`); y and sample_weight
         are then dask collections with X's row chunks.
     y : array-like of shape (N, n_L) or (N,)
-        Targets, as for ``net.loss_grad``.
+        Targets, as for ``net.loss_grad``: one-hot rows for 'log_loss', 0/1
+        columns for 'binary_log_loss' (``est.network_targets(y)`` makes them
+        from a fitted estimator's labels).
     sample_weight : array-like of shape (N,), optional
         Sample weights ``w_i`` (all ones when None).
     batch_size : int >= 1, optional
         Stream X in chunks of at most this many rows (None: as many as the
         memory budget allows). The result equals the unchunked product to
         rounding.
+"""
 
+_ATTRIBUTES = """\
     Attributes
     ----------
     shape : tuple (P, P)
@@ -139,13 +149,32 @@ class CurvatureOperator(LinearOperator):
         The validated inputs (arrays of ``net.dtype``; ``sample_weight`` may be None).
     sample_weight_sum : float
         ``W``, the sum of the sample weights (``N`` when None).
+"""
 
+_INIT_DOC = """Validate the inputs of {what}; nothing is computed yet.
+
+    ``theta``, ``X``, ``y`` and ``sample_weight`` are checked against ``net`` and
+    converted to ``net.dtype`` once; every product then streams the data.
+
+{parameters}"""
+
+
+class CurvatureOperator(LinearOperator):
+    __doc__ = """Base of the curvature operators: the data, validated once, and the products.
+
+    Each subclass names one curvature product of the prepared problem
+    (``'hvp'``, ``'ggn_vp'``, ``'efisher_vp'``); the problem owns the loop over
+    chunks of rows, the normalization by the global weight sum and the
+    regularizer. Nothing is computed at construction.
+
+{parameters}
+{attributes}
     Notes
     -----
-    Every chunk ``b`` contributes ``sum_{i in b} w_i M_i V / W`` (normalized by the
+    Every chunk ``b`` contributes ``sum_{{i in b}} w_i M_i V / W`` (normalized by the
     global W) and the regularizer ``(alpha / W) D V`` is added once, D the 0/1
     diagonal of the weight entries; chunks whose weights sum to zero are skipped.
-    """
+    """.format(parameters=_PARAMETERS, attributes=_ATTRIBUTES)
 
     _kind = None  # the problem's product: 'hvp', 'ggn_vp' or 'efisher_vp'
 
@@ -162,6 +191,9 @@ class CurvatureOperator(LinearOperator):
         self.batch_size = batch_size
         P = int(net.n_params)
         super().__init__(np.dtype(net.dtype), (P, P))
+
+    __init__.__doc__ = _INIT_DOC.format(what="a curvature operator (of a subclass)",
+                                        parameters=_PARAMETERS)
 
     # ------------------------------------------------------------------ validation
     def _check_block(self, V, ndims=(1, 2)):
@@ -221,29 +253,78 @@ class CurvatureOperator(LinearOperator):
         return self
 
 
-class HessianOperator(CurvatureOperator):
-    """The Hessian of the objective, products by the R-operator (``Network.hvp``).
+def _operator_init(class_name, what):
+    """A subclass's own ``__init__`` (same signature), documented for ``what``."""
+    def __init__(self, net, theta, X, y, sample_weight=None, batch_size=None):
+        CurvatureOperator.__init__(self, net, theta, X, y, sample_weight, batch_size)
+    __init__.__qualname__ = f"{class_name}.__init__"
+    __init__.__doc__ = _INIT_DOC.format(what=what, parameters=_PARAMETERS)
+    return __init__
 
-    Parameters and attributes: see :class:`CurvatureOperator`.
-    """
+
+_OPERATOR_DOC = """{summary}
+
+        ``{formula}``
+
+    a symmetric (P, P) matrix, with ``c_i = w_i / W``, ``W = sum_i w_i`` and ``D``
+    the 0/1 diagonal of the weight entries of theta. {detail}
+
+    Products with a (P, k) block run the kernel of ``Network.{method}`` once per
+    chunk of rows, for all k columns together; the matrix itself is never formed.
+
+{parameters}
+{attributes}
+    Examples
+    --------
+    >>> import numpy as np
+    >>> from cbackprop import Network
+    >>> from cbackprop.curvature import {name}
+    >>> net = Network([3, 4, 1], activation="tanh", alpha=0.1)
+    >>> theta = net.init_params(0)
+    >>> X = np.random.default_rng(0).normal(size=(20, 3))
+    >>> op = {name}(net, theta, X, X[:, 0], batch_size=8)
+    >>> op.shape
+    (21, 21)
+    >>> bool(np.allclose(op @ np.eye(21), net.{dense}(theta, X, X[:, 0])))
+    True
+"""
+
+
+class HessianOperator(CurvatureOperator):
+    __doc__ = _OPERATOR_DOC.format(
+        summary="The Hessian of the training objective, as a LinearOperator.",
+        formula="H = sum_i c_i d^2 l_i / dtheta^2 + alpha / W * D",
+        detail="In general indefinite; products by\n    Pearlmutter's R-operator.",
+        method="hvp", name="HessianOperator", dense="hessian",
+        parameters=_PARAMETERS, attributes=_ATTRIBUTES)
+    __init__ = _operator_init("HessianOperator", "the Hessian operator")
 
     _kind = "hvp"
 
 
 class GGNOperator(CurvatureOperator):
-    """The generalized Gauss-Newton matrix ``J^T H_loss J`` (``Network.ggn_vp``).
-
-    Parameters and attributes: see :class:`CurvatureOperator`.
-    """
+    __doc__ = _OPERATOR_DOC.format(
+        summary="The generalized Gauss-Newton matrix, as a LinearOperator.",
+        formula="G = sum_i c_i J_i^T H_i J_i + alpha / W * D",
+        detail=("``J_i`` (n_L, P) is the Jacobian of\n    sample i's raw outputs "
+                "and ``H_i`` (n_L, n_L) the Hessian of its loss in them:\n    "
+                "G is positive semi-definite."),
+        method="ggn_vp", name="GGNOperator", dense="ggn",
+        parameters=_PARAMETERS, attributes=_ATTRIBUTES)
+    __init__ = _operator_init("GGNOperator", "the generalized Gauss-Newton operator")
 
     _kind = "ggn_vp"
 
 
 class EFisherOperator(CurvatureOperator):
-    """The empirical Fisher ``sum_i c_i g_i g_i^T`` (``Network.efisher_vp``).
-
-    Parameters and attributes: see :class:`CurvatureOperator`.
-    """
+    __doc__ = _OPERATOR_DOC.format(
+        summary="The empirical Fisher matrix, as a LinearOperator.",
+        formula="F = sum_i c_i g_i g_i^T + alpha / W * D",
+        detail=("``g_i`` (P,) is the gradient of\n    sample i's loss ``l_i`` "
+                "(unscaled, no penalty): F is positive semi-definite."),
+        method="efisher_vp", name="EFisherOperator", dense="efisher",
+        parameters=_PARAMETERS, attributes=_ATTRIBUTES)
+    __init__ = _operator_init("EFisherOperator", "the empirical Fisher operator")
 
     _kind = "efisher_vp"
 
@@ -266,7 +347,7 @@ def eigenvalues(op, k=6, which="LA", *, random_state=None, return_eigenvectors=T
 
     Parameters
     ----------
-    op : LinearOperator of shape (P, P)
+    op : LinearOperator, ndarray or sparse matrix of shape (P, P)
         Symmetric (a curvature operator, or anything ``eigsh`` accepts). Operators
         of another dtype than float64 are wrapped in a float64 view.
     k : int, 1 <= k < P
@@ -331,8 +412,8 @@ def trace(op, n_matvecs=30, method="hutch++", random_state=None, block_size=None
 
     Parameters
     ----------
-    op : LinearOperator of shape (P, P)
-        Symmetric.
+    op : LinearOperator, ndarray or sparse matrix of shape (P, P)
+        Symmetric; anything ``scipy.sparse.linalg.aslinearoperator`` accepts.
     n_matvecs : int >= 1 (>= 3 for Hutch++)
         Budget of products with ``op`` (columns of the blocks passed to ``matmat``).
         When ``n_matvecs >= P`` the trace is computed exactly from the P unit
@@ -353,6 +434,7 @@ def trace(op, n_matvecs=30, method="hutch++", random_state=None, block_size=None
     -------
     estimate : float
     """
+    op = _as_operator(op)
     P = _square_size(op)
     if method not in ("hutch++", "hutchinson"):
         raise ValueError(f"unknown method {method!r}; expected 'hutch++' or 'hutchinson'")
@@ -464,8 +546,8 @@ def stochastic_lanczos_quadrature(op, n_probes=10, n_iter=30, random_state=None,
 
     Parameters
     ----------
-    op : LinearOperator of shape (P, P)
-        Symmetric.
+    op : LinearOperator, ndarray or sparse matrix of shape (P, P)
+        Symmetric; anything ``scipy.sparse.linalg.aslinearoperator`` accepts.
     n_probes : int >= 1
         Number of random probes (Lanczos runs, done in lockstep: each step is one
         ``matmat`` with one column per probe).
@@ -483,6 +565,7 @@ def stochastic_lanczos_quadrature(op, n_probes=10, n_iter=30, random_state=None,
     weights : ndarray of shape (n_nodes,)
         Non-negative, summing to 1 (each probe's weights sum to ``1 / n_probes``).
     """
+    op = _as_operator(op)
     P = _square_size(op)
     n_probes = _check_int(n_probes, "n_probes", 1)
     n_iter = _check_int(n_iter, "n_iter", 1)
@@ -515,8 +598,8 @@ def spectral_density(op, n_probes=10, n_iter=30, grid=512, sigma=None, random_st
 
     Parameters
     ----------
-    op : LinearOperator of shape (P, P)
-        Symmetric.
+    op : LinearOperator, ndarray or sparse matrix of shape (P, P)
+        Symmetric; anything ``scipy.sparse.linalg.aslinearoperator`` accepts.
     n_probes : int >= 1
         Random probes.
     n_iter : int >= 1

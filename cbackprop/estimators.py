@@ -13,9 +13,10 @@ from sklearn.metrics import accuracy_score, r2_score
 from sklearn.neural_network import MLPClassifier as _SkMLPClassifier
 from sklearn.neural_network import MLPRegressor as _SkMLPRegressor
 from sklearn.preprocessing import LabelBinarizer
+from sklearn.utils._param_validation import StrOptions
 from sklearn.utils.metaestimators import available_if
 from sklearn.utils.multiclass import _check_partial_fit_first_call, type_of_target, unique_labels
-from sklearn.utils.validation import check_is_fitted, column_or_1d, validate_data
+from sklearn.utils.validation import check_array, check_is_fitted, column_or_1d, validate_data
 
 from cbackprop._estimator_base import BaseMLP, _parameter_constraints
 
@@ -269,7 +270,7 @@ class MLPClassifier(ClassifierMixin, BaseMLP):
         -------
         self : MLPClassifier
         """
-        return self._fit(X, y, sample_weight=sample_weight, incremental=False)
+        return self._fit_with_callbacks(X, y, sample_weight, incremental=False)
 
     @available_if(lambda est: est._check_solver())
     @_fit_context(prefer_skip_nested_validation=True)
@@ -295,7 +296,7 @@ class MLPClassifier(ClassifierMixin, BaseMLP):
                 self._label_binarizer.fit(y)
             else:
                 self._label_binarizer.fit(classes)
-        return self._fit(X, y, sample_weight=sample_weight, incremental=True)
+        return self._fit_with_callbacks(X, y, sample_weight, incremental=True)
 
     def _predict(self, X, check_input=True):
         y_pred = self._raw_predict(X, check_input=check_input)
@@ -352,6 +353,38 @@ class MLPClassifier(ClassifierMixin, BaseMLP):
         y_prob = self.predict_proba(X)
         return np.log(y_prob, out=y_prob)
 
+    def network_targets(self, y):
+        """Return class labels y as the targets of ``network_``.
+
+        ``network_`` works on 0/1 target matrices: one-hot rows for
+        multiclass y (loss 'log_loss'), one 0/1 column for binary y and the
+        indicator matrix for multilabel y (loss 'binary_log_loss'). With them
+        every method of :class:`cbackprop.Network` applies to the fitted
+        model, e.g. ``clf.network_.hvp(clf.theta_, X, clf.network_targets(y), V)``;
+        ``clf.network_.loss(clf.theta_, X, clf.network_targets(y))`` is the
+        training objective (``loss_`` after an 'lbfgs' fit on X, y).
+
+        Parameters
+        ----------
+        y : array-like of shape (n_samples,) or (n_samples, n_labels)
+            Labels among ``classes_``, or a label indicator matrix for a
+            multilabel model.
+
+        Returns
+        -------
+        Y : ndarray of shape (n_samples, n_outputs_)
+            0/1 entries, C-contiguous, of ``network_.dtype``.
+        """
+        check_is_fitted(self)
+        dtype = self._sync_network().dtype
+        binarizer = self._label_binarizer
+        if not binarizer.y_type_.startswith("multilabel"):
+            y = column_or_1d(y)
+            unknown = np.setdiff1d(unique_labels(y), self.classes_)
+            if unknown.size:
+                raise ValueError(f"y has labels {unknown} not in classes_ {self.classes_}")
+        return np.ascontiguousarray(binarizer.transform(y), dtype=dtype)
+
     def __sklearn_tags__(self):
         tags = super().__sklearn_tags__()
         tags.classifier_tags.multi_label = True
@@ -359,7 +392,9 @@ class MLPClassifier(ClassifierMixin, BaseMLP):
 
 
 class MLPRegressor(RegressorMixin, BaseMLP):
-    _parameter_constraints = _parameter_constraints(_SkMLPRegressor)
+    # 'poisson' is ours whatever scikit-learn's MLPRegressor offers (1.7+).
+    _parameter_constraints = {**_parameter_constraints(_SkMLPRegressor),
+                              "loss": [StrOptions({"squared_error", "poisson"})]}
 
     def __init__(self, loss="squared_error", hidden_layer_sizes=(100,), activation="relu",
                  *, solver="adam", alpha=0.0001, batch_size="auto",
@@ -404,7 +439,7 @@ class MLPRegressor(RegressorMixin, BaseMLP):
         -------
         self : MLPRegressor
         """
-        return self._fit(X, y, sample_weight=sample_weight, incremental=False)
+        return self._fit_with_callbacks(X, y, sample_weight, incremental=False)
 
     @available_if(lambda est: est._check_solver())
     @_fit_context(prefer_skip_nested_validation=True)
@@ -421,7 +456,7 @@ class MLPRegressor(RegressorMixin, BaseMLP):
         -------
         self : MLPRegressor
         """
-        return self._fit(X, y, sample_weight=sample_weight, incremental=True)
+        return self._fit_with_callbacks(X, y, sample_weight, incremental=True)
 
     def _predict(self, X, check_input=True):
         y_pred = self._raw_predict(X, check_input=check_input)
@@ -445,6 +480,34 @@ class MLPRegressor(RegressorMixin, BaseMLP):
 
     def _score(self, X, y, sample_weight=None):
         return self._score_with_function(X, y, sample_weight, r2_score)
+
+    def network_targets(self, y):
+        """Return targets y as the 2-D float targets of ``network_``.
+
+        With them every method of :class:`cbackprop.Network` applies to the
+        fitted model, e.g. ``reg.network_.hvp(reg.theta_, X, reg.network_targets(y), V)``;
+        ``reg.network_.loss(reg.theta_, X, reg.network_targets(y))`` is the
+        training objective (``loss_`` after an 'lbfgs' fit on X, y).
+
+        Parameters
+        ----------
+        y : array-like of shape (n_samples,) or (n_samples, n_outputs_)
+            Finite targets.
+
+        Returns
+        -------
+        Y : ndarray of shape (n_samples, n_outputs_)
+            C-contiguous, of ``network_.dtype``.
+        """
+        check_is_fitted(self)
+        dtype = self._sync_network().dtype
+        Y = check_array(y, ensure_2d=False, dtype=dtype, order="C", input_name="y")
+        if Y.ndim == 1:
+            Y = Y.reshape(-1, 1)
+        if Y.ndim != 2 or Y.shape[1] != self.n_outputs_:
+            raise ValueError(f"y must have shape (n_samples,) or (n_samples, "
+                             f"{self.n_outputs_}) for this model, got {np.shape(y)}")
+        return Y
 
 
 

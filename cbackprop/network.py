@@ -17,6 +17,8 @@ from cbackprop._activations import Activation
 from cbackprop._losses import Loss
 from cbackprop._validation import check_float_dtype, check_option, check_theta
 
+__all__ = ["Network", "ACTIVATIONS", "LOSSES"]
+
 ACTIVATIONS = {
     "identity": Activation.IDENTITY,
     "logistic": Activation.LOGISTIC,

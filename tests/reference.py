@@ -486,3 +486,26 @@ def kfac(sizes, act, loss_name, theta, X, y, sample_weight=None):
         factors.append((np.einsum("i,ip,iq->pq", c, a, a),
                         np.einsum("i,icp,icd,idq->pq", c, B, H, B)))
     return factors
+
+
+# --------------------------------------------------------------------------------------
+# data for the estimator tests
+# --------------------------------------------------------------------------------------
+def estimator_data(kind, n=120, seed=0):
+    """Small (X, y) with 6 features for the estimator tests, by kind of target:
+    'multiclass' (3 classes), 'binary', 'multilabel' (3 labels), 'regression',
+    'multioutput' (2 targets) or 'poisson' (counts)."""
+    from sklearn.datasets import (make_classification, make_multilabel_classification,
+                                  make_regression)
+    rng = np.random.RandomState(seed)
+    if kind == "multiclass":
+        return make_classification(n, 6, n_informative=4, n_classes=3, random_state=seed)
+    if kind == "binary":
+        return make_classification(n, 6, random_state=seed)
+    if kind == "multilabel":
+        return make_multilabel_classification(n, 6, n_classes=3, random_state=seed)
+    X, y = make_regression(n, 6, n_targets=2 if kind == "multioutput" else 1, noise=1.0,
+                           random_state=seed)
+    if kind == "poisson":
+        return X, rng.poisson(np.exp(0.4 * X[:, 0]))
+    return X, y / 100

@@ -17,8 +17,7 @@ import scipy.sparse as sp
 from numpy.testing import assert_allclose, assert_array_equal
 from sklearn import neural_network as sknn
 from sklearn.base import clone
-from sklearn.datasets import (load_digits, make_classification, make_multilabel_classification,
-                              make_regression)
+from sklearn.datasets import load_digits
 from sklearn.exceptions import ConvergenceWarning
 from sklearn.model_selection import GridSearchCV
 from sklearn.pipeline import make_pipeline
@@ -29,23 +28,13 @@ import common
 from cbackprop import MLPClassifier, MLPRegressor
 from common import assert_close
 
+import reference
+
 SMALL = dict(hidden_layer_sizes=(12, 6))
 RTOL = common.rtol(np.float64, "reference")  # float64 agreement with scikit-learn
 
 
-def _data(kind, n=120, seed=0):
-    rng = np.random.RandomState(seed)
-    if kind == "multiclass":
-        return make_classification(n, 6, n_informative=4, n_classes=3, random_state=seed)
-    if kind == "binary":
-        return make_classification(n, 6, random_state=seed)
-    if kind == "multilabel":
-        return make_multilabel_classification(n, 6, n_classes=3, random_state=seed)
-    X, y = make_regression(n, 6, n_targets=2 if kind == "multioutput" else 1, noise=1.0,
-                           random_state=seed)
-    if kind == "poisson":
-        return X, rng.poisson(np.exp(0.4 * X[:, 0]))
-    return X, y / 100
+_data = reference.estimator_data
 
 
 def _pair(kind):

@@ -414,9 +414,12 @@ def test_newton_converges_and_counts_hessian_products(method, monkeypatch):
     calls = []
     real = _curvature.hvp
     monkeypatch.setattr(_curvature, "hvp", lambda *a: calls.append(1) or real(*a))
-    res = opt.newton(net, net.init_params(0), X, Y, method=method, gtol=1e-7)
+    # gtol well above the rounding floor of the trust-region model (predicted
+    # decreases ~ |g|^2 / lambda must stay far above eps * |f|): at 1e-7 the
+    # outcome of the last step depends on the BLAS build.
+    res = opt.newton(net, net.init_params(0), X, Y, method=method, gtol=1e-6)
     assert res.status == 1 and res.success, res.message
     # gtol is the max-norm test of every solver (lm, hessian-free, newton)
-    assert np.max(np.abs(res.jac)) <= 1e-7
+    assert np.max(np.abs(res.jac)) <= 1e-6
     assert res.nhev == len(calls) > 0
     assert_allclose(res.fun, net.loss(res.x, X, Y), rtol=1e-12)
