@@ -258,7 +258,7 @@ def _accumulate(problem, theta, block_size, kron):
 
 def levenberg_marquardt(net, theta0, X, y, sample_weight=None, *, mu=1e-3, mu_dec=0.1,
                         mu_inc=10.0, mu_max=1e10, max_iter=100, ftol=1e-12, gtol=1e-10,
-                        block_size=None, accumulation="auto", callback=None):
+                        block_size=None, accumulation="auto", max_bytes=None, callback=None):
     """Levenberg-Marquardt on the generalized Gauss-Newton matrix.
 
     Each iteration accumulates the GGN ``G`` of the objective (``alpha / W``
@@ -312,6 +312,9 @@ def levenberg_marquardt(net, theta0, X, y, sample_weight=None, *, mu=1e-3, mu_de
         How G is accumulated (see :func:`quasi_hessian`): syrk on the
         Jacobian-factor rows (Wilamowski and Yu), or contracted over the
         outputs first; 'auto' chooses by multiply-add count.
+    max_bytes : int >= 0, optional
+        ValueError when G's ``P^2`` entries need more bytes (default 2 GiB,
+        as for the dense matrices of :class:`cbackprop.Network`).
     callback : callable, optional
         ``callback(intermediate_result)`` after every accepted step, with
         ``x, fun, jac, nit, mu``. Raise ``StopIteration`` to stop.
@@ -333,7 +336,7 @@ def levenberg_marquardt(net, theta0, X, y, sample_weight=None, *, mu=1e-3, mu_de
     callback = _check_callback(callback)
     kron = _check_accumulation(accumulation, net)
     P = net.n_params
-    check_dense(net, None)
+    check_dense(net, max_bytes)
     theta, problem = _prepare(net, theta0, X, y, sample_weight)
     G = np.empty((P, P), net.dtype)
     g = np.empty(P, net.dtype)

@@ -1,4 +1,5 @@
 """MLPClassifier / MLPRegressor with solver='lm', 'hessian-free', 'newton', 'kfac'."""
+import functools
 import pickle
 import warnings
 
@@ -141,3 +142,87 @@ def test_kfac_mini_batches_count_epochs(digits):
     assert clf.n_iter_ == len(clf.loss_curve_) == 8
     assert clf.loss_curve_[-1] < clf.loss_curve_[0]
     assert clf.score(Xt, yt) > 0.9
+
+
+# ---------------------------------------------------------------- solver_options
+@pytest.mark.parametrize("solver, options", [
+    pytest.param("lm", {"mu": 0.5, "mu_dec": 0.5, "accumulation": "rows"}, id="lm"),
+    pytest.param("hessian-free", {"cg_max_iter": 1, "damping": 3.0}, id="hessian-free"),
+    pytest.param("kfac", {"damping": 7.0, "inverse_every": 2}, id="kfac"),
+])
+def test_solver_options_reach_the_solver(monkeypatch, digits, solver, options):
+    from cbackprop import optimize
+    calls = []
+    name = {"lm": "levenberg_marquardt", "hessian-free": "hessian_free"}.get(solver, solver)
+    original = getattr(optimize, name)
+
+    @functools.wraps(original)   # the signature tells the allowed keys
+    def spy(*args, **kwargs):
+        calls.append((kwargs, original(*args, **kwargs)))
+        return calls[-1][1]
+    monkeypatch.setattr(optimize, name, spy)
+    X, _, y, _ = digits
+    given = dict(options)
+    _fit(MLPClassifier((4,), solver=solver, max_iter=2, solver_options=given, random_state=0),
+         X[:60], y[:60])
+    assert given == options                      # the user's dict is not modified
+    kwargs, res = calls[-1]
+    assert {k: kwargs[k] for k in options} == options
+    assert kwargs["max_iter"] == 2 and kwargs["gtol"] == 1e-4
+    if solver == "hessian-free":                 # one CG step per outer iteration
+        assert res.ncg == res.nit == 2
+
+
+def test_newton_solver_options_reach_scipy(monkeypatch, digits):
+    import scipy.optimize
+    from cbackprop import optimize
+    seen = {}
+    original = scipy.optimize.minimize
+
+    def spy(*args, **kwargs):
+        seen.update(method=kwargs["method"], **kwargs["options"])
+        return original(*args, **kwargs)
+    monkeypatch.setattr(optimize, "minimize", spy)
+    X, _, y, _ = digits
+    _fit(MLPClassifier((4,), solver="newton", max_iter=2, random_state=0,
+                       solver_options={"method": "trust-ncg", "eta": 0.1}), X[:60], y[:60])
+    assert seen["method"] == "trust-ncg" and seen["eta"] == 0.1
+
+
+@pytest.mark.parametrize("solver, options, match", [
+    pytest.param("lm", {"damping": 1.0}, r"unknown.*'damping'.*solver='lm'.*'mu_dec'",
+                 id="lm-unknown"),
+    pytest.param("hessian-free", {"mu": 1.0}, r"unknown.*'mu'.*'cg_max_iter'", id="hf-unknown"),
+    pytest.param("newton", {"max_iter": 3}, r"'max_iter'.*set by the estimator.*'max_iter'",
+                 id="newton-max_iter"),
+    pytest.param("lm", {"gtol": 1e-3}, r"'gtol'.*set by the estimator.*'tol'", id="lm-gtol"),
+    pytest.param("kfac", {"callback": print}, r"'callback'.*set by the estimator",
+                 id="kfac-callback"),
+    pytest.param("kfac", {"batch_size": 10}, r"'batch_size'.*set by the estimator",
+                 id="kfac-batch_size"),
+    pytest.param("adam", {"mu": 1.0}, r"solver='adam' takes none", id="adam"),
+    pytest.param("lbfgs", {"maxls": 5}, r"solver='lbfgs' takes none", id="lbfgs"),
+])
+def test_solver_options_refused(digits, solver, options, match):
+    X, _, y, _ = digits
+    with pytest.raises(ValueError, match=match):
+        MLPClassifier((4,), solver=solver, max_iter=2, solver_options=options).fit(X[:40], y[:40])
+
+
+@pytest.mark.parametrize("solver", ["adam", "lbfgs"])
+def test_empty_solver_options_accepted_by_first_order_solvers(digits, solver):
+    X, _, y, _ = digits
+    _fit(MLPClassifier((4,), solver=solver, max_iter=2, solver_options={}), X[:40], y[:40])
+
+
+def test_solver_options_documented():
+    from cbackprop._estimator_base import solver_option_names
+    doc = MLPRegressor.__doc__.split("solver_options :")[1].split("Attributes")[0]
+    for solver in SECOND_ORDER:
+        for key in solver_option_names(solver):
+            assert f"``{key}``" in doc, (solver, key)
+
+
+def test_solver_options_refuses_non_dict():
+    with pytest.raises(ValueError, match="solver_options"):
+        MLPRegressor(solver="lm", solver_options=[("mu", 1.0)]).fit([[0.0], [1.0]], [0.0, 1.0])
