@@ -52,6 +52,9 @@ _ESTIMATOR_SET = {"max_iter": "max_iter", "gtol": "tol", "callback": "callbacks"
                   "random_state": "random_state", "batch_size": "batch_size",
                   "shuffle": "shuffle"}
 
+# 'lm' warns before its first iteration when one is estimated to take longer.
+LM_WARN_SECONDS = 2.0
+
 # scipy.optimize.minimize's status after the callback raised StopIteration.
 _CALLBACK_STOP_STATUS = 99
 
@@ -102,6 +105,20 @@ def _check_solver_options(solver, options):
 
 
 # ---------------------------------------------------------------- helpers
+def _warn_if_lm_slow(net, n_rows, accumulation):
+    """SlowIterationWarning when one LM iteration is estimated (see
+    :func:`cbackprop.optimize.lm_iteration_cost`) to take over
+    LM_WARN_SECONDS."""
+    seconds, nbytes = optimize.lm_iteration_cost(net, n_rows, accumulation)
+    if seconds > LM_WARN_SECONDS:
+        warnings.warn(
+            f"solver='lm': one iteration on {n_rows} samples and {net.n_params} parameters "
+            f"is estimated at {seconds:.1f} s and a {nbytes / 2 ** 20:.3g} MiB Gauss-Newton "
+            f"matrix (its cost grows as n_samples * n_params^2); solver='hessian-free' or "
+            f"'kfac' needs no n_params x n_params matrix", optimize.SlowIterationWarning,
+            stacklevel=8)
+
+
 def _hidden_layer_sizes(value):
     sizes = list(value) if hasattr(value, "__iter__") else [value]
     for n in sizes:
@@ -378,7 +395,7 @@ class BaseMLP(CallbackSupportMixin, BaseEstimator):
             warnings.warn(
                 "L-BFGS diverged: the loss became non-finite (overflow). Kept the "
                 f"best finite parameters seen (loss = {best['f']:.6g}); scale the "
-                "data or increase alpha.", ConvergenceWarning, stacklevel=3)
+                "data or increase alpha.", ConvergenceWarning, stacklevel=8)
             x, f = best["x"], best["f"]
         elif opt_res.status not in (0, _CALLBACK_STOP_STATUS):
             status = optimize.LBFGSB_STATUS.get(int(opt_res.status), -6)
@@ -390,7 +407,7 @@ class BaseMLP(CallbackSupportMixin, BaseEstimator):
                         f"convergence (max_iter={self.max_iter}).")
             msg += ("\nYou might also want to scale the data as shown in:\n"
                     "    https://scikit-learn.org/stable/modules/preprocessing.html")
-            warnings.warn(msg, ConvergenceWarning, stacklevel=3)
+            warnings.warn(msg, ConvergenceWarning, stacklevel=8)
         self._theta[:] = x
         self.loss_ = f
 
@@ -428,7 +445,7 @@ class BaseMLP(CallbackSupportMixin, BaseEstimator):
         if res.status <= 0 and res.status != -2:
             warnings.warn(f"{self.solver} stopped after {self.n_iter_} iteration(s) "
                           f"(status={res.status}): {res.message}", ConvergenceWarning,
-                          stacklevel=3)
+                          stacklevel=8)
 
     def _second_order_callback(self, X_val, y_val, sw_val):
         verbose = self.verbose is True or self.verbose >= 1
@@ -460,6 +477,7 @@ class BaseMLP(CallbackSupportMixin, BaseEstimator):
         theta = self._theta
         if self.solver == "lm":
             kw["mu"] = damping or options.get("mu", 1e-3)
+            _warn_if_lm_slow(net, problem.n_rows, kw.get("accumulation", "auto"))
             return optimize.levenberg_marquardt(net, theta, problem, None, **kw)
         if self.solver == "hessian-free":
             kw["damping"] = damping or options.get("damping", 1.0)
@@ -675,7 +693,7 @@ class BaseMLP(CallbackSupportMixin, BaseEstimator):
             f"typically because learning_rate_init={self.learning_rate_init!r} is too "
             f"large or the data are not scaled. Stopped and restored the weights with "
             f"the best training loss seen ({loss:.6g}).", ConvergenceWarning,
-            stacklevel=4)
+            stacklevel=8)
 
     def _interrupted(self, best_loss, best_theta, n_iter):
         """Ctrl-C during a full-batch solver: warn as scikit-learn does and

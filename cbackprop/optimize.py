@@ -32,6 +32,7 @@ workers (see :mod:`cbackprop.dask`).
 import functools
 import math
 import numbers
+import time
 
 import numpy as np
 from scipy.linalg import LinAlgError, cho_factor, cho_solve
@@ -44,7 +45,7 @@ from cbackprop._problem import Problem, make_problem, sum_over_parts
 from cbackprop._validation import check_theta
 
 __all__ = ["levenberg_marquardt", "hessian_free", "newton", "kfac", "quasi_hessian",
-           "TERMINATION_MESSAGES"]
+           "lm_iteration_cost", "SlowIterationWarning", "TERMINATION_MESSAGES"]
 
 TERMINATION_MESSAGES = {
     -6: "The line search found no lower loss (L-BFGS-B's abnormal termination).",
@@ -206,6 +207,49 @@ def _call(callback, res):
 
 
 # ------------------------------------------------------ Levenberg-Marquardt
+class SlowIterationWarning(UserWarning):
+    """One iteration of a solver is estimated, before it starts, to take long."""
+
+
+RATE_ORDER = 256   # the GEMM timed by _gemm_rate: RATE_ORDER^3 multiply-adds
+
+
+@functools.lru_cache(maxsize=1)
+def _gemm_rate():
+    """float64 multiply-adds per second of this machine's BLAS, measured once
+    per process: the best of three square GEMMs of order RATE_ORDER (a few
+    milliseconds), with the threads BLAS uses now."""
+    a = np.random.default_rng(0).standard_normal((RATE_ORDER, RATE_ORDER))
+    best = math.inf
+    for _ in range(3):
+        start = time.perf_counter()
+        a @ a
+        best = min(best, time.perf_counter() - start)
+    return RATE_ORDER ** 3 / max(best, 1e-9)
+
+
+def lm_iteration_cost(net, n_rows, accumulation="auto"):
+    """Estimated seconds and bytes of one :func:`levenberg_marquardt` iteration.
+
+    Seconds: the accumulation's multiply-adds (``n_rows`` times the
+    per-sample count of the chosen accumulation, see :func:`quasi_hessian`)
+    plus one Cholesky factorization (``P^3 / 6``), at the rate of a square
+    GEMM measured once per process; the kernels' smaller GEMMs run slower,
+    so this is a lower bound within a small factor. Bytes: G's ``P^2``
+    entries (the block workspaces add at most a quarter of that beyond
+    16 MiB).
+
+    Returns
+    -------
+    seconds : float
+    nbytes : int
+    """
+    per_sample = _accumulation_macs(net.layer_sizes)[int(_check_accumulation(accumulation, net))]
+    P = net.n_params
+    seconds = (n_rows * per_sample + P ** 3 / 6) / _gemm_rate()
+    return seconds, P * P * np.dtype(net.dtype).itemsize
+
+
 def quasi_hessian(net, theta, X, y, sample_weight=None, *, block_size=None,
                   accumulation="auto"):
     """Objective, gradient and GGN accumulated block of rows by block of rows.

@@ -226,3 +226,42 @@ def test_solver_options_documented():
 def test_solver_options_refuses_non_dict():
     with pytest.raises(ValueError, match="solver_options"):
         MLPRegressor(solver="lm", solver_options=[("mu", 1.0)]).fit([[0.0], [1.0]], [0.0, 1.0])
+
+
+# ---------------------------------------------------------------- LM cost check
+def test_lm_iteration_cost_counts_accumulation_and_cholesky(monkeypatch):
+    from cbackprop import Network, optimize
+    monkeypatch.setattr(optimize, "_gemm_rate", lambda: 1e6)
+    net = Network([3, 4, 2], activation="tanh", loss="log_loss")
+    P = net.n_params                     # 26 < 100: 'auto' accumulates rows
+    seconds, nbytes = optimize.lm_iteration_cost(net, 50)
+    assert seconds == pytest.approx((50 * 2 * P * P / 2 + P ** 3 / 6) / 1e6)
+    assert nbytes == P * P * 8
+    kron = optimize._accumulation_macs(net.layer_sizes)[1]
+    assert optimize.lm_iteration_cost(net, 50, "kronecker")[0] == pytest.approx(
+        (50 * kron + P ** 3 / 6) / 1e6)
+
+
+def test_gemm_rate_is_measured_once():
+    from cbackprop import optimize
+    rate = optimize._gemm_rate()
+    assert rate > 0 and optimize._gemm_rate() is rate
+
+
+@pytest.mark.parametrize("rate, warns", [pytest.param(1e3, True, id="slow"),
+                                         pytest.param(1e15, False, id="fast")])
+def test_lm_warns_when_an_iteration_is_slow(monkeypatch, digits, rate, warns):
+    from cbackprop import optimize
+    monkeypatch.setattr(optimize, "_gemm_rate", lambda: rate)
+    X, _, y, _ = digits
+    clf = MLPClassifier((4,), solver="lm", max_iter=1, random_state=0)
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        clf.fit(X[:60], y[:60])
+    slow = [w for w in caught if issubclass(w.category, optimize.SlowIterationWarning)]
+    assert len(slow) == int(warns)
+    if warns:
+        P = clf.network_.n_params
+        message = str(slow[0].message)
+        assert f"{P} parameters" in message and " s and a " in message
+        assert "hessian-free" in message and "kfac" in message
