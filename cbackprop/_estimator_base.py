@@ -52,6 +52,12 @@ _ESTIMATOR_SET = {"max_iter": "max_iter", "gtol": "tol", "callback": "callbacks"
                   "random_state": "random_state", "batch_size": "batch_size",
                   "shuffle": "shuffle"}
 
+# The estimator's LM damping schedule: mu halved after an accepted step,
+# quadrupled after a rejected one, so that rejections settle near one per two
+# accepted steps (log 2 / log 4) where trainlm's (0.1, 10) settles near one per
+# step; the figures are in docs/user_guide/optimize.rst.
+LM_SCHEDULE = {"mu_dec": 0.5, "mu_inc": 4.0}
+
 # 'lm' warns before its first iteration when one is estimated to take longer.
 LM_WARN_SECONDS = 2.0
 
@@ -476,6 +482,7 @@ class BaseMLP(CallbackSupportMixin, BaseEstimator):
         damping = getattr(self, "_damping", None) if self.warm_start else None
         theta = self._theta
         if self.solver == "lm":
+            kw = dict(LM_SCHEDULE, **kw)
             kw["mu"] = damping or options.get("mu", 1e-3)
             _warn_if_lm_slow(net, problem.n_rows, kw.get("accumulation", "auto"))
             return optimize.levenberg_marquardt(net, theta, problem, None, **kw)

@@ -119,7 +119,10 @@ _COMMON_PARAMS = """\
 
         - 'lm' (:func:`~cbackprop.optimize.levenberg_marquardt`): ``mu``,
           ``mu_dec``, ``mu_inc``, ``mu_max``, ``ftol``, ``block_size``,
-          ``accumulation``, ``max_bytes``;
+          ``accumulation``, ``max_bytes``; the estimator's schedule is
+          ``mu_dec=0.5``, ``mu_inc=4`` (half as many rejected trials as
+          trainlm's 0.1 and 10 in the measurements of the user guide's
+          "Second-order optimization");
         - 'hessian-free' (:func:`~cbackprop.optimize.hessian_free`):
           ``damping``, ``damping_max``, ``cg_max_iter``, ``cg_tol``,
           ``cg_decay``, ``preconditioner``, ``curvature_batch_size``, ``ftol``;

@@ -265,3 +265,35 @@ def test_lm_warns_when_an_iteration_is_slow(monkeypatch, digits, rate, warns):
         message = str(slow[0].message)
         assert f"{P} parameters" in message and " s and a " in message
         assert "hessian-free" in message and "kfac" in message
+
+
+# ---------------------------------------------------------------- LM schedule
+def _lm_calls(monkeypatch):
+    from cbackprop import optimize
+    calls = []
+    original = optimize.levenberg_marquardt
+
+    @functools.wraps(original)
+    def spy(*args, **kwargs):
+        calls.append((kwargs, original(*args, **kwargs)))
+        return calls[-1][1]
+    monkeypatch.setattr(optimize, "levenberg_marquardt", spy)
+    return calls
+
+
+@pytest.mark.parametrize("options, expected", [
+    pytest.param(None, (0.5, 4.0), id="estimator-default"),
+    pytest.param({"mu_dec": 0.1, "mu_inc": 10.0}, (0.1, 10.0), id="trainlm-by-options"),
+])
+def test_lm_schedule_of_the_estimator(monkeypatch, options, expected):
+    calls = _lm_calls(monkeypatch)
+    x = np.linspace(-3, 3, 80)[:, None]
+    _fit(MLPRegressor(hidden_layer_sizes=(6,), activation="tanh", solver="lm", max_iter=40,
+                      tol=0.0, random_state=0, solver_options=options), x, np.sin(x[:, 0]))
+    kwargs, res = calls[-1]
+    assert (kwargs["mu_dec"], kwargs["mu_inc"]) == expected
+    dec, inc = expected
+    # mu = 1e-3 dec^accepted inc^raised, each rejected trial loss raising it
+    # once (a failed Cholesky raises it with no loss): what the schedule costs
+    raised = (np.log(res.mu / 1e-3) + res.nit * np.log(1 / dec)) / np.log(inc)
+    assert res.nfev - 1 - res.nit <= raised + 1e-6
