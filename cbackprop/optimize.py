@@ -781,7 +781,14 @@ def newton(net, theta0, X, y, sample_weight=None, *, method="trust-krylov", max_
     -------
     OptimizeResult
         ``nhev`` counts Hessian-vector products. scipy's failures map to
-        status -4 (no predicted decrease) and -5 (linear algebra error).
+        status -4 (no predicted decrease) and -5 (linear algebra error),
+        except that a step refused because its whole model change is within
+        rounding of the loss (``|g.p| + |p.H p| / 2 <= 4 eps |f|``) is
+        convergence, status 2 (the loss cannot resolve a further decrease).
+        When 'trust-krylov' fails so (its inexact Lanczos step can raise the
+        model after a rejected step), the remaining iterations run with
+        'trust-ncg' from that point, whose Steihaug CG iterates lower the
+        model.
     """
     if method not in NEWTON_METHODS:
         raise ValueError(f"unknown method {method!r}; expected one of "
@@ -846,21 +853,46 @@ def newton(net, theta0, X, y, sample_weight=None, *, method="trust-krylov", max_
         f0 = problem.loss(theta)
         return _result(1, x=theta, fun=float(f0), jac=last["g"].astype(dtype), nit=0,
                        nfev=counts["nfev"], njev=counts["nfev"], nhev=0)
-    res = minimize(fun, x0, jac=True, hessp=hessp, method=method,
-                   callback=scipy_callback,
-                   options=dict(maxiter=max_iter, gtol=0.0,
-                                initial_trust_radius=initial_trust_radius,
-                                max_trust_radius=max_trust_radius, eta=eta))
-    if counts["stopped"]:
-        status = -2
-    elif counts["converged"]:
-        status = 1
-    else:
-        status = _SCIPY_STATUS.get(int(res.status), -4)
+    options = dict(gtol=0.0, initial_trust_radius=initial_trust_radius,
+                   max_trust_radius=max_trust_radius, eta=eta)
+    nit = 0
+    while True:
+        res = minimize(fun, x0, jac=True, hessp=hessp, method=method, callback=scipy_callback,
+                       options=dict(options, maxiter=max_iter - nit))
+        nit += int(res.nit)
+        status = _newton_status(res, counts, last, hessp, dtype)
+        # trust-krylov's inexact Lanczos solution can raise the model after a
+        # rejected step; Steihaug CG lowers it at every iterate: go on with it.
+        if status != -4 or method != "trust-krylov" or nit >= max_iter:
+            break
+        method, x0 = "trust-ncg", res.x
     jac = gradient_at(res.x)
     return _result(status, x=res.x.astype(dtype), fun=float(res.fun), jac=jac.astype(dtype),
-                   nit=int(res.nit), nfev=counts["nfev"], njev=counts["nfev"],
-                   nhev=counts["nhev"])
+                   nit=nit, nfev=counts["nfev"], njev=counts["nfev"], nhev=counts["nhev"])
+
+
+def _newton_status(res, counts, last, hessp, dtype):
+    """cbackprop's status of one scipy trust-region run.
+
+    scipy's 'no predicted decrease' (its status 2) is convergence (status 2)
+    when the refused step's whole model change ``|g.p| + |p.H p| / 2`` is
+    within rounding of the loss (4 eps |f|, eps the network dtype's): the
+    loss cannot tell the step's decrease from its rounding. Otherwise it is
+    a failure (-4). The refused step is ``p = x_trial - x``: scipy evaluates
+    the loss at the trial point before it tests the predicted decrease.
+    """
+    if counts["stopped"]:
+        return -2
+    if counts["converged"]:
+        return 1
+    status = _SCIPY_STATUS.get(int(res.status), -4)
+    if int(res.status) == 2 and last["x"] is not None:
+        p = last["x"] - res.x
+        g = res.jac
+        change = abs(float(g @ p)) + 0.5 * abs(float(p @ hessp(res.x, p)))
+        if change <= 4 * np.finfo(dtype).eps * abs(float(res.fun)):
+            status = 2
+    return status
 
 
 # K-FAC lives in its own module and uses the helpers above.
