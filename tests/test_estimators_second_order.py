@@ -235,11 +235,11 @@ def test_lm_iteration_cost_counts_accumulation_and_cholesky(monkeypatch):
     net = Network([3, 4, 2], activation="tanh", loss="log_loss")
     P = net.n_params                     # 26 < 100: 'auto' accumulates rows
     seconds, nbytes = optimize.lm_iteration_cost(net, 50)
-    assert seconds == pytest.approx((50 * 2 * P * P / 2 + P ** 3 / 6) / 1e6)
+    assert seconds == pytest.approx((50 * 2 * P * P / 2 + P ** 3 / 3) / 1e6)
     assert nbytes == P * P * 8
     kron = optimize._accumulation_macs(net.layer_sizes)[1]
     assert optimize.lm_iteration_cost(net, 50, "kronecker")[0] == pytest.approx(
-        (50 * kron + P ** 3 / 6) / 1e6)
+        (50 * kron + P ** 3 / 3) / 1e6)
 
 
 def test_gemm_rate_is_measured_once():
