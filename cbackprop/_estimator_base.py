@@ -11,6 +11,7 @@ vector ``theta`` (``coefs_`` and ``intercepts_`` are views into it); for
 :func:`cbackprop._train.run_epoch` (GIL released), so Python runs once per
 epoch.
 """
+import inspect
 import math
 import numbers
 import warnings
@@ -43,6 +44,23 @@ STOCHASTIC_SOLVERS = ("sgd", "adam")
 SECOND_ORDER_SOLVERS = ("lm", "hessian-free", "newton", "kfac")
 SOLVERS = ("lbfgs", "sgd", "adam") + SECOND_ORDER_SOLVERS
 
+# The function behind each second-order solver, and the keyword arguments
+# the estimator derives from its own parameters (never from solver_options).
+_SOLVER_FUNCTIONS = {"lm": "levenberg_marquardt", "hessian-free": "hessian_free",
+                     "newton": "newton", "kfac": "kfac"}
+_ESTIMATOR_SET = {"max_iter": "max_iter", "gtol": "tol", "callback": "callbacks",
+                  "random_state": "random_state", "batch_size": "batch_size",
+                  "shuffle": "shuffle"}
+
+# The estimator's LM damping schedule: mu halved after an accepted step,
+# quadrupled after a rejected one, so that rejections settle near one per two
+# accepted steps (log 2 / log 4) where trainlm's (0.1, 10) settles near one per
+# step; the figures are in docs/user_guide/optimize.rst.
+LM_SCHEDULE = {"mu_dec": 0.5, "mu_inc": 4.0}
+
+# 'lm' warns before its first iteration when one is estimated to take longer.
+LM_WARN_SECONDS = 2.0
+
 # scipy.optimize.minimize's status after the callback raised StopIteration.
 _CALLBACK_STOP_STATUS = 99
 
@@ -56,10 +74,57 @@ def _parameter_constraints(base):
     constraints = dict(base._parameter_constraints)
     constraints["activation"] = [StrOptions(set(ACTIVATIONS))]
     constraints["solver"] = [StrOptions(set(SOLVERS))]
+    constraints["solver_options"] = [dict, None]
     return constraints
 
 
+def solver_option_names(solver):
+    """The keys ``solver_options`` accepts for a second-order solver: the
+    keyword arguments of its function in :mod:`cbackprop.optimize` that the
+    estimator does not set from its own parameters."""
+    function = getattr(optimize, _SOLVER_FUNCTIONS[solver])
+    return tuple(name for name, p in inspect.signature(function).parameters.items()
+                 if p.kind is inspect.Parameter.KEYWORD_ONLY and name not in _ESTIMATOR_SET)
+
+
+def _check_solver_options(solver, options):
+    """A new dict of the solver's keyword arguments from ``solver_options``
+    (the user's dict is never modified); ValueError on a key the solver does
+    not take, on one the estimator sets, and on any key for a solver that
+    takes none ('lbfgs', 'sgd', 'adam'), so that a typo never passes."""
+    options = {} if options is None else dict(options)
+    if solver not in SECOND_ORDER_SOLVERS:
+        if options:
+            raise ValueError(f"solver_options is only used by the solvers "
+                             f"{list(SECOND_ORDER_SOLVERS)}; solver={solver!r} takes none, "
+                             f"got {sorted(options)}")
+        return options
+    allowed = solver_option_names(solver)
+    for key in options:
+        if key in _ESTIMATOR_SET:
+            raise ValueError(f"solver_options[{key!r}] is set by the estimator from its "
+                             f"parameter {_ESTIMATOR_SET[key]!r}; set that instead")
+        if key not in allowed:
+            raise ValueError(f"unknown solver_options key {key!r} for solver={solver!r}; "
+                             f"allowed keys: {list(allowed)}")
+    return options
+
+
 # ---------------------------------------------------------------- helpers
+def _warn_if_lm_slow(net, n_rows, accumulation):
+    """SlowIterationWarning when one LM iteration is estimated (see
+    :func:`cbackprop.optimize.lm_iteration_cost`) to take over
+    LM_WARN_SECONDS."""
+    seconds, nbytes = optimize.lm_iteration_cost(net, n_rows, accumulation)
+    if seconds > LM_WARN_SECONDS:
+        warnings.warn(
+            f"solver='lm': one iteration on {n_rows} samples and {net.n_params} parameters "
+            f"is estimated at {seconds:.1f} s and a {nbytes / 2 ** 20:.3g} MiB Gauss-Newton "
+            f"matrix (its cost grows as n_samples * n_params^2); solver='hessian-free' or "
+            f"'kfac' needs no n_params x n_params matrix", optimize.SlowIterationWarning,
+            stacklevel=8)
+
+
 def _hidden_layer_sizes(value):
     sizes = list(value) if hasattr(value, "__iter__") else [value]
     for n in sizes:
@@ -95,7 +160,7 @@ class BaseMLP(CallbackSupportMixin, BaseEstimator):
                  learning_rate, learning_rate_init, power_t, max_iter, loss, shuffle,
                  random_state, tol, verbose, warm_start, momentum, nesterovs_momentum,
                  early_stopping, validation_fraction, beta_1, beta_2, epsilon,
-                 n_iter_no_change, max_fun):
+                 n_iter_no_change, max_fun, solver_options=None):
         self.activation = activation
         self.solver = solver
         self.alpha = alpha
@@ -120,6 +185,7 @@ class BaseMLP(CallbackSupportMixin, BaseEstimator):
         self.epsilon = epsilon
         self.n_iter_no_change = n_iter_no_change
         self.max_fun = max_fun
+        self.solver_options = solver_options
 
     # ------------------------------------------------------------ theta
     def _views_in_sync(self):
@@ -286,6 +352,7 @@ class BaseMLP(CallbackSupportMixin, BaseEstimator):
                        sample_weight, validate=False)
 
     def _fit_lbfgs(self, X, y, sample_weight):
+        _check_solver_options(self.solver, self.solver_options)  # refuses any key
         net = self._scratch_network()
         problem = self._make_problem(net, X, y, sample_weight)
         grad = np.empty(net.n_params, net.dtype)
@@ -334,7 +401,7 @@ class BaseMLP(CallbackSupportMixin, BaseEstimator):
             warnings.warn(
                 "L-BFGS diverged: the loss became non-finite (overflow). Kept the "
                 f"best finite parameters seen (loss = {best['f']:.6g}); scale the "
-                "data or increase alpha.", ConvergenceWarning, stacklevel=3)
+                "data or increase alpha.", ConvergenceWarning, stacklevel=8)
             x, f = best["x"], best["f"]
         elif opt_res.status not in (0, _CALLBACK_STOP_STATUS):
             status = optimize.LBFGSB_STATUS.get(int(opt_res.status), -6)
@@ -346,7 +413,7 @@ class BaseMLP(CallbackSupportMixin, BaseEstimator):
                         f"convergence (max_iter={self.max_iter}).")
             msg += ("\nYou might also want to scale the data as shown in:\n"
                     "    https://scikit-learn.org/stable/modules/preprocessing.html")
-            warnings.warn(msg, ConvergenceWarning, stacklevel=3)
+            warnings.warn(msg, ConvergenceWarning, stacklevel=8)
         self._theta[:] = x
         self.loss_ = f
 
@@ -384,7 +451,7 @@ class BaseMLP(CallbackSupportMixin, BaseEstimator):
         if res.status <= 0 and res.status != -2:
             warnings.warn(f"{self.solver} stopped after {self.n_iter_} iteration(s) "
                           f"(status={res.status}): {res.message}", ConvergenceWarning,
-                          stacklevel=3)
+                          stacklevel=8)
 
     def _second_order_callback(self, X_val, y_val, sw_val):
         verbose = self.verbose is True or self.verbose >= 1
@@ -410,13 +477,18 @@ class BaseMLP(CallbackSupportMixin, BaseEstimator):
     def _run_second_order(self, net, problem, callback):
         """The solver's result on the prepared problem (it stands for X, y
         and sample_weight in the solver's call)."""
-        kw = dict(max_iter=self.max_iter, gtol=self.tol, callback=callback)
+        options = _check_solver_options(self.solver, self.solver_options)
+        kw = dict(options, max_iter=self.max_iter, gtol=self.tol, callback=callback)
         damping = getattr(self, "_damping", None) if self.warm_start else None
         theta = self._theta
         if self.solver == "lm":
-            return optimize.levenberg_marquardt(net, theta, problem, None, mu=damping or 1e-3, **kw)
+            kw = dict(LM_SCHEDULE, **kw)
+            kw["mu"] = damping or options.get("mu", 1e-3)
+            _warn_if_lm_slow(net, problem.n_rows, kw.get("accumulation", "auto"))
+            return optimize.levenberg_marquardt(net, theta, problem, None, **kw)
         if self.solver == "hessian-free":
-            return optimize.hessian_free(net, theta, problem, None, damping=damping or 1.0,
+            kw["damping"] = damping or options.get("damping", 1.0)
+            return optimize.hessian_free(net, theta, problem, None,
                                          random_state=self._random_state, **kw)
         if self.solver == "kfac":
             return self._run_kfac(net, problem, callback, damping)
@@ -434,8 +506,9 @@ class BaseMLP(CallbackSupportMixin, BaseEstimator):
                 if self._no_improvement_count > self.n_iter_no_change:
                     raise StopIteration
             per_step = _kfac.epoch_callback(per_epoch, problem.n_rows)
-        return optimize.kfac(net, self._theta, problem, None, damping=damping or 1.0,
-                             callback=per_step, **kw)
+        options = _check_solver_options(self.solver, self.solver_options)
+        kw = dict(options, **kw, damping=damping or options.get("damping", 1.0))
+        return optimize.kfac(net, self._theta, problem, None, callback=per_step, **kw)
 
     # ------------------------------------------------------------ sgd, adam
     def _new_optimizer(self):
@@ -471,6 +544,7 @@ class BaseMLP(CallbackSupportMixin, BaseEstimator):
         return X_train, y_train, sw_train, X_val, y_val, sw_val
 
     def _fit_stochastic(self, X, y, sample_weight, incremental):
+        _check_solver_options(self.solver, self.solver_options)  # refuses any key
         if not incremental or not hasattr(self, "_optimizer"):
             self._optimizer = self._new_optimizer()
         if not hasattr(self, "loss_curve_"):
@@ -626,7 +700,7 @@ class BaseMLP(CallbackSupportMixin, BaseEstimator):
             f"typically because learning_rate_init={self.learning_rate_init!r} is too "
             f"large or the data are not scaled. Stopped and restored the weights with "
             f"the best training loss seen ({loss:.6g}).", ConvergenceWarning,
-            stacklevel=4)
+            stacklevel=8)
 
     def _interrupted(self, best_loss, best_theta, n_iter):
         """Ctrl-C during a full-batch solver: warn as scikit-learn does and

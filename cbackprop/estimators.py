@@ -112,6 +112,33 @@ _COMMON_PARAMS = """\
 
     max_fun : int, default=15000
         Maximum number of loss evaluations of 'lbfgs'.
+
+    solver_options : dict or None, default=None
+        Keyword arguments of the second-order solver's function in
+        :mod:`cbackprop.optimize` (copied, never modified):
+
+        - 'lm' (:func:`~cbackprop.optimize.levenberg_marquardt`): ``mu``,
+          ``mu_dec``, ``mu_inc``, ``mu_max``, ``ftol``, ``block_size``,
+          ``accumulation``, ``max_bytes``; the estimator's schedule is
+          ``mu_dec=0.5``, ``mu_inc=4`` (half as many rejected trials as
+          trainlm's 0.1 and 10 in the measurements of the user guide's
+          "Second-order optimization");
+        - 'hessian-free' (:func:`~cbackprop.optimize.hessian_free`):
+          ``damping``, ``damping_max``, ``cg_max_iter``, ``cg_tol``,
+          ``cg_decay``, ``preconditioner``, ``curvature_batch_size``, ``ftol``;
+        - 'newton' (:func:`~cbackprop.optimize.newton`): ``method``,
+          ``initial_trust_radius``, ``max_trust_radius``, ``eta``;
+        - 'kfac' (:func:`~cbackprop.optimize.kfac`): ``curvature``,
+          ``learning_rate``, ``momentum``, ``kl_clip``, ``damping``,
+          ``min_damping``, ``max_damping``, ``damping_decay``,
+          ``damping_every``, ``ema_decay``, ``inverse_every``, ``burnin``,
+          ``ftol``.
+
+        ``max_iter``, ``gtol``, ``callback``, ``random_state``,
+        ``batch_size`` and ``shuffle`` come from the estimator's own
+        parameters and are refused here, as is any other key; so is any
+        non-empty dict with 'lbfgs', 'sgd' or 'adam', which take none. After
+        a warm start the fitted damping replaces ``mu`` / ``damping``.
 """
 
 _COMMON_ATTRIBUTES = """\
@@ -215,7 +242,8 @@ class MLPClassifier(ClassifierMixin, BaseMLP):
                  random_state=None, tol=1e-4, verbose=False, warm_start=False,
                  momentum=0.9, nesterovs_momentum=True, early_stopping=False,
                  validation_fraction=0.1, beta_1=0.9, beta_2=0.999, epsilon=1e-8,
-                 n_iter_no_change=10, max_fun=15000):
+                 n_iter_no_change=10, max_fun=15000,
+                 solver_options=None):
         super().__init__(
             hidden_layer_sizes=hidden_layer_sizes, activation=activation, solver=solver,
             alpha=alpha, batch_size=batch_size, learning_rate=learning_rate,
@@ -224,7 +252,8 @@ class MLPClassifier(ClassifierMixin, BaseMLP):
             verbose=verbose, warm_start=warm_start, momentum=momentum,
             nesterovs_momentum=nesterovs_momentum, early_stopping=early_stopping,
             validation_fraction=validation_fraction, beta_1=beta_1, beta_2=beta_2,
-            epsilon=epsilon, n_iter_no_change=n_iter_no_change, max_fun=max_fun)
+            epsilon=epsilon, n_iter_no_change=n_iter_no_change, max_fun=max_fun,
+            solver_options=solver_options)
 
     def _validate_input(self, X, y, incremental, reset):
         X, y = validate_data(self, X, y, multi_output=True,
@@ -402,7 +431,8 @@ class MLPRegressor(RegressorMixin, BaseMLP):
                  max_iter=200, shuffle=True, random_state=None, tol=1e-4, verbose=False,
                  warm_start=False, momentum=0.9, nesterovs_momentum=True,
                  early_stopping=False, validation_fraction=0.1, beta_1=0.9, beta_2=0.999,
-                 epsilon=1e-8, n_iter_no_change=10, max_fun=15000):
+                 epsilon=1e-8, n_iter_no_change=10, max_fun=15000,
+                 solver_options=None):
         super().__init__(
             hidden_layer_sizes=hidden_layer_sizes, activation=activation, solver=solver,
             alpha=alpha, batch_size=batch_size, learning_rate=learning_rate,
@@ -411,7 +441,8 @@ class MLPRegressor(RegressorMixin, BaseMLP):
             verbose=verbose, warm_start=warm_start, momentum=momentum,
             nesterovs_momentum=nesterovs_momentum, early_stopping=early_stopping,
             validation_fraction=validation_fraction, beta_1=beta_1, beta_2=beta_2,
-            epsilon=epsilon, n_iter_no_change=n_iter_no_change, max_fun=max_fun)
+            epsilon=epsilon, n_iter_no_change=n_iter_no_change, max_fun=max_fun,
+            solver_options=solver_options)
 
     def _validate_input(self, X, y, incremental, reset):
         X, y = validate_data(self, X, y, multi_output=True, y_numeric=True,

@@ -524,8 +524,10 @@ def test_clone_params_and_pipeline():
     est = MLPClassifier(hidden_layer_sizes=(7,), activation="mish", solver="lbfgs", alpha=0.1)
     params = est.get_params()
     assert params["activation"] == "mish" and params["hidden_layer_sizes"] == (7,)
-    assert params.keys() == sknn.MLPClassifier().get_params().keys()
-    assert MLPRegressor().get_params().keys() == sknn.MLPRegressor().get_params().keys()
+    # scikit-learn's parameters, plus the second-order solvers' options
+    assert params.keys() == sknn.MLPClassifier().get_params().keys() | {"solver_options"}
+    assert MLPRegressor().get_params().keys() == (sknn.MLPRegressor().get_params().keys()
+                                                  | {"solver_options"})
     c = clone(est).set_params(alpha=1.0)
     assert c.alpha == 1.0 and est.alpha == 0.1
     X, y = _data("multiclass")
@@ -536,7 +538,9 @@ def test_clone_params_and_pipeline():
 def test_defaults_match_sklearn():
     for ours, ref in ((MLPClassifier(), sknn.MLPClassifier()),
                       (MLPRegressor(), sknn.MLPRegressor())):
-        assert ours.get_params() == ref.get_params()
+        params = ours.get_params()
+        assert params.pop("solver_options") is None
+        assert params == ref.get_params()
 
 
 def test_grid_search_n_jobs_2():

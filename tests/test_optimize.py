@@ -423,3 +423,45 @@ def test_newton_converges_and_counts_hessian_products(method, monkeypatch):
     assert np.max(np.abs(res.jac)) <= 1e-6
     assert res.nhev == len(calls) > 0
     assert_allclose(res.fun, net.loss(res.x, X, Y), rtol=1e-12)
+
+
+def _newton_with_failed_first_run(monkeypatch, method, step):
+    """newton whose first scipy run stops after 2 iterations with scipy's
+    'no predicted decrease' (status 2) after a refused trial at x + step(x),
+    the later runs left alone; returns the result and the runs' (method,
+    maxiter)."""
+    sizes, X, Y = classification_problem("log_loss")
+    net = cb.Network(sizes, "tanh", "log_loss", alpha=1e-2)
+    runs = []
+    real = opt.minimize
+
+    def minimize(fun, x0, **kw):
+        runs.append((kw["method"], kw["options"]["maxiter"]))
+        if len(runs) > 1:
+            return real(fun, x0, **kw)
+        res = real(fun, x0, **dict(kw, options=dict(kw["options"], maxiter=2)))
+        fun(res.x + step(res.x))          # the refused trial, as scipy evaluates it
+        res.status = 2
+        return res
+    monkeypatch.setattr(opt, "minimize", minimize)
+    return opt.newton(net, net.init_params(0), X, Y, method=method, gtol=1e-6,
+                      max_iter=50), runs
+
+
+def test_newton_continues_with_trust_ncg_after_a_krylov_failure(monkeypatch):
+    res, runs = _newton_with_failed_first_run(monkeypatch, "trust-krylov", lambda x: 0.5)
+    assert runs == [("trust-krylov", 50), ("trust-ncg", 48)]
+    assert res.status == 1 and res.nit > 2 and np.max(np.abs(res.jac)) <= 1e-6
+
+
+@pytest.mark.parametrize("step, status", [
+    pytest.param(lambda x: 0.5, -4, id="real-failure"),
+    pytest.param(lambda x: 1e-6, -4, id="small-but-resolved"),
+    pytest.param(lambda x: 0.0, 2, id="no-step"),
+    pytest.param(lambda x: 2 * np.spacing(x), 2, id="two-ulps"),
+])
+def test_newton_no_predicted_decrease_is_convergence_only_within_rounding(monkeypatch, step,
+                                                                          status):
+    res, runs = _newton_with_failed_first_run(monkeypatch, "trust-ncg", step)
+    assert runs == [("trust-ncg", 50)] and res.nit == 2
+    assert res.status == status and res.message == opt.TERMINATION_MESSAGES[status]
