@@ -32,19 +32,22 @@ _COMMON_PARAMS = """\
         ``softplus(x) = log(1 + exp(x))``, ``swish(x) = x * sigmoid(x)`` and
         ``mish(x) = x * tanh(softplus(x))``.
 
-    solver : {'lbfgs', 'sgd', 'adam', 'lm', 'hessian-free', 'newton'}, default='adam'
+    solver : {'lbfgs', 'sgd', 'adam', 'lm', 'hessian-free', 'newton', 'kfac'}, default='adam'
         'sgd' and 'adam' run whole epochs in compiled code, with
         scikit-learn's update rules; 'lbfgs' is SciPy's L-BFGS-B over the
-        flat parameter vector. Second-order, full batch (see
-        :mod:`cbackprop.optimize`): 'lm' is Levenberg-Marquardt on the
-        generalized Gauss-Newton matrix (P x P memory: for networks up to a
-        few thousand parameters), 'hessian-free' is Martens' truncated CG on
-        damped Gauss-Newton products (matrix-free), 'newton' is trust-region
-        Newton with exact Hessian-vector products. For these, ``max_iter``
-        counts outer iterations, ``tol`` is the gradient tolerance,
-        ``verbose`` also prints the damping, ``early_stopping`` and
-        ``warm_start`` work as for the other solvers, and the step-size,
-        momentum, batch and shuffling parameters are ignored.
+        flat parameter vector. Second-order (see :mod:`cbackprop.optimize`):
+        'lm' is Levenberg-Marquardt on the generalized Gauss-Newton matrix
+        (P x P memory: for networks up to a few thousand parameters),
+        'hessian-free' is Martens' truncated CG on damped Gauss-Newton
+        products (matrix-free), 'newton' is trust-region Newton with exact
+        Hessian-vector products, all three full batch; 'kfac' is K-FAC, full
+        batch with ``batch_size='auto'``, else on mini-batches of
+        ``batch_size`` rows (then ``max_iter`` counts epochs, as for 'adam').
+        For these, ``max_iter`` counts outer iterations, ``tol`` is the
+        gradient tolerance (max|g|), ``verbose`` also prints the damping of
+        'lm', 'hessian-free' and 'kfac', ``early_stopping`` and ``warm_start``
+        work as for the other solvers, and the step-size, momentum and
+        (except for 'kfac') batch and shuffling parameters are ignored.
 
     alpha : float, default=0.0001
         Strength of the L2 penalty ``alpha / (2 W) * sum ||W_l||^2`` (W the
