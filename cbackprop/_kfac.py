@@ -664,17 +664,16 @@ def estimator_kwargs(estimator, n_samples):
     return dict(kw, batch_size=int(size), max_iter=estimator.max_iter * steps, gtol=0.0)
 
 
-def epoch_callback(callback, n_samples, *, tol=None, n_iter_no_change=10):
+def epoch_callback(callback, n_samples):
     """Wrap a callback so that it sees one result per epoch of mini-batches.
 
     ``callback`` gets ``OptimizeResult(x, fun, nit, damping)`` at the end of
     every epoch, ``fun`` the row-weighted mean of the epoch's batch losses
-    (scikit-learn's ``loss_curve_`` entry) and ``nit`` the epoch number.
-    With ``tol``, scikit-learn's rule stops the run (StopIteration) once the
-    epoch loss has failed to drop below ``best - tol`` for more than
-    ``n_iter_no_change`` consecutive epochs. ``callback`` may be None.
+    (scikit-learn's ``loss_curve_`` entry) and ``nit`` the epoch number. The
+    estimators apply scikit-learn's no-improvement rule to these epoch
+    results (``BaseMLP._record``), as for 'sgd' and 'adam'.
     """
-    state = {"sum": 0.0, "rows": 0, "best": math.inf, "stale": 0}
+    state = {"sum": 0.0, "rows": 0}
 
     def wrapper(r):
         state["sum"] += r.fun * r.rows
@@ -683,11 +682,5 @@ def epoch_callback(callback, n_samples, *, tol=None, n_iter_no_change=10):
             return
         loss = state["sum"] / state["rows"]
         state["sum"], state["rows"] = 0.0, 0
-        if callback is not None:
-            callback(OptimizeResult(x=r.x, fun=loss, nit=r.epoch, damping=r.damping))
-        if tol is not None:
-            state["stale"] = state["stale"] + 1 if loss > state["best"] - tol else 0
-            state["best"] = min(state["best"], loss)
-            if state["stale"] > n_iter_no_change:
-                raise StopIteration
+        callback(OptimizeResult(x=r.x, fun=loss, nit=r.epoch, damping=r.damping))
     return wrapper

@@ -297,3 +297,13 @@ def test_lm_schedule_of_the_estimator(monkeypatch, options, expected):
     # once (a failed Cholesky raises it with no loss): what the schedule costs
     raised = (np.log(res.mu / 1e-3) + res.nit * np.log(1 / dec)) / np.log(inc)
     assert res.nfev - 1 - res.nit <= raised + 1e-6
+
+
+def test_kfac_mini_batches_stop_without_improvement(digits):
+    """scikit-learn's rule on the epoch losses: more than n_iter_no_change epochs
+    without an improvement of tol end the fit, as for adam."""
+    X, Xt, y, yt = digits
+    clf = _fit(MLPClassifier((16,), solver="kfac", batch_size=128, max_iter=50, tol=10.0,
+                             n_iter_no_change=2, random_state=0), X, y)
+    # the first epoch sets best_loss_; three more without improvement: 3 > 2
+    assert clf.n_iter_ == len(clf.loss_curve_) == 4

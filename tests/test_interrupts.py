@@ -53,20 +53,30 @@ def test_interrupt_keeps_the_best_weights_seen(solver, interrupt_after):
     assert clf.predict(X).shape == (X.shape[0],)
 
 
-def test_interrupt_during_lm_iterations(monkeypatch):
+@pytest.fixture
+def interrupt_at_record(monkeypatch):
+    """Raise KeyboardInterrupt right after the n-th epoch or iteration is
+    recorded (where the solvers' loops hand control back to Python)."""
+    def arm(n):
+        real = cb.MLPClassifier._record
+        seen = []
+
+        def record(self, loss, *args):
+            seen.append(loss)
+            real(self, loss, *args)
+            if len(seen) == n:
+                raise KeyboardInterrupt
+        monkeypatch.setattr(cb.MLPClassifier, "_record", record)
+        return seen
+    return arm
+
+
+def test_interrupt_during_lm_iterations(interrupt_at_record):
     """LM's loop runs in one kernel call; an interrupt surfaces at the callback
     between iterations."""
     X, y = _digits()
     clf = cb.MLPClassifier((6,), solver="lm", max_iter=50, random_state=0)
-    real = cb.MLPClassifier._record
-    seen = []
-
-    def record(self, loss, *args):
-        seen.append(loss)
-        real(self, loss, *args)
-        if len(seen) == 3:
-            raise KeyboardInterrupt
-    monkeypatch.setattr(cb.MLPClassifier, "_record", record)
+    seen = interrupt_at_record(3)
     with pytest.warns(UserWarning, match="Training interrupted by user"):
         clf.fit(X, y)
     assert clf.n_iter_ == 3 and clf.loss_ == min(seen)
@@ -74,18 +84,10 @@ def test_interrupt_during_lm_iterations(monkeypatch):
 
 
 @pytest.mark.parametrize("solver", ["adam", "sgd"])
-def test_interrupt_stochastic(solver, monkeypatch):
+def test_interrupt_stochastic(solver, interrupt_at_record):
     X, y = _digits()
     clf = cb.MLPClassifier((8,), solver=solver, max_iter=50, random_state=0)
-    real = cb.MLPClassifier._record
-    seen = []
-
-    def record(self, loss, *args):
-        seen.append(loss)
-        real(self, loss, *args)
-        if len(seen) == 2:
-            raise KeyboardInterrupt
-    monkeypatch.setattr(cb.MLPClassifier, "_record", record)
+    interrupt_at_record(2)
     with pytest.warns(UserWarning, match="Training interrupted by user"):
         clf.fit(X, y)
     assert clf.n_iter_ == 2 and np.isfinite(clf.coefs_[0]).all()
