@@ -49,6 +49,7 @@ except ImportError as exc:  # pragma: no cover - exercised without the extra
 
 CACHE_GROUPS = 32  # groups of problems kept warm per worker process (least recent out)
 LOST_RETRIES = 3   # rounds tried when workers die
+WORKER_WAIT_SECONDS = 30  # a cluster without workers yet: how long to wait for one
 # What a round raises when a worker holding its inputs died.
 _LOST = (distributed.client.FutureCancelledError, distributed.scheduler.KilledWorker,
          distributed.comm.CommClosedError, concurrent.futures.CancelledError)
@@ -253,8 +254,15 @@ class DaskProblem:
         make = dask.delayed(_make_part, pure=True)
         parts = [make(net, xb, yb, sb) for xb, yb, sb in zip(*blocks)]
         workers = sorted(client.scheduler_info(n_workers=-1)["workers"])
+        if not workers:  # a cluster still starting: wait for one before refusing
+            try:
+                client.wait_for_workers(1, timeout=WORKER_WAIT_SECONDS)
+            except (TimeoutError, OSError):
+                pass
+            workers = sorted(client.scheduler_info(n_workers=-1)["workers"])
         if not workers:
-            raise ValueError("the dask cluster has no workers")
+            raise ValueError(f"the dask cluster has no workers (waited "
+                             f"{WORKER_WAIT_SECONDS} s for one)")
         groups = np.array_split(np.arange(len(parts)), min(len(workers), len(parts)))
         futures = [client.compute([parts[i] for i in g], workers=[workers[j]],
                                   allow_other_workers=True) for j, g in enumerate(groups)]

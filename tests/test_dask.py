@@ -37,6 +37,7 @@ def client():
         cluster = distributed.LocalCluster(n_workers=2, threads_per_worker=1, processes=True,
                                            host="127.0.0.1", dashboard_address=None)
     with cluster, distributed.Client(cluster) as c:
+        c.wait_for_workers(2, timeout=60)   # both registered before the first test
         yield c
 
 
