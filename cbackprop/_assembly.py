@@ -23,6 +23,7 @@ from scipy.linalg import blas as _scipy_blas
 
 from cbackprop import _curvature
 from cbackprop._problem import first_order_state, loss_factors
+from cbackprop._sparse import dense_rows
 
 DEFAULT_MAX_BYTES = 2 ** 31  # refuse dense matrices above 2 GiB by default
 ASSEMBLY_ENTRIES = 1 << 22   # per-chunk intermediates: about 32 MB of float64
@@ -43,13 +44,15 @@ def accumulate(problem, theta, build):
     """Sum over row chunks of ``build(net, theta, X_c, Y_c, sw_c, W)``.
 
     Parts are arrays or lists of arrays; each is normalized by the problem's
-    global weight W, so the sum is the whole data term.
+    global weight W, so the sum is the whole data term. A sparse X is
+    densified one chunk at a time (these quantities read per-sample inputs
+    of every layer; they are P or P x P anyway).
     """
     net, W = problem.net, problem.weight_sum
     total = None
     for c in problem.chunks(_entries_per_row(net), ASSEMBLY_ENTRIES, min_rows=1):
         X, Y, sw = problem._part(c)
-        part = build(net, theta, X, Y, sw, W)
+        part = build(net, theta, dense_rows(X), Y, sw, W)
         if total is None:
             total = part
         elif isinstance(part, list):

@@ -1,7 +1,7 @@
 # The dense Kronecker-sum accumulation of the GGN (shared by net.ggn,
 # net.block_ggn and Levenberg-Marquardt's quasi-Hessian) and its workspace.
 from cython cimport floating
-from cbackprop._network cimport NetSpec, Region
+from cbackprop._network cimport NetSpec, Region, Batch
 
 cdef struct KronDims:
     Py_ssize_t nn_max      # widest K_i (entries per sample) over the pairs
@@ -19,7 +19,7 @@ cdef KronDims kron_dims(const NetSpec* s) noexcept nogil
 cdef Py_ssize_t kron_layout(const NetSpec* s, Py_ssize_t nb, Py_ssize_t at,
                             KronLayout* lay) noexcept nogil
 cdef Py_ssize_t kron_row_entries(const NetSpec* s) noexcept nogil
-cdef void kron_accumulate(const NetSpec* s, const floating* Xb,
+cdef void kron_accumulate(const NetSpec* s, const Batch* b,
                           const floating* A, const floating* S, Py_ssize_t k,
                           Py_ssize_t C, Py_ssize_t nb, bint diag_only,
                           floating* G, floating* w,

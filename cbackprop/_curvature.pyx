@@ -20,11 +20,13 @@ from libc.string cimport memset
 from cbackprop._blas cimport _gemm, _axpy, NoTrans
 from cbackprop._activations cimport act_derivs
 from cbackprop._losses cimport hess_prod_rows, sqrt_hess_rows
+from libc.stdint cimport int32_t, int64_t
 from cbackprop._network cimport (NetPlan, NetSpec, Batch, Region, Workspace,
                                  make_batch, sub_batch, put, forward, backward,
                                  loss_value, layer_input, forward_linear,
                                  backward_linear, backward_step, layer_grad,
-                                 GRAD, NO_REDUCE)
+                                 input_forward, input_grad, set_input,
+                                 csr_index, GRAD, NO_REDUCE)
 
 
 # ----------------------------------------------------------------- layouts
@@ -154,7 +156,7 @@ cdef void first_order(const NetSpec* s, const Batch* b, const floating* theta,
     cdef floating* F2 = w + lay.F2.off
     cdef floating* DL = w + lay.DL.off
     cdef floating* E = w + lay.Q.off
-    forward(s, theta, <const floating*>b.X, N, Z, A)
+    forward(s, theta, b, N, Z, A)
     if hid > 0:
         act_derivs(s.act, Z, A, F1, F2, hid)
     loss_value(s, b, Z, DL + hid)
@@ -169,7 +171,7 @@ cdef void first_order(const NetSpec* s, const Batch* b, const floating* theta,
 
 
 # --------------------------------------------------------------- R-forward
-cdef void r_forward(const NetSpec* s, const floating* theta, const floating* X,
+cdef void r_forward(const NetSpec* s, const floating* theta, const Batch* b,
                     Py_ssize_t N, const floating* A, const floating* F1,
                     const floating* V, Py_ssize_t k, floating* RZ,
                     floating* RA) noexcept nogil:
@@ -180,15 +182,13 @@ cdef void r_forward(const NetSpec* s, const floating* theta, const floating* X,
     """
     cdef int l, L = s.n_layers
     cdef Py_ssize_t r, j, nout, P = s.n_params
-    cdef const floating* a_in
     cdef floating* rz
     for l in range(L):
         nout = s.sizes[l + 1]
-        a_in = layer_input(s, l, X, A, N)
         rz = RZ + k * N * s.h_off[l]
         for r in range(k):
-            forward_linear(s, l, V + r * P, a_in, N, <floating>0.0,
-                           rz + r * N * nout)
+            input_forward(s, l, b, A, N, V + r * P, <floating>0.0,
+                          rz + r * N * nout)
             _add_row(rz + r * N * nout, V + r * P + s.b_off[l], N, nout)
         if l > 0:
             forward_linear(s, l, theta, RA + k * N * s.h_off[l - 1], k * N,
@@ -214,7 +214,6 @@ cdef void hvp_kernel(const NetSpec* s, const Batch* b, const floating* theta,
     cdef int l, L = s.n_layers
     cdef Py_ssize_t r, nin, nout, N = b.N, P = s.n_params, nL = s.sizes[L]
     cdef Py_ssize_t half = k * N * _widest(s)
-    cdef const floating* X = <const floating*>b.X
     cdef const floating* A = w + lay.st.A.off
     cdef const floating* DL = w + lay.st.DL.off
     cdef floating* RZ = w + lay.RZ.off
@@ -222,21 +221,19 @@ cdef void hvp_kernel(const NetSpec* s, const Batch* b, const floating* theta,
     cdef floating* RD = w + lay.RD.off
     cdef floating* cur = RD
     cdef floating* nxt
-    cdef const floating* a_in
     cdef const floating* delta
     first_order(s, b, theta, w, &lay.st)
-    r_forward(s, theta, X, N, A, w + lay.st.F1.off, V, k, RZ, RA)
+    r_forward(s, theta, b, N, A, w + lay.st.F1.off, V, k, RZ, RA)
     hess_prod_rows(s.loss, w + lay.st.Z.off + N * s.h_off[L - 1],
                    <const floating*>b.Y, <const floating*>b.sw, N, nL,
                    1.0 / b.sw_sum, RZ + k * N * s.h_off[L - 1], cur, k)
     for l in range(L - 1, -1, -1):
         nin = s.sizes[l]
         nout = s.sizes[l + 1]
-        a_in = layer_input(s, l, X, A, N)
         delta = DL + N * s.h_off[l]
         for r in range(k):
             # R(grad W_l) = a^T R(delta) + R(a)^T delta.
-            layer_grad(s, l, a_in, cur + r * N * nout, N, False, True,
+            input_grad(s, l, b, A, N, cur + r * N * nout, False, True,
                        out + r * P)
             if l > 0:
                 layer_grad(s, l, RA + k * N * s.h_off[l - 1] + r * N * nin,
@@ -262,19 +259,18 @@ cdef void ggn_vp_kernel(const NetSpec* s, const Batch* b, const floating* theta,
     """out (k, P) = G V^T rows: J^T (H_loss (J v)), k vectors at once."""
     cdef int L = s.n_layers
     cdef Py_ssize_t N = b.N, nL = s.sizes[L], hid = N * s.h_off[L - 1]
-    cdef const floating* X = <const floating*>b.X
     cdef floating* Z = w + lay.Z.off
     cdef floating* A = w + lay.A.off
     cdef floating* RZ = w + lay.RZ.off
     cdef floating* RD = w + lay.RD.off
-    forward(s, theta, X, N, Z, A)
+    forward(s, theta, b, N, Z, A)
     if hid > 0:
         act_derivs(s.act, Z, A, w + lay.F1.off, w + lay.F2.off, hid)
-    r_forward(s, theta, X, N, A, w + lay.F1.off, V, k, RZ, w + lay.RA.off)
+    r_forward(s, theta, b, N, A, w + lay.F1.off, V, k, RZ, w + lay.RA.off)
     hess_prod_rows(s.loss, Z + hid, <const floating*>b.Y,
                    <const floating*>b.sw, N, nL, 1.0 / b.sw_sum, RZ + k * hid,
                    RD, k)
-    backward(s, theta, X, N, Z, A, RD, k, w + lay.work.off, GRAD, out)
+    backward(s, theta, b, N, Z, A, RD, k, w + lay.work.off, GRAD, out)
     _add_l2_blocks(s, b.alpha / b.sw_sum, V, out, k)
 
 
@@ -290,7 +286,6 @@ cdef void efisher_vp_kernel(const NetSpec* s, const Batch* b,
     """
     cdef int l, L = s.n_layers
     cdef Py_ssize_t r, i, q, nout, N = b.N, P = s.n_params
-    cdef const floating* X = <const floating*>b.X
     cdef const floating* sw = <const floating*>b.sw
     cdef floating* Z = w + lay.Z.off
     cdef floating* A = w + lay.A.off
@@ -298,15 +293,14 @@ cdef void efisher_vp_kernel(const NetSpec* s, const Batch* b,
     cdef floating* T = w + lay.T.off
     cdef floating* U = w + lay.U.off
     cdef floating* work = w + lay.work.off
-    cdef const floating* a_in
     cdef const floating* d
     cdef double acc
     cdef Batch raw = b[0]
     raw.sw = NULL
     raw.sw_sum = 1.0
-    forward(s, theta, X, N, Z, A)
+    forward(s, theta, b, N, Z, A)
     loss_value(s, &raw, Z, DL + N * s.h_off[L - 1])
-    backward(s, theta, X, N, Z, A, DL + N * s.h_off[L - 1], 1, DL, NO_REDUCE,
+    backward(s, theta, b, N, Z, A, DL + N * s.h_off[L - 1], 1, DL, NO_REDUCE,
              <floating*>NULL)
     for r in range(k):
         for i in range(N):
@@ -314,8 +308,7 @@ cdef void efisher_vp_kernel(const NetSpec* s, const Batch* b,
         for l in range(L):
             nout = s.sizes[l + 1]
             d = DL + N * s.h_off[l]
-            forward_linear(s, l, V + r * P, layer_input(s, l, X, A, N), N,
-                           <floating>0.0, T)
+            input_forward(s, l, b, A, N, V + r * P, <floating>0.0, T)
             for i in range(N):
                 acc = 0.0
                 for q in range(nout):
@@ -329,8 +322,7 @@ cdef void efisher_vp_kernel(const NetSpec* s, const Batch* b,
             for i in range(N):
                 for q in range(nout):
                     work[i * nout + q] = U[r * N + i] * d[i * nout + q]
-            layer_grad(s, l, layer_input(s, l, X, A, N), work, N, False, True,
-                       out + r * P)
+            input_grad(s, l, b, A, N, work, False, True, out + r * P)
     _add_l2_blocks(s, b.alpha / b.sw_sum, V, out, k)
 
 
@@ -343,7 +335,7 @@ cdef void factor_backprop(const NetSpec* s, const Batch* b,
     S: layer l's block ``(C, N, n_l)`` at C * N * h_off[l];
     ``sum_c S_l[c, i] S_l[c, i]^T = c_i B_li^T H_i B_li`` with c_i = w_i / W.
     """
-    forward(s, theta, <const floating*>b.X, b.N, w + lay.Z.off, w + lay.A.off)
+    forward(s, theta, b, b.N, w + lay.Z.off, w + lay.A.off)
     _factor_down(s, b, theta, w + lay.Z.off, w + lay.A.off, w + lay.S.off)
 
 
@@ -356,7 +348,7 @@ cdef void _factor_down(const NetSpec* s, const Batch* b, const floating* theta,
     cdef Py_ssize_t N = b.N, C = s.sizes[L], hid = N * s.h_off[L - 1]
     sqrt_hess_rows(s.loss, Z + hid, <const floating*>b.Y,
                    <const floating*>b.sw, N, C, 1.0 / b.sw_sum, S + C * hid)
-    backward(s, theta, <const floating*>b.X, N, Z, A, S + C * hid, C, S,
+    backward(s, theta, b, N, Z, A, S + C * hid, C, S,
              NO_REDUCE, <floating*>NULL)
 
 
@@ -518,23 +510,47 @@ cdef inline Py_ssize_t _block_params(const NetSpec* s, int l) noexcept nogil:
     return (s.sizes[l] + 1) * s.sizes[l + 1]
 
 
-cdef void _transpose_inputs(const NetSpec* s, const floating* Xb,
+cdef void _transpose_inputs(const NetSpec* s, const Batch* b,
                             const floating* A, Py_ssize_t nb,
                             floating* aT) noexcept nogil:
     """aT: every layer's augmented input transposed, (n_l + 1, nb) each, the
-    ones row last: the columns of A2 become contiguous products."""
+    ones row last: the columns of A2 become contiguous products. CSR X is
+    scattered into its (dense) block."""
     cdef int l
     cdef Py_ssize_t al, i, p, off = 0
     cdef const floating* a_in
     for l in range(s.n_layers):
         al = s.sizes[l] + 1
-        a_in = layer_input(s, l, Xb, A, nb)
+        if l == 0 and b.X == NULL:
+            memset(aT, 0, (al - 1) * nb * sizeof(floating))
+            if b.idx64:
+                _csr_transpose(<const int64_t*>b.Xptr, <const int64_t*>b.Xind,
+                               <const floating*>b.Xdata, nb, aT)
+            else:
+                _csr_transpose(<const int32_t*>b.Xptr, <const int32_t*>b.Xind,
+                               <const floating*>b.Xdata, nb, aT)
+            for i in range(nb):
+                aT[(al - 1) * nb + i] = 1
+            off += al * nb
+            continue
+        a_in = layer_input(s, l, <const floating*>b.X, A, nb)
         for i in range(nb):
             for p in range(al - 1):
                 aT[off + p * nb + i] = a_in[i * (al - 1) + p]
         for i in range(nb):
             aT[off + (al - 1) * nb + i] = 1
         off += al * nb
+
+
+cdef void _csr_transpose(const csr_index* ptr, const csr_index* ind,
+                         const floating* val, Py_ssize_t nb,
+                         floating* xT) noexcept nogil:
+    """xT[j, i] = x_ij for the nonzeros of nb CSR rows (xT zeroed before)."""
+    cdef Py_ssize_t i
+    cdef csr_index p
+    for i in range(nb):
+        for p in range(ptr[i], ptr[i + 1]):
+            xT[<Py_ssize_t>ind[p] * nb + i] = val[p]
 
 
 cdef inline Py_ssize_t _aT_off(const NetSpec* s, int l, Py_ssize_t nb) noexcept nogil:
@@ -659,7 +675,7 @@ cdef inline floating* _block_of(const NetSpec* s, int l, int m, bint diag_only,
     return G + off
 
 
-cdef void kron_accumulate(const NetSpec* s, const floating* Xb,
+cdef void kron_accumulate(const NetSpec* s, const Batch* b,
                           const floating* A, const floating* S, Py_ssize_t k,
                           Py_ssize_t C, Py_ssize_t nb, bint diag_only,
                           floating* G, floating* w,
@@ -685,7 +701,7 @@ cdef void kron_accumulate(const NetSpec* s, const floating* Xb,
     cdef floating* K = w + lay.K.off
     cdef floating* aT = w + lay.aT.off
     cdef floating* Gb
-    _transpose_inputs(s, Xb, A, nb, aT)
+    _transpose_inputs(s, b, A, nb, aT)
     for l in range(L):
         for m in range(l, L if not diag_only else l + 1):
             nn = _pair_nn(s, l, m)
@@ -718,7 +734,7 @@ cdef void _block_hessian_rows(const NetSpec* s, const Batch* b,
     cdef floating* Gb
     first_order(s, b, theta, w, &lay.h.st)
     _factor_down(s, b, theta, Z, A, S)
-    _transpose_inputs(s, <const floating*>b.X, A, N, w + lay.kron.aT.off)
+    _transpose_inputs(s, b, A, N, w + lay.kron.aT.off)
     for l in range(L):
         nl = s.sizes[l + 1]
         nn = nl * (nl + 1) // 2
@@ -832,9 +848,9 @@ cdef void _fisher_factor(const NetSpec* s, const Batch* b,
     cdef Batch raw = b[0]
     raw.sw = NULL
     raw.sw_sum = 1.0
-    forward(s, theta, <const floating*>b.X, N, Z, A)
+    forward(s, theta, b, N, Z, A)
     loss_value(s, &raw, Z, S + N * s.h_off[L - 1])
-    backward(s, theta, <const floating*>b.X, N, Z, A, S + N * s.h_off[L - 1],
+    backward(s, theta, b, N, Z, A, S + N * s.h_off[L - 1],
              1, S, NO_REDUCE, <floating*>NULL)
     for l in range(L):
         n = s.sizes[l + 1]
@@ -861,11 +877,11 @@ cdef void dense_ggn_kernel(const NetSpec* s, const Batch* b,
         sub = sub_batch(s, b, i0, nb)
         if fisher:
             _fisher_factor(s, &sub, theta, w, &lay.f)
-            kron_accumulate(s, <const floating*>sub.X, w + lay.f.A.off,
+            kron_accumulate(s, &sub, w + lay.f.A.off,
                             w + lay.f.S.off, 1, 1, nb, diag_only, G, w, &lay.kron)
         else:
             factor_backprop(s, &sub, theta, w, &lay.f)
-            kron_accumulate(s, <const floating*>sub.X, w + lay.f.A.off,
+            kron_accumulate(s, &sub, w + lay.f.A.off,
                             w + lay.f.S.off, s.sizes[s.n_layers],
                             s.sizes[s.n_layers], nb, diag_only, G, w, &lay.kron)
         i0 += nb
@@ -1046,76 +1062,83 @@ cdef inline const floating* _opt(const floating[::1] v) noexcept:
     return NULL if v is None else &v[0]
 
 
-def hvp(NetPlan plan, const floating[::1] theta, const floating[:, ::1] X,
+def hvp(NetPlan plan, const floating[::1] theta, X,
         const floating[:, ::1] Y, const floating[::1] sw, double sw_sum,
         double alpha, const floating[:, ::1] V, floating[:, ::1] out,
         HvpWorkspace ws):
     """out (k, P) = rows of H V for V (k, P)."""
     ws.check(X.shape[0], V.shape[0], sizeof(floating))
-    cdef Batch b = make_batch(&X[0, 0], &Y[0, 0], _opt(sw), X.shape[0], sw_sum,
-                              alpha)
+    cdef Batch b = make_batch(<const floating*>NULL, &Y[0, 0], _opt(sw),
+                              <Py_ssize_t>X.shape[0], sw_sum, alpha)
+    set_input(&b, X, sizeof(floating))
     with nogil:
         hvp_kernel(&plan.spec, &b, &theta[0], &V[0, 0], V.shape[0], &out[0, 0],
                    <floating*>ws.base, &ws.lay)
 
 
-def ggn_vp(NetPlan plan, const floating[::1] theta, const floating[:, ::1] X,
+def ggn_vp(NetPlan plan, const floating[::1] theta, X,
            const floating[:, ::1] Y, const floating[::1] sw, double sw_sum,
            double alpha, const floating[:, ::1] V, floating[:, ::1] out,
            GgnVpWorkspace ws):
     """out (k, P) = rows of G V for V (k, P)."""
     ws.check(X.shape[0], V.shape[0], sizeof(floating))
-    cdef Batch b = make_batch(&X[0, 0], &Y[0, 0], _opt(sw), X.shape[0], sw_sum,
-                              alpha)
+    cdef Batch b = make_batch(<const floating*>NULL, &Y[0, 0], _opt(sw),
+                              <Py_ssize_t>X.shape[0], sw_sum, alpha)
+    set_input(&b, X, sizeof(floating))
     with nogil:
         ggn_vp_kernel(&plan.spec, &b, &theta[0], &V[0, 0], V.shape[0],
                       &out[0, 0], <floating*>ws.base, &ws.lay)
 
 
-def efisher_vp(NetPlan plan, const floating[::1] theta,
-               const floating[:, ::1] X, const floating[:, ::1] Y,
+def efisher_vp(NetPlan plan, const floating[::1] theta, X,
+               const floating[:, ::1] Y,
                const floating[::1] sw, double sw_sum, double alpha,
                const floating[:, ::1] V, floating[:, ::1] out,
                EfisherVpWorkspace ws):
     """out (k, P) = rows of F V for V (k, P), F the empirical Fisher."""
     ws.check(X.shape[0], V.shape[0], sizeof(floating))
-    cdef Batch b = make_batch(&X[0, 0], &Y[0, 0], _opt(sw), X.shape[0], sw_sum,
-                              alpha)
+    cdef Batch b = make_batch(<const floating*>NULL, &Y[0, 0], _opt(sw),
+                              <Py_ssize_t>X.shape[0], sw_sum, alpha)
+    set_input(&b, X, sizeof(floating))
     with nogil:
         efisher_vp_kernel(&plan.spec, &b, &theta[0], &V[0, 0], V.shape[0],
                           &out[0, 0], <floating*>ws.base, &ws.lay)
 
 
-def first_order_state(NetPlan plan, const floating[::1] theta,
-                      const floating[:, ::1] X, const floating[:, ::1] Y,
+def first_order_state(NetPlan plan, const floating[::1] theta, X,
+                      const floating[:, ::1] Y,
                       const floating[::1] sw, double sw_sum, StateWorkspace ws):
     """Fill ws and return views (Z, A, F1, F2, DL, Q) of N * width each."""
     cdef Py_ssize_t N = X.shape[0]
     ws.check(N, 0, sizeof(floating))
-    cdef Batch b = make_batch(&X[0, 0], &Y[0, 0], _opt(sw), N, sw_sum, 0.0)
+    cdef Batch b = make_batch(<const floating*>NULL, &Y[0, 0], _opt(sw), N,
+                              sw_sum, 0.0)
+    set_input(&b, X, sizeof(floating))
     with nogil:
         first_order(&plan.spec, &b, &theta[0], <floating*>ws.base, &ws.lay)
     return tuple(ws.array(name)[:N * plan.spec.width]
                  for name in ("Z", "A", "F1", "F2", "DL", "Q"))
 
 
-def loss_factors(NetPlan plan, const floating[::1] theta,
-                 const floating[:, ::1] X, const floating[:, ::1] Y,
+def loss_factors(NetPlan plan, const floating[::1] theta, X,
+                 const floating[:, ::1] Y,
                  const floating[::1] sw, double sw_sum, FactorWorkspace ws):
     """Fill ws and return views (Z, A, S): activations (N * width) and the
     backpropagated loss factor (C * N * width, layer l's (C, N, n_l) block
     at C N h_off[l])."""
     cdef Py_ssize_t N = X.shape[0], n = N * plan.spec.width
     ws.check(N, 0, sizeof(floating))
-    cdef Batch b = make_batch(&X[0, 0], &Y[0, 0], _opt(sw), N, sw_sum, 0.0)
+    cdef Batch b = make_batch(<const floating*>NULL, &Y[0, 0], _opt(sw), N,
+                              sw_sum, 0.0)
+    set_input(&b, X, sizeof(floating))
     with nogil:
         factor_backprop(&plan.spec, &b, &theta[0], <floating*>ws.base, &ws.lay)
     return (ws.array("Z")[:n], ws.array("A")[:n],
             ws.array("S")[:plan.spec.sizes[plan.spec.n_layers] * n])
 
 
-def block_hessian(NetPlan plan, const floating[::1] theta,
-                  const floating[:, ::1] X, const floating[:, ::1] Y,
+def block_hessian(NetPlan plan, const floating[::1] theta, X,
+                  const floating[:, ::1] Y,
                   const floating[::1] sw, double sw_sum, double alpha,
                   floating[::1] G, Py_ssize_t block, BlockHessianWorkspace ws):
     """G = the exact Hessian's L diagonal blocks (P_l, P_l) one after the
@@ -1123,8 +1146,9 @@ def block_hessian(NetPlan plan, const floating[::1] theta,
     diagonals. Blocks of `block` rows (1 <= block <= ws.n_rows)."""
     _check_dense_out(&plan.spec, True, G.shape[0])
     _check_block(block, ws, sizeof(floating))
-    cdef Batch b = make_batch(&X[0, 0], &Y[0, 0], _opt(sw), X.shape[0], sw_sum,
-                              alpha)
+    cdef Batch b = make_batch(<const floating*>NULL, &Y[0, 0], _opt(sw),
+                              <Py_ssize_t>X.shape[0], sw_sum, alpha)
+    set_input(&b, X, sizeof(floating))
     with nogil:
         block_hessian_kernel(&plan.spec, &b, &theta[0], &G[0], block,
                              <floating*>ws.base, &ws.lay)
@@ -1156,7 +1180,7 @@ def diag_hessian(NetPlan plan, const floating[::1] theta, const floating[:, ::1]
                             <floating*>ws.base, &ws.lay)
 
 
-def dense_ggn(NetPlan plan, const floating[::1] theta, const floating[:, ::1] X,
+def dense_ggn(NetPlan plan, const floating[::1] theta, X,
               const floating[:, ::1] Y, const floating[::1] sw, double sw_sum,
               double alpha, bint diag_only, floating[::1] G, Py_ssize_t block,
               DenseGgnWorkspace ws, bint fisher=False):
@@ -1168,8 +1192,9 @@ def dense_ggn(NetPlan plan, const floating[::1] theta, const floating[:, ::1] X,
     cdef const NetSpec* s = &plan.spec
     _check_dense_out(s, diag_only, G.shape[0])
     _check_block(block, ws, sizeof(floating))
-    cdef Batch b = make_batch(&X[0, 0], &Y[0, 0], _opt(sw), X.shape[0], sw_sum,
-                              alpha)
+    cdef Batch b = make_batch(<const floating*>NULL, &Y[0, 0], _opt(sw),
+                              <Py_ssize_t>X.shape[0], sw_sum, alpha)
+    set_input(&b, X, sizeof(floating))
     with nogil:
         dense_ggn_kernel(s, &b, &theta[0], diag_only, fisher, &G[0], block,
                          <floating*>ws.base, &ws.lay)

@@ -18,6 +18,7 @@ import warnings
 
 import numpy as np
 import scipy.optimize
+import scipy.sparse as sp
 from sklearn.base import BaseEstimator, is_classifier
 from sklearn.exceptions import ConvergenceWarning
 from sklearn.model_selection import train_test_split
@@ -29,6 +30,7 @@ from sklearn.utils.validation import _check_sample_weight, check_is_fitted, vali
 from cbackprop import _train, optimize
 from cbackprop import _kfac  # after optimize, whose helpers it uses
 from cbackprop._problem import Problem
+from cbackprop._sparse import as_rows
 from cbackprop._callbacks import CallbackSupportMixin, FitTasks
 from cbackprop._stochastic import AdamState, SGDState
 from cbackprop.network import ACTIVATIONS, Network
@@ -40,6 +42,8 @@ except ImportError:  # pragma: no cover
         return {}
 
 _DAMPING = {"lm": "mu", "hessian-free": "damping", "kfac": "damping"}  # in each result
+# Sparse formats validate_data passes through (others become CSR).
+ACCEPT_SPARSE = ("csr", "csc")
 STOCHASTIC_SOLVERS = ("sgd", "adam")
 SECOND_ORDER_SOLVERS = ("lm", "hessian-free", "newton", "kfac")
 SOLVERS = ("lbfgs", "sgd", "adam") + SECOND_ORDER_SOLVERS
@@ -242,9 +246,9 @@ class BaseMLP(CallbackSupportMixin, BaseEstimator):
         """Outputs after the link, (N, n_outputs), in the model's dtype."""
         self._sync_network()
         if check_input:
-            X = validate_data(self, X, reset=False, dtype=self.network_.dtype, order="C")
-        elif X.dtype != self.network_.dtype or not X.flags.c_contiguous:
-            X = np.ascontiguousarray(X, dtype=self.network_.dtype)
+            X = validate_data(self, X, reset=False, dtype=self.network_.dtype, order="C",
+                              accept_sparse=ACCEPT_SPARSE)
+        X = as_rows(X, self.network_.dtype)
         net = self.network_
         out = np.empty((X.shape[0], net.n_outputs), net.dtype)
         if X.shape[0] == 0:
@@ -292,7 +296,8 @@ class BaseMLP(CallbackSupportMixin, BaseEstimator):
         X, y = self._validate_input(X, y, incremental, reset=first_pass)
         if not first_pass and X.dtype != self._sync_network().dtype:
             X = X.astype(self.network_.dtype)  # continue in the model's dtype
-        X = np.ascontiguousarray(X)
+        if not sp.issparse(X):
+            X = np.ascontiguousarray(X)
         if sample_weight is not None:
             sample_weight = _check_sample_weight(sample_weight, X, dtype=X.dtype)
         if y.ndim == 1:
@@ -348,7 +353,7 @@ class BaseMLP(CallbackSupportMixin, BaseEstimator):
     def _make_problem(self, net, X, y, sample_weight):
         """The prepared problem of the (validated) training data, for 'lbfgs'
         and the second-order solvers; cluster-backed in :mod:`cbackprop.dask`."""
-        return Problem(net, np.ascontiguousarray(X, dtype=net.dtype), self._as_targets(y),
+        return Problem(net, as_rows(X, net.dtype), self._as_targets(y),
                        sample_weight, validate=False)
 
     def _fit_lbfgs(self, X, y, sample_weight):
@@ -562,7 +567,7 @@ class BaseMLP(CallbackSupportMixin, BaseEstimator):
 
         net = self._scratch_network()
         dtype, P, plan = net.dtype, net.n_params, net._plan
-        X_train = np.ascontiguousarray(X_train, dtype=dtype)
+        X_train = as_rows(X_train, dtype)
         Y_train = self._epoch_targets(y_train)
         if sw_train is not None:
             sw_train = np.ascontiguousarray(sw_train, dtype=dtype)
@@ -577,7 +582,9 @@ class BaseMLP(CallbackSupportMixin, BaseEstimator):
                               "sample size. It is going to be clipped")
             batch_size = int(np.clip(self.batch_size, 1, n_samples))
 
-        buffers = net._scratch(_train.EpochWorkspace, batch_size, 0)
+        # k = 1: a dense batch buffer for dense X (CSR batches need none).
+        buffers = net._scratch(_train.EpochWorkspace, batch_size,
+                               int(isinstance(X_train, np.ndarray)))
         theta = self._theta
         optimizer = self._optimizer
         state1, state2 = optimizer.states()
@@ -765,7 +772,7 @@ class BaseMLP(CallbackSupportMixin, BaseEstimator):
 
     def __sklearn_tags__(self):
         tags = super().__sklearn_tags__()
-        tags.input_tags.sparse = False  # dense kernels: sparse X is refused
+        tags.input_tags.sparse = True  # CSR / CSC: the first layer's kernels read CSR
         return tags
 
     # ------------------------------------------------------------ hand-set weights

@@ -61,6 +61,7 @@ from scipy.special import expit
 from sklearn.utils import check_random_state
 
 from cbackprop._problem import Problem, first_order_state
+from cbackprop._sparse import CSRRows
 from cbackprop._validation import check_theta
 from cbackprop.optimize import (TERMINATION_MESSAGES, _call, _check_callback, _check_int,
                                 _check_real, _gradient_converged, _prepare, _result,
@@ -132,9 +133,16 @@ def _backprop(net, theta, top, fprime):
 
 
 def _input_factor(a, c):
-    """``sum_i c_i [a_i, 1][a_i, 1]^T`` ((n_in + 1) square, the 1 last)."""
+    """``sum_i c_i [a_i, 1][a_i, 1]^T`` ((n_in + 1) square, the 1 last); a
+    dense or CSR rows (the sparse Gram X^T diag(c) X, densified at the end)."""
     n_in = a.shape[1]
     F = np.empty((n_in + 1, n_in + 1))
+    if isinstance(a, CSRRows):
+        Xs = a.tocsr().astype(np.float64)
+        F[:n_in, :n_in] = (Xs.T @ Xs.multiply(c[:, None]).tocsr()).toarray()
+        F[n_in, :n_in] = F[:n_in, n_in] = Xs.T @ c
+        F[n_in, n_in] = c.sum()
+        return F
     F[:n_in, :n_in] = _gram(a, np.sqrt(c)[:, None])
     F[n_in, :n_in] = F[:n_in, n_in] = c @ a
     F[n_in, n_in] = c.sum()

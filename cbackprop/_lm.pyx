@@ -42,8 +42,8 @@ from cbackprop._blas cimport _syrk, _axpy, blas_int, Trans, Upper
 from cbackprop._losses cimport sqrt_hess_rows
 from cbackprop._network cimport (NetPlan, NetSpec, Batch, Region, Workspace,
                                  make_batch, sub_batch, put, forward, backward,
-                                 add_l2, loss_value, layer_input, layer_grad,
-                                 layer_rows, GRAD, NO_REDUCE)
+                                 add_l2, loss_value, input_grad, input_rows,
+                                 set_input, GRAD, NO_REDUCE)
 from cbackprop._curvature cimport (KronLayout, kron_layout, kron_row_entries,
                                    kron_dims, kron_accumulate, add_l2_diag)
 
@@ -172,7 +172,6 @@ cdef double _block_pass(const NetSpec* s, const Batch* sub,
     triangle), the block's forward cache already in Z, A."""
     cdef int l, L = s.n_layers
     cdef Py_ssize_t C = s.sizes[L], P = s.n_params, nb = sub.N
-    cdef const floating* Xb = <const floating*>sub.X
     cdef const floating* Z = w + lay.Z.off
     cdef const floating* A = w + lay.A.off
     cdef floating* store = w + lay.store.off
@@ -181,18 +180,18 @@ cdef double _block_pass(const NetSpec* s, const Batch* sub,
     sqrt_hess_rows(s.loss, Z + nb * s.h_off[L - 1], <const floating*>sub.Y,
                    <const floating*>sub.sw, nb, C, 1.0 / sub.sw_sum, D)
     data = loss_value(s, sub, Z, D + C * nb * C)
-    backward(s, theta, Xb, nb, Z, A, D, C + 1, store, NO_REDUCE,
+    backward(s, theta, sub, nb, Z, A, D, C + 1, store, NO_REDUCE,
              <floating*>NULL)
     for l in range(L):
-        layer_grad(s, l, layer_input(s, l, Xb, A, nb),
-                   _deltas(s, l, store, nb) + C * nb * s.sizes[l + 1], nb,
-                   True, True, g)
+        input_grad(s, l, sub, A, nb,
+                   _deltas(s, l, store, nb) + C * nb * s.sizes[l + 1], True,
+                   True, g)
     if lay.kron:
-        kron_accumulate(s, Xb, A, store, C + 1, C, nb, False, G, w, &lay.kr)
+        kron_accumulate(s, sub, A, store, C + 1, C, nb, False, G, w, &lay.kr)
         return data
     for l in range(L):
-        layer_rows(s, l, layer_input(s, l, Xb, A, nb), _deltas(s, l, store, nb),
-                   nb, C, 1, nb, w + lay.Jb.off)
+        input_rows(s, l, sub, A, _deltas(s, l, store, nb), nb, C, 1, nb,
+                   w + lay.Jb.off)
     # The first block overwrites G's upper triangle (beta = 0).
     _syrk(Upper, Trans, <int>P, <int>(C * nb), <floating>1.0, w + lay.Jb.off,
           <int>P, <floating>(0.0 if first else 1.0), G, <int>P)
@@ -224,12 +223,12 @@ cdef double accumulate(const NetSpec* s, const Batch* b, const floating* theta,
         nb = lay.block if b.N - i0 > lay.block else b.N - i0
         sub = sub_batch(s, b, i0, nb)
         if not (fresh and nb == b.N):
-            forward(s, theta, <const floating*>sub.X, nb, Z, A)
+            forward(s, theta, &sub, nb, Z, A)
         if want_G:
             total += _block_pass(s, &sub, theta, g, G, i0 == 0, w, lay)
         else:
             total += loss_value(s, &sub, Z, D)
-            backward(s, theta, <const floating*>sub.X, nb, Z, A, D, 1,
+            backward(s, theta, &sub, nb, Z, A, D, 1,
                      D + nb * s.sizes[L], GRAD, w + lay.gpart.off)
             _axpy(<int>P, <floating>1.0, w + lay.gpart.off, 1, g, 1)
         i0 += nb
@@ -248,7 +247,7 @@ cdef double objective(const NetSpec* s, const Batch* b, const floating* theta,
     while i0 < b.N:
         nb = lay.block if b.N - i0 > lay.block else b.N - i0
         sub = sub_batch(s, b, i0, nb)
-        forward(s, theta, <const floating*>sub.X, nb, w + lay.Z.off,
+        forward(s, theta, &sub, nb, w + lay.Z.off,
                 w + lay.A.off)
         total += loss_value(s, &sub, w + lay.Z.off, w + lay.store.off)
         i0 += nb
@@ -378,8 +377,8 @@ cdef inline const floating* _opt(const floating[::1] v) noexcept:
     return NULL if v is None else &v[0]
 
 
-def quasi_hessian(NetPlan plan, const floating[::1] theta,
-                  const floating[:, ::1] X, const floating[:, ::1] Y,
+def quasi_hessian(NetPlan plan, const floating[::1] theta, X,
+                  const floating[:, ::1] Y,
                   const floating[::1] sw, double sw_sum, double alpha,
                   floating[:, ::1] G, floating[::1] g, LMWorkspace ws):
     """Objective; g = gradient; upper triangle of G = GGN, block by block
@@ -387,8 +386,9 @@ def quasi_hessian(NetPlan plan, const floating[::1] theta,
     ws.check(min(X.shape[0], ws.n_rows), 1, sizeof(floating))
     if ws.n_rows < 1:
         raise ValueError("the workspace has no rows")
-    cdef Batch b = make_batch(&X[0, 0], &Y[0, 0], _opt(sw), X.shape[0], sw_sum,
-                              alpha)
+    cdef Batch b = make_batch(<const floating*>NULL, &Y[0, 0], _opt(sw),
+                              <Py_ssize_t>X.shape[0], sw_sum, alpha)
+    set_input(&b, X, sizeof(floating))
     cdef double f
     with nogil:
         f = accumulate(&plan.spec, &b, &theta[0], &G[0, 0], &g[0], True, False,
@@ -396,8 +396,7 @@ def quasi_hessian(NetPlan plan, const floating[::1] theta,
     return f
 
 
-def lm_loop(NetPlan plan, floating[::1] theta, const floating[:, ::1] X,
-            const floating[:, ::1] Y, const floating[::1] sw, double sw_sum,
+def lm_loop(NetPlan plan, floating[::1] theta, X, const floating[:, ::1] Y, const floating[::1] sw, double sw_sum,
             double alpha, dict options, floating[::1] g, floating[:, ::1] G,
             LMWorkspace ws, report):
     """MATLAB trainlm's loop; theta (the working copy) and g are updated in place.
@@ -427,8 +426,9 @@ def lm_loop(NetPlan plan, floating[::1] theta, const floating[:, ::1] X,
     o.ftol = options["ftol"]
     o.gtol = options["gtol"]
     o.nit = o.nfev = o.njev = o.nhev = 0
-    cdef Batch b = make_batch(&X[0, 0], &Y[0, 0], _opt(sw), X.shape[0], sw_sum,
-                              alpha)
+    cdef Batch b = make_batch(<const floating*>NULL, &Y[0, 0], _opt(sw),
+                              <Py_ssize_t>X.shape[0], sw_sum, alpha)
+    set_input(&b, X, sizeof(floating))
     cdef double f = 0.0
     status = _lm_run(&plan.spec, &b, &theta[0], &g[0], &G[0, 0], &o,
                      <floating*>ws.base, &ws.lay, report, &f)

@@ -11,6 +11,7 @@
 # W is any parameter-space vector laid out as theta (theta itself, or a
 # direction V of the R-operator).
 from cython cimport floating
+from libc.stdint cimport int32_t, int64_t
 from cbackprop._blas cimport _gemm, NoTrans, Trans
 from cbackprop._activations cimport Activation, act_backward, act_backward_sum
 from cbackprop._losses cimport Loss
@@ -41,7 +42,11 @@ cdef class NetPlan:
 cdef struct Batch:
     # Rows of one problem, of one dtype (`itemsize` bytes): kernels cast the
     # pointers to their floating type (a struct cannot be fused).
-    const void* X         # (N, n_0)
+    const void* X         # (N, n_0) row-major, or NULL when X is CSR:
+    const void* Xdata     #   the values (floating),
+    const void* Xind      #   their column indices (sorted within a row),
+    const void* Xptr      #   N + 1 offsets of the rows into Xdata / Xind
+    bint idx64            #   Xind, Xptr are int64 (else int32)
     const void* Y         # (N, n_L), or NULL when no loss is involved
     const void* sw        # (N,) sample weights, or NULL for unit weights
     Py_ssize_t N
@@ -54,6 +59,10 @@ cdef inline Batch make_batch(const floating* X, const floating* Y,
                              double alpha) noexcept nogil:
     cdef Batch b
     b.X = X
+    b.Xdata = NULL
+    b.Xind = NULL
+    b.Xptr = NULL
+    b.idx64 = False
     b.Y = Y
     b.sw = sw
     b.N = N
@@ -67,7 +76,10 @@ cdef inline Batch sub_batch(const NetSpec* s, const Batch* b, Py_ssize_t i0,
     """Rows i0 .. i0 + nb of b (same W and alpha)."""
     cdef Batch r = b[0]
     cdef Py_ssize_t z = b.itemsize
-    r.X = <const char*>b.X + i0 * s.sizes[0] * z
+    if b.X != NULL:
+        r.X = <const char*>b.X + i0 * s.sizes[0] * z
+    else:
+        r.Xptr = <const char*>b.Xptr + i0 * (8 if b.idx64 else 4)
     r.Y = NULL if b.Y == NULL else <const char*>b.Y + i0 * s.sizes[s.n_layers] * z
     r.sw = NULL if b.sw == NULL else <const char*>b.sw + i0 * z
     r.N = nb
@@ -93,6 +105,8 @@ cdef inline Py_ssize_t put(Region* r, Py_ssize_t at, Py_ssize_t n) noexcept nogi
 
 cdef Py_ssize_t first_layout(const NetSpec* s, Py_ssize_t N, Py_ssize_t k,
                              Py_ssize_t at, FirstLayout* lay) noexcept nogil
+
+cdef int set_input(Batch* b, object X, Py_ssize_t itemsize) except -1
 
 cdef class Workspace:
     cdef readonly NetPlan plan
@@ -175,6 +189,117 @@ cdef inline void layer_grad(const NetSpec* s, int l, const floating* a_in,
     if bias:
         col_sums(d, N, nout, o + s.b_off[l], accumulate)
 
+
+# ------------------------------------------------ the first layer's input
+# X is dense or CSR; these are the only places that read it (besides the
+# per-sample rows, which need dense X). Both take a row range r0 .. r0 +
+# rows of the batch, z and d being that range's own (rows, n_1) blocks.
+ctypedef fused csr_index:
+    int32_t
+    int64_t
+
+cdef inline void _csr_forward(const csr_index* ptr, const csr_index* ind,
+                              const floating* val, Py_ssize_t rows,
+                              const floating* W, Py_ssize_t n, floating beta,
+                              floating* z) noexcept nogil:
+    """z (rows, n) = X W + beta z for CSR rows (ptr: rows + 1 offsets)."""
+    cdef Py_ssize_t i, q
+    cdef csr_index p
+    cdef floating x
+    cdef floating* zi
+    cdef const floating* w
+    for i in range(rows):
+        zi = z + i * n
+        if beta == 0:
+            for q in range(n):
+                zi[q] = 0
+        elif beta != 1:
+            for q in range(n):
+                zi[q] *= beta
+        for p in range(ptr[i], ptr[i + 1]):
+            x = val[p]
+            w = W + <Py_ssize_t>ind[p] * n
+            for q in range(n):
+                zi[q] += x * w[q]
+
+cdef inline void _csr_grad(const csr_index* ptr, const csr_index* ind,
+                           const floating* val, Py_ssize_t rows,
+                           const floating* d, Py_ssize_t n,
+                           floating* G) noexcept nogil:
+    """G (n_0, n) += X^T d for CSR rows: row j of G gathers x_ij d_i."""
+    cdef Py_ssize_t i, q
+    cdef csr_index p
+    cdef floating x
+    cdef floating* g
+    cdef const floating* di
+    for i in range(rows):
+        di = d + i * n
+        for p in range(ptr[i], ptr[i + 1]):
+            x = val[p]
+            g = G + <Py_ssize_t>ind[p] * n
+            for q in range(n):
+                g[q] += x * di[q]
+
+cdef inline void first_forward(const NetSpec* s, const Batch* b,
+                               Py_ssize_t r0, Py_ssize_t rows,
+                               const floating* W, floating beta,
+                               floating* z) noexcept nogil:
+    """z (rows, n_1) = X[r0:r0 + rows] W_1 + beta z; W laid out as theta."""
+    cdef Py_ssize_t n = s.sizes[1]
+    cdef const floating* W1 = W + s.w_off[0]
+    if b.X != NULL:
+        forward_linear(s, 0, W, <const floating*>b.X + r0 * s.sizes[0], rows,
+                       beta, z)
+    elif b.idx64:
+        _csr_forward(<const int64_t*>b.Xptr + r0, <const int64_t*>b.Xind,
+                     <const floating*>b.Xdata, rows, W1, n, beta, z)
+    else:
+        _csr_forward(<const int32_t*>b.Xptr + r0, <const int32_t*>b.Xind,
+                     <const floating*>b.Xdata, rows, W1, n, beta, z)
+
+cdef inline void first_grad(const NetSpec* s, const Batch* b, Py_ssize_t r0,
+                            Py_ssize_t rows, const floating* d,
+                            bint accumulate, floating* o) noexcept nogil:
+    """o[W_1] (+)= X[r0:r0 + rows]^T d, d (rows, n_1); o laid out as theta."""
+    cdef Py_ssize_t j, n = s.sizes[1]
+    cdef floating* G = o + s.w_off[0]
+    if b.X != NULL:
+        layer_grad(s, 0, <const floating*>b.X + r0 * s.sizes[0], d, rows,
+                   accumulate, False, o)
+        return
+    if not accumulate:
+        for j in range(s.sizes[0] * n):
+            G[j] = 0
+    if b.idx64:
+        _csr_grad(<const int64_t*>b.Xptr + r0, <const int64_t*>b.Xind,
+                  <const floating*>b.Xdata, rows, d, n, G)
+    else:
+        _csr_grad(<const int32_t*>b.Xptr + r0, <const int32_t*>b.Xind,
+                  <const floating*>b.Xdata, rows, d, n, G)
+
+cdef inline void input_forward(const NetSpec* s, int l, const Batch* b,
+                               const floating* A, Py_ssize_t N,
+                               const floating* W, floating beta,
+                               floating* z) noexcept nogil:
+    """z = a_in W_l + beta z over the N rows, a_in the layer's input (X,
+    dense or CSR, for the first layer; else the stacked activations A)."""
+    if l == 0:
+        first_forward(s, b, 0, N, W, beta, z)
+    else:
+        forward_linear(s, l, W, A + N * s.h_off[l - 1], N, beta, z)
+
+cdef inline void input_grad(const NetSpec* s, int l, const Batch* b,
+                            const floating* A, Py_ssize_t N,
+                            const floating* d, bint accumulate, bint bias,
+                            floating* o) noexcept nogil:
+    """layer_grad on the layer's input (X, dense or CSR, or A)."""
+    if l > 0:
+        layer_grad(s, l, A + N * s.h_off[l - 1], d, N, accumulate, bias, o)
+        return
+    first_grad(s, b, 0, N, d, accumulate, o)
+    if bias:
+        col_sums(d, N, s.sizes[1], o + s.b_off[0], accumulate)
+
 cdef inline void layer_rows(const NetSpec* s, int l, const floating* a_in,
                             const floating* D, Py_ssize_t N, Py_ssize_t k,
                             Py_ssize_t si, Py_ssize_t sr,
@@ -201,10 +326,50 @@ cdef inline void layer_rows(const NetSpec* s, int l, const floating* a_in,
                 o[s.b_off[l] + q] = d[q]
 
 
+cdef inline void _csr_rows(const csr_index* ptr, const csr_index* ind,
+                           const floating* val, const NetSpec* s,
+                           const floating* D, Py_ssize_t N, Py_ssize_t k,
+                           Py_ssize_t si, Py_ssize_t sr,
+                           floating* out) noexcept nogil:
+    """layer_rows of the first layer for CSR X (rows as in layer_rows)."""
+    cdef Py_ssize_t nout = s.sizes[1], P = s.n_params, r, i, j, q
+    cdef csr_index p
+    cdef floating* o
+    cdef const floating* d
+    cdef floating x
+    for r in range(k):
+        for i in range(N):
+            o = out + (i * si + r * sr) * P
+            d = D + (r * N + i) * nout
+            for j in range(s.sizes[0] * nout):
+                o[s.w_off[0] + j] = 0
+            for p in range(ptr[i], ptr[i + 1]):
+                x = val[p]
+                for q in range(nout):
+                    o[s.w_off[0] + <Py_ssize_t>ind[p] * nout + q] = x * d[q]
+            for q in range(nout):
+                o[s.b_off[0] + q] = d[q]
+
+cdef inline void input_rows(const NetSpec* s, int l, const Batch* b,
+                            const floating* A, const floating* D,
+                            Py_ssize_t N, Py_ssize_t k, Py_ssize_t si,
+                            Py_ssize_t sr, floating* out) noexcept nogil:
+    """layer_rows on the layer's input (X, dense or CSR, or A)."""
+    if l > 0 or b.X != NULL:
+        layer_rows(s, l, layer_input(s, l, <const floating*>b.X, A, N), D, N,
+                   k, si, sr, out)
+    elif b.idx64:
+        _csr_rows(<const int64_t*>b.Xptr, <const int64_t*>b.Xind,
+                  <const floating*>b.Xdata, s, D, N, k, si, sr, out)
+    else:
+        _csr_rows(<const int32_t*>b.Xptr, <const int32_t*>b.Xind,
+                  <const floating*>b.Xdata, s, D, N, k, si, sr, out)
+
+
 # ------------------------------------------------------------------ kernels
-cdef void forward(const NetSpec* s, const floating* theta, const floating* X,
+cdef void forward(const NetSpec* s, const floating* theta, const Batch* b,
                   Py_ssize_t N, floating* Z, floating* A) noexcept nogil
-cdef void backward(const NetSpec* s, const floating* theta, const floating* X,
+cdef void backward(const NetSpec* s, const floating* theta, const Batch* b,
                    Py_ssize_t N, const floating* Z, const floating* A,
                    const floating* D, Py_ssize_t k, floating* work,
                    Reduce mode, floating* out) noexcept nogil

@@ -8,6 +8,9 @@ GEMM per layer carries all k through the transposed Jacobian.
 """
 import numpy as np
 cimport cython
+cimport numpy as cnp
+
+cnp.import_array()
 
 from cbackprop._blas cimport _axpy, _dot
 from cbackprop._activations cimport act_forward, IDENTITY
@@ -68,25 +71,24 @@ cdef class NetPlan:
         return self._arrays
 
 
-cdef void forward(const NetSpec* s, const floating* theta, const floating* X,
+cdef void forward(const NetSpec* s, const floating* theta, const Batch* b,
                   Py_ssize_t N, floating* Z, floating* A) noexcept nogil:
-    """Z_l = A_{l-1} W_l + b_l, A_l = f(Z_l); the output layer stays raw."""
+    """Z_l = A_{l-1} W_l + b_l, A_l = f(Z_l) for the first N rows of b (A_0
+    = X, dense or CSR); the output layer stays raw."""
     cdef int l, L = s.n_layers
-    cdef const floating* a_in = X
     cdef floating* z
     for l in range(L):
         z = Z + N * s.h_off[l]
-        forward_linear(s, l, theta, a_in, N, <floating>0.0, z)
+        input_forward(s, l, b, A, N, theta, <floating>0.0, z)
         if l < L - 1:
             # Bias and activation fused: one pass over the block.
             act_forward(s.act, z, A + N * s.h_off[l], theta + s.b_off[l], N,
                         s.sizes[l + 1])
-            a_in = A + N * s.h_off[l]
         else:
             act_forward(IDENTITY, z, z, theta + s.b_off[l], N, s.sizes[l + 1])
 
 
-cdef void backward(const NetSpec* s, const floating* theta, const floating* X,
+cdef void backward(const NetSpec* s, const floating* theta, const Batch* b,
                    Py_ssize_t N, const floating* Z, const floating* A,
                    const floating* D, Py_ssize_t k, floating* work,
                    Reduce mode, floating* out) noexcept nogil:
@@ -101,19 +103,17 @@ cdef void backward(const NetSpec* s, const floating* theta, const floating* X,
     cdef Py_ssize_t r, half = k * N * s.max_hidden, nout
     cdef const floating* cur = D
     cdef floating* nxt
-    cdef const floating* a_in
     # One gradient: the hidden layers' bias parts (column sums of their
     # deltas) are summed in the pass that forms the deltas.
     cdef bint fuse = mode == GRAD and k == 1
     for l in range(L - 1, -1, -1):
         nout = s.sizes[l + 1]
-        a_in = layer_input(s, l, X, A, N)
         if mode == GRAD:
             for r in range(k):
-                layer_grad(s, l, a_in, cur + r * N * nout, N, False,
+                input_grad(s, l, b, A, N, cur + r * N * nout, False,
                            not (fuse and l < L - 1), out + r * s.n_params)
         elif mode == PER_SAMPLE:
-            layer_rows(s, l, a_in, cur, N, k, k, 1, out)
+            input_rows(s, l, b, A, cur, N, k, k, 1, out)
         if l == 0:
             break
         if mode == NO_REDUCE:
@@ -165,15 +165,14 @@ cdef double loss_grad_kernel(const NetSpec* s, const Batch* b,
 
     ws laid out by first_layout for at least b.N rows and k = 1.
     """
-    cdef const floating* X = <const floating*>b.X
     cdef floating* Z = ws + lay.Z.off
     cdef floating* A = ws + lay.A.off
     cdef floating* D = ws + lay.D.off
     cdef double loss
-    forward(s, theta, X, b.N, Z, A)
+    forward(s, theta, b, b.N, Z, A)
     loss = loss_value(s, b, Z, D)
     if grad != NULL:
-        backward(s, theta, X, b.N, Z, A, D, 1, ws + lay.work.off, GRAD, grad)
+        backward(s, theta, b, b.N, Z, A, D, 1, ws + lay.work.off, GRAD, grad)
     return loss / b.sw_sum + add_l2(s, theta, b.alpha / b.sw_sum, grad)
 
 
@@ -295,14 +294,43 @@ cdef inline const floating* _opt_ptr(const floating[::1] v) noexcept:
     return NULL if v is None else &v[0]
 
 
-def loss_grad(NetPlan plan, const floating[::1] theta, const floating[:, ::1] X,
+cdef int set_input(Batch* b, object X, Py_ssize_t itemsize) except -1:
+    """Point b's input at X: a C-contiguous 2-D ndarray, or CSR rows (an
+    object with data, indices, indptr arrays: cbackprop._sparse.CSRRows) of
+    `itemsize`-byte floats."""
+    if isinstance(X, np.ndarray):
+        if X.ndim != 2 or not X.flags.c_contiguous or X.dtype.itemsize != itemsize \
+                or X.dtype.kind != "f":
+            raise ValueError(f"X must be a C-contiguous 2-D array of {itemsize}-byte "
+                             f"floats, got {X.dtype} of shape {X.shape}")
+        b.X = cnp.PyArray_DATA(X)
+        return 0
+    data, indices, indptr = X.data, X.indices, X.indptr
+    if data.dtype.itemsize != itemsize or data.dtype.kind != "f" \
+            or indices.dtype != indptr.dtype or indices.dtype not in (np.int32, np.int64) \
+            or not (data.flags.c_contiguous and indices.flags.c_contiguous
+                    and indptr.flags.c_contiguous):
+        raise ValueError(f"CSR X must hold contiguous {itemsize}-byte floats and int32 "
+                         f"or int64 indices, got {data.dtype}, {indices.dtype}, "
+                         f"{indptr.dtype}")
+    b.X = NULL
+    b.Xdata = cnp.PyArray_DATA(data)
+    b.Xind = cnp.PyArray_DATA(indices)
+    b.Xptr = cnp.PyArray_DATA(indptr)
+    b.idx64 = indices.dtype == np.int64
+    return 0
+
+
+def loss_grad(NetPlan plan, const floating[::1] theta, X,
               const floating[:, ::1] Y, const floating[::1] sw, double sw_sum,
               double alpha, floating[::1] grad, FirstOrderWorkspace ws):
-    """Objective value; writes its gradient into grad unless grad is None."""
+    """Objective value; writes its gradient into grad unless grad is None.
+    X: (N, n_0) dense or CSR rows."""
     ws.check(X.shape[0], 1, sizeof(floating))
     cdef floating* g = NULL if grad is None else &grad[0]
-    cdef Batch b = make_batch(&X[0, 0], &Y[0, 0], _opt_ptr(sw), X.shape[0],
-                              sw_sum, alpha)
+    cdef Batch b = make_batch(<const floating*>NULL, &Y[0, 0], _opt_ptr(sw),
+                              <Py_ssize_t>X.shape[0], sw_sum, alpha)
+    set_input(&b, X, sizeof(floating))
     cdef double out
     with nogil:
         out = loss_grad_kernel(&plan.spec, &b, &theta[0], <floating*>ws.base,
@@ -310,17 +338,19 @@ def loss_grad(NetPlan plan, const floating[::1] theta, const floating[:, ::1] X,
     return out
 
 
-def raw_output(NetPlan plan, const floating[::1] theta,
-               const floating[:, ::1] X, floating[:, ::1] out, bint link,
-               FirstOrderWorkspace ws):
-    """out = z_L (raw) or link(z_L), shape (N, n_L)."""
+def raw_output(NetPlan plan, const floating[::1] theta, X,
+               floating[:, ::1] out, bint link, FirstOrderWorkspace ws):
+    """out = z_L (raw) or link(z_L), shape (N, n_L); X dense or CSR rows."""
     cdef NetSpec* s = &plan.spec
     cdef Py_ssize_t N = X.shape[0], nL = s.sizes[s.n_layers], i
     ws.check(N, 0, sizeof(floating))
+    cdef Batch b = make_batch(<const floating*>NULL, <const floating*>NULL,
+                              <const floating*>NULL, N, 1.0, 0.0)
+    set_input(&b, X, sizeof(floating))
     cdef floating* Z = <floating*>ws.base + ws.lay.Z.off
     cdef floating* zL = Z + N * s.h_off[s.n_layers - 1]
     with nogil:
-        forward(s, &theta[0], &X[0, 0], N, Z, <floating*>ws.base + ws.lay.A.off)
+        forward(s, &theta[0], &b, N, Z, <floating*>ws.base + ws.lay.A.off)
         if link:
             link_rows(s.loss, zL, &out[0, 0], N, nL)
         else:
@@ -328,27 +358,30 @@ def raw_output(NetPlan plan, const floating[::1] theta,
                 (&out[0, 0])[i] = zL[i]
 
 
-def per_sample_grads(NetPlan plan, const floating[::1] theta,
-                     const floating[:, ::1] X, const floating[:, ::1] Y,
-                     floating[:, ::1] out, FirstOrderWorkspace ws):
-    """out[i] = gradient of the raw per-sample loss l_i, shape (N, P)."""
+def per_sample_grads(NetPlan plan, const floating[::1] theta, X,
+                     const floating[:, ::1] Y, floating[:, ::1] out,
+                     FirstOrderWorkspace ws):
+    """out[i] = gradient of the raw per-sample loss l_i, shape (N, P); X
+    dense or CSR rows."""
     cdef NetSpec* s = &plan.spec
     cdef Py_ssize_t N = X.shape[0]
     ws.check(N, 1, sizeof(floating))
     cdef floating* w = <floating*>ws.base
-    cdef Batch b = make_batch(&X[0, 0], &Y[0, 0], <const floating*>NULL, N,
-                              1.0, 0.0)
+    cdef Batch b = make_batch(<const floating*>NULL, &Y[0, 0],
+                              <const floating*>NULL, N, 1.0, 0.0)
+    set_input(&b, X, sizeof(floating))
     with nogil:
-        forward(s, &theta[0], &X[0, 0], N, w + ws.lay.Z.off, w + ws.lay.A.off)
+        forward(s, &theta[0], &b, N, w + ws.lay.Z.off, w + ws.lay.A.off)
         loss_value(s, &b, w + ws.lay.Z.off, w + ws.lay.D.off)
-        backward(s, &theta[0], &X[0, 0], N, w + ws.lay.Z.off, w + ws.lay.A.off,
+        backward(s, &theta[0], &b, N, w + ws.lay.Z.off, w + ws.lay.A.off,
                  w + ws.lay.D.off, 1, w + ws.lay.work.off, PER_SAMPLE,
                  &out[0, 0])
 
 
-def jacobian(NetPlan plan, const floating[::1] theta, const floating[:, ::1] X,
-             floating[:, ::1] out, FirstOrderWorkspace ws):
-    """out[i * n_L + c] = d z_L(x_i)_c / d theta, shape (N * n_L, P)."""
+def jacobian(NetPlan plan, const floating[::1] theta, X, floating[:, ::1] out,
+             FirstOrderWorkspace ws):
+    """out[i * n_L + c] = d z_L(x_i)_c / d theta, shape (N * n_L, P); X
+    dense or CSR rows."""
     cdef NetSpec* s = &plan.spec
     cdef Py_ssize_t N = X.shape[0], nL = s.sizes[s.n_layers], c
     ws.check(N, nL, sizeof(floating))
@@ -358,8 +391,11 @@ def jacobian(NetPlan plan, const floating[::1] theta, const floating[:, ::1] X,
     Dn[...] = 0
     for c in range(nL):
         Dn[c, :, c] = 1
+    cdef Batch b = make_batch(<const floating*>NULL, <const floating*>NULL,
+                              <const floating*>NULL, N, 1.0, 0.0)
+    set_input(&b, X, sizeof(floating))
     with nogil:
-        forward(s, &theta[0], &X[0, 0], N, w + ws.lay.Z.off, w + ws.lay.A.off)
-        backward(s, &theta[0], &X[0, 0], N, w + ws.lay.Z.off, w + ws.lay.A.off,
+        forward(s, &theta[0], &b, N, w + ws.lay.Z.off, w + ws.lay.A.off)
+        backward(s, &theta[0], &b, N, w + ws.lay.Z.off, w + ws.lay.A.off,
                  w + ws.lay.D.off, nL, w + ws.lay.work.off, PER_SAMPLE,
                  &out[0, 0])

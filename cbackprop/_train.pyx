@@ -10,10 +10,12 @@ import numpy as np
 from cython cimport floating
 from libc.math cimport sqrt, sqrtf, pow, isfinite
 from libc.string cimport memcpy
+from libc.stdint cimport int32_t, int64_t
 
 from cbackprop._network cimport (NetPlan, NetSpec, Batch, Region, FirstLayout,
-                                 Workspace, make_batch, put, first_layout,
-                                 add_l2, loss_grad_kernel)
+                                 Workspace, make_batch, sub_batch, put,
+                                 first_layout, add_l2, loss_grad_kernel,
+                                 set_input, csr_index)
 
 cdef struct Optim:
     bint adam
@@ -110,10 +112,61 @@ cdef void _label_rows(const unsigned char* src, const Py_ssize_t* idx,
             dst[i * d + j] = src[r * d + j]
 
 
+cdef void _gather_csr(const csr_index* ptr, const csr_index* ind,
+                      const floating* val, const Py_ssize_t* idx, Py_ssize_t n,
+                      csr_index* bptr, csr_index* bind,
+                      floating* bval) noexcept nogil:
+    """The CSR rows idx[0:n], packed into bptr (n + 1), bind, bval."""
+    cdef Py_ssize_t i, r, c, at = 0
+    bptr[0] = 0
+    for i in range(n):
+        r = idx[i]
+        c = ptr[r + 1] - ptr[r]
+        memcpy(bind + at, ind + ptr[r], c * sizeof(csr_index))
+        memcpy(bval + at, val + ptr[r], c * sizeof(floating))
+        at += c
+        bptr[i + 1] = <csr_index>at
+
+
+cdef struct CsrBuffer:
+    # A batch's gathered CSR rows: batch + 1 offsets, and room for the
+    # indices and values of the `batch` longest rows.
+    void* ptr
+    void* ind
+    void* val
+
+
+cdef void _csr_batch(const NetSpec* s, const Batch* data,
+                     const floating* val, const Py_ssize_t* idx,
+                     Py_ssize_t start, Py_ssize_t nb, const CsrBuffer* cb,
+                     Batch* mb) noexcept nogil:
+    """mb's input = CSR rows idx[0:nb] of data (values val), gathered into
+    cb, or rows start .. start + nb in place when idx is NULL."""
+    cdef Batch part
+    if idx == NULL:
+        part = sub_batch(s, data, start, nb)
+        mb.Xptr = part.Xptr
+    elif data.idx64:
+        _gather_csr(<const int64_t*>data.Xptr, <const int64_t*>data.Xind,
+                    val, idx, nb, <int64_t*>cb.ptr,
+                    <int64_t*>cb.ind, <floating*>cb.val)
+        mb.Xptr = cb.ptr
+    else:
+        _gather_csr(<const int32_t*>data.Xptr, <const int32_t*>data.Xind,
+                    val, idx, nb, <int32_t*>cb.ptr,
+                    <int32_t*>cb.ind, <floating*>cb.val)
+        mb.Xptr = cb.ptr
+    mb.X = NULL
+    mb.idx64 = data.idx64
+    mb.Xind = data.Xind if idx == NULL else cb.ind
+    mb.Xdata = data.Xdata if idx == NULL else cb.val
+
+
 cdef struct Schedule:
     const Py_ssize_t* order       # visiting order, or NULL: stored order, no gather
     const unsigned char* Y8       # 0/1 labels (N, n_L) as bytes, or NULL (Y floating)
     Py_ssize_t batch              # rows per update
+    CsrBuffer csr                 # batch rows of CSR X
 
 
 cdef struct EpochLayout:
@@ -125,13 +178,14 @@ cdef struct EpochLayout:
 cdef class EpochWorkspace(Workspace):
     """run_epoch's buffers for batches of at most n_rows rows: the
     first-order regions (FirstOrderWorkspace's), the gathered rows Xb, Yb,
-    swb and the batch gradient (k unused)."""
+    swb and the batch gradient. k = 1 for dense X; k = 0 for CSR X, whose
+    batches need no dense Xb (the region is empty)."""
     cdef EpochLayout lay
 
     cdef Py_ssize_t _layout(self, Py_ssize_t N, Py_ssize_t k) noexcept:
         cdef const NetSpec* s = &self.plan.spec
         cdef Py_ssize_t at = first_layout(s, N, 1, 0, &self.lay.first)
-        at = put(&self.lay.Xb, at, N * s.sizes[0])
+        at = put(&self.lay.Xb, at, N * s.sizes[0] if k > 0 else 0)
         at = put(&self.lay.Yb, at, N * s.sizes[s.n_layers])
         at = put(&self.lay.swb, at, N)
         return put(&self.lay.grad, at, s.n_params)
@@ -163,7 +217,8 @@ cdef double _epoch(const NetSpec* s, const Batch* data, const Schedule* sc,
     while start < N:
         nb = batch if start + batch <= N else N - start
         if order != NULL:
-            _gather_rows(X, order + start, nb, n0, Xb)
+            if X != NULL:
+                _gather_rows(X, order + start, nb, n0, Xb)
             if sc.Y8 == NULL:
                 _gather_rows(Y, order + start, nb, nL, Yb)
             if sw != NULL:
@@ -172,7 +227,7 @@ cdef double _epoch(const NetSpec* s, const Batch* data, const Schedule* sc,
             yp = Yb
             wp = swb if sw != NULL else NULL
         else:
-            xp = X + start * n0
+            xp = X + start * n0 if X != NULL else NULL
             yp = Y + start * nL if sc.Y8 == NULL else Yb  # (Y is NULL with Y8)
             wp = sw + start if sw != NULL else NULL
         if sc.Y8 != NULL:
@@ -188,6 +243,10 @@ cdef double _epoch(const NetSpec* s, const Batch* data, const Schedule* sc,
         # The data term's gradient; the penalty's value here, its gradient
         # in _update.
         mb = make_batch(xp, yp, wp, nb, wsum, 0.0)
+        if X == NULL:
+            _csr_batch(s, data, <const floating*>data.Xdata,
+                       order + start if order != NULL else NULL, start, nb,
+                       &sc.csr, &mb)
         loss = loss_grad_kernel(s, &mb, theta, w, &lay.first, grad)
         loss += add_l2(s, theta, data.alpha / wsum, <floating*>NULL)
         if not isfinite(loss):
@@ -198,8 +257,7 @@ cdef double _epoch(const NetSpec* s, const Batch* data, const Schedule* sc,
     return total
 
 
-def run_epoch(NetPlan plan, floating[::1] theta, const floating[:, ::1] X,
-              Y, const floating[::1] sw,
+def run_epoch(NetPlan plan, floating[::1] theta, X, Y, const floating[::1] sw,
               const Py_ssize_t[::1] order, Py_ssize_t batch_size, double alpha,
               dict opt, floating[::1] state1, floating[::1] state2,
               EpochWorkspace ws):
@@ -209,15 +267,16 @@ def run_epoch(NetPlan plan, floating[::1] theta, const floating[:, ::1] X,
     ----------
     plan : NetPlan
     theta : (P,) parameters, updated in place
-    X, Y : (N, n_0), (N, n_L) training data, Y of X's dtype or 0/1
-        labels as uint8 (converted batch by batch); sw : (N,) or None
+    X, Y : (N, n_0), (N, n_L) training data, X dense or CSR rows (each
+        batch's rows gathered into a batch CSR buffer), Y of X's dtype or
+        0/1 labels as uint8 (converted batch by batch); sw : (N,) or None
     order : (N,) visiting order, or None for the stored order (no gather)
     batch_size : rows per update
     alpha : L2 penalty of the objective
     opt : dict with 'solver' ('sgd' or 'adam'), 'learning_rate', 'momentum',
         'nesterov', 'beta_1', 'beta_2', 'epsilon', 't'
     state1, state2 : (P,) SGD velocity (state2 unused) or Adam m, v
-    ws : EpochWorkspace of at least batch_size rows
+    ws : EpochWorkspace of at least batch_size rows (k = 1 for dense X)
 
     Returns
     -------
@@ -225,7 +284,8 @@ def run_epoch(NetPlan plan, floating[::1] theta, const floating[:, ::1] X,
         inf as soon as a batch diverges; the epoch stops there)
     t : int, Adam's time step after the epoch
     """
-    ws.check(min(batch_size, X.shape[0]), 0, sizeof(floating))
+    cdef bint dense = isinstance(X, np.ndarray)
+    ws.check(min(batch_size, X.shape[0]), dense, sizeof(floating))
     cdef Optim o
     o.adam = opt["solver"] == "adam"
     o.lr = opt["learning_rate"]
@@ -249,10 +309,27 @@ def run_epoch(NetPlan plan, floating[::1] theta, const floating[:, ::1] X,
     else:
         Yf = Y
         yp = &Yf[0, 0]
-    cdef Batch data = make_batch(&X[0, 0], yp, NULL if sw is None else &sw[0],
-                                 X.shape[0], X.shape[0], alpha)
+    cdef const floating* swp = NULL if sw is None else &sw[0]
+    cdef Py_ssize_t N = X.shape[0]
+    cdef Batch data = make_batch(<const floating*>NULL, yp, swp, N, N, alpha)
+    set_input(&data, X, sizeof(floating))
+    if not dense and order is not None:
+        buffers = _csr_buffers(X, batch_size)
+        sc.csr.ptr = <void*><size_t>buffers[0].ctypes.data
+        sc.csr.ind = <void*><size_t>buffers[1].ctypes.data
+        sc.csr.val = <void*><size_t>buffers[2].ctypes.data
     cdef double total
     with nogil:
         total = _epoch(&plan.spec, &data, &sc, &o, &theta[0], &state1[0], s2,
                        <floating*>ws.base, &ws.lay)
     return total, o.t
+
+
+def _csr_buffers(X, Py_ssize_t batch_size):
+    """Arrays for one gathered batch of CSR rows: offsets (batch + 1),
+    indices and values sized for the batch_size longest rows."""
+    counts = np.diff(X.indptr)
+    b = min(batch_size, counts.shape[0])
+    cap = int(np.partition(counts, counts.shape[0] - b)[counts.shape[0] - b:].sum())
+    return (np.empty(b + 1, X.indptr.dtype), np.empty(max(cap, 1), X.indices.dtype),
+            np.empty(max(cap, 1), X.data.dtype))

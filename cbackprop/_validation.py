@@ -1,13 +1,16 @@
 """Input validation at the Python boundary.
 
 Everything that reaches a kernel is converted here once: C-contiguous, of
-the network's dtype, finite, of the right shape. Read-only arrays are fine
+the network's dtype, finite, of the right shape; a sparse X becomes
+canonical CSR rows (:mod:`cbackprop._sparse`). Read-only arrays are fine
 (kernels take const memoryviews) and are not copied when already suitable.
 """
 import numbers
 
 import numpy as np
 import scipy.sparse as sp
+
+from cbackprop._sparse import CSRRows, check_sparse_X
 
 FLOAT_DTYPES = (np.float32, np.float64)
 
@@ -76,8 +79,14 @@ def as_float_array(a, name, dtype, ndim):
 
 
 def check_X(X, n_features, dtype):
-    """X as (N, n_features), N >= 1."""
-    X = as_float_array(X, "X", dtype, 2)
+    """X as (N, n_features), N >= 1: a C-contiguous array, or CSRRows when X
+    is a scipy.sparse matrix or array (CSR or CSC)."""
+    if isinstance(X, CSRRows):
+        X = X.astype(dtype)
+    elif sp.issparse(X):
+        X = check_sparse_X(X, dtype)
+    else:
+        X = as_float_array(X, "X", dtype, 2)
     if X.shape[0] == 0:
         raise ValueError("X is empty: it has 0 samples")
     if X.shape[1] != n_features:

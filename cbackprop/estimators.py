@@ -18,7 +18,7 @@ from sklearn.utils.metaestimators import available_if
 from sklearn.utils.multiclass import _check_partial_fit_first_call, type_of_target, unique_labels
 from sklearn.utils.validation import check_array, check_is_fitted, column_or_1d, validate_data
 
-from cbackprop._estimator_base import BaseMLP, _parameter_constraints
+from cbackprop._estimator_base import ACCEPT_SPARSE, BaseMLP, _parameter_constraints
 
 __all__ = ["MLPClassifier", "MLPRegressor"]
 
@@ -259,7 +259,7 @@ class MLPClassifier(ClassifierMixin, BaseMLP):
             solver_options=solver_options)
 
     def _validate_input(self, X, y, incremental, reset):
-        X, y = validate_data(self, X, y, multi_output=True,
+        X, y = validate_data(self, X, y, multi_output=True, accept_sparse=ACCEPT_SPARSE,
                              dtype=(np.float64, np.float32), order="C", reset=reset)
         if y.ndim == 2 and y.shape[1] == 1:
             y = column_or_1d(y, warn=True)
@@ -449,7 +449,8 @@ class MLPRegressor(RegressorMixin, BaseMLP):
 
     def _validate_input(self, X, y, incremental, reset):
         X, y = validate_data(self, X, y, multi_output=True, y_numeric=True,
-                             dtype=(np.float64, np.float32), order="C", reset=reset)
+                             accept_sparse=ACCEPT_SPARSE, dtype=(np.float64, np.float32),
+                             order="C", reset=reset)
         if y.ndim == 2 and y.shape[1] == 1:
             y = column_or_1d(y, warn=True)
         if self.loss == "poisson" and (np.asarray(y) < 0).any():

@@ -13,7 +13,6 @@ import warnings
 
 import numpy as np
 import pytest
-import scipy.sparse as sp
 from numpy.testing import assert_allclose, assert_array_equal
 from sklearn import neural_network as sknn
 from sklearn.base import clone
@@ -381,18 +380,6 @@ def test_float32_loss_curve_close_to_sklearn():
         ref = sknn.MLPClassifier(**kw).fit(X.astype(np.float32), y)
         ours = MLPClassifier(**kw).fit(X.astype(np.float32), y)
     assert_allclose(ours.loss_curve_, ref.loss_curve_, rtol=1e-5)
-
-
-def test_sparse_input_is_refused():
-    X, y = _data("multiclass")
-    with pytest.raises(TypeError, match="dense"):
-        MLPClassifier(max_iter=2).fit(sp.csr_matrix(X), y)
-    est = MLPClassifier(max_iter=2, **SMALL)
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore", ConvergenceWarning)
-        est.fit(X, y)
-    with pytest.raises(TypeError, match="dense"):
-        est.predict(sp.csr_matrix(X))
 
 
 # ---------------------------------------------------------------- robustness
