@@ -189,3 +189,42 @@ def section_solvers(opts, measure=None):
         "Iterations are epochs for adam, outer iterations otherwise (max_iter: adam and "
         "lbfgs 200, lm 30, hessian-free and newton 60); test score is accuracy (digits) or "
         "R^2 (regression); default tol."])
+
+
+def section_sparse(opts, measure=None):
+    """TF-IDF-like CSR input, adam: time per epoch and peak memory, each
+    configuration in a fresh process."""
+    from . import _sparse_workloads as SW
+
+    big, small = 20000, 2000
+    configs = [("cbackprop", big, "float64"), ("sklearn", big, "float64"),
+               ("cbackprop", big, "float32"), ("sklearn", big, "float32"),
+               ("cbackprop", small, "float32"), ("sklearn", small, "float32"),
+               ("cbackprop-dense", small, "float32")]
+    rounds = 1  # whole trainings in fresh processes (minutes): one round, not --repeat
+    runs = {c: [] for c in configs}
+    for _ in range(rounds):  # round-robin: load on a shared machine hits all alike
+        for c in configs:
+            runs[c].append(SW.measure(*c, opts.threads))
+    rows = []
+    for (impl, n, dt), rs in runs.items():
+        epoch = float(np.median([r["epoch_s"] for r in rs]))
+        ref = float(np.median([r["epoch_s"] for r in runs[("sklearn", n, dt)]]))
+        rows.append((impl, n, dt, "dense" if impl.endswith("-dense") else "CSR",
+                     f"{epoch * 1e3:.0f}", f"{ref / epoch:.2f}",
+                     f"{rs[0]['input_mb']:.0f}", f"{max(r['peak_mb'] for r in rs):.0f}",
+                     f"{max(r['maxrss_mb'] for r in rs):.0f}"))
+    nnz = SW.DENSITY * SW.N_FEATURES
+    return "\n".join([
+        f"## sparse: TF-IDF-like CSR input, {SW.N_FEATURES} features, {SW.DENSITY:.1%} "
+        f"non-zeros (~{nnz:.0f} a row), 10 classes, hidden {SW.HIDDEN}, adam", "",
+        _table(["implementation", "rows", "dtype", "input", "ms / epoch",
+                "scikit-learn / this", "input MB", "peak traced MB", "max RSS MB"], rows), "",
+        f"Each configuration runs in a fresh process, one after the other ({rounds} "
+        "round): one epoch = fit of 2 epochs - fit of 1 epoch. scikit-learn gets the same "
+        "CSR matrix. Peak traced MB: tracemalloc's peak during a separate 1-epoch fit (NumPy "
+        "buffers included; the input, built before, is not counted): what the fit "
+        "allocates beside its input. Dense reference: cbackprop on the densified "
+        f"matrix of the first {small} rows in float32 ({small} x {SW.N_FEATURES} x 4 bytes; "
+        f"{big} rows would take {big * SW.N_FEATURES * 8 / 2**30:.0f} GB in float64), "
+        "beside the sparse runs on the same rows."])

@@ -16,7 +16,7 @@ implementation alike.  Compare ratios within one run, not absolute times
 across runs.
 
 Sections are functions ``section(opts) -> markdown`` registered in
-``SECTIONS`` (engine here; estimators, curvature and solvers in
+``SECTIONS`` (engine here; estimators, curvature, solvers and sparse in
 ``_report_sections.py``).  The
 workloads come from ``benchmarks/_common.py``, shared with the asv suite.
 """
@@ -229,6 +229,7 @@ SECTIONS = {
     "estimators": lambda opts: RS.section_estimators(opts, measure_interleaved),
     "curvature": lambda opts: RS.section_curvature(opts, measure_interleaved),
     "solvers": lambda opts: RS.section_solvers(opts),
+    "sparse": lambda opts: RS.section_sparse(opts),
 }
 
 

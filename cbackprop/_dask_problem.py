@@ -34,6 +34,7 @@ import uuid
 import weakref
 
 import numpy as np
+import scipy.sparse as sp
 
 from cbackprop._problem import Problem
 from cbackprop._validation import check_sample_weight, check_X, check_y
@@ -61,6 +62,11 @@ def _as_dask_array(obj, name):
     if hasattr(obj, "to_dask_array"):           # dask dataframe or series
         return obj.to_dask_array(lengths=True)
     if isinstance(obj, da.Array):
+        if sp.issparse(getattr(obj, "_meta", None)):
+            raise TypeError(f"{name} is a dask array of sparse chunks; the cluster solvers "
+                            f"need dense chunks (map_blocks(lambda b: b.toarray())), or "
+                            f"fit cbackprop.MLPClassifier / MLPRegressor on the sparse "
+                            f"matrix in memory")
         return obj
     raise TypeError(f"{name} must be a dask array or dataframe, got {type(obj).__name__}")
 

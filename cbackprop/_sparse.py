@@ -107,6 +107,9 @@ def check_sparse_X(X, dtype):
         raise ValueError(f"X must be 2-dimensional, got shape {X.shape}")
     if X.dtype.kind not in "biuf":
         raise TypeError(f"X must be numeric (bool, integer or float), got dtype {X.dtype}")
+    idx = np.promote_types(X.indices.dtype, X.indptr.dtype)
+    if idx not in (np.int32, np.int64):
+        idx = np.dtype(np.int64)
     X = X.tocsr()  # a CSC X converted; a CSR X as it is
     if not X.has_canonical_format:
         X = X.copy()
@@ -118,9 +121,6 @@ def check_sparse_X(X, dtype):
     # After the cast: a finite float64 can overflow in float32.
     if data.dtype.kind == "f" and not np.isfinite(data).all():
         raise ValueError("X contains NaN or infinity")
-    idx = np.promote_types(X.indices.dtype, X.indptr.dtype)
-    if idx not in (np.int32, np.int64):
-        idx = np.int64
     return CSRRows(np.ascontiguousarray(data), np.ascontiguousarray(X.indices, dtype=idx),
                    np.ascontiguousarray(X.indptr, dtype=idx), X.shape[1])
 

@@ -206,8 +206,15 @@ _DIFFERENCES = """\
     -----
     Differences from scikit-learn:
 
-    - Sparse X is refused with a TypeError (the kernels are dense); convert
-      with ``X.toarray()``.
+    - Sparse X (scipy.sparse CSR or CSC matrices and arrays; other formats
+      are converted to CSR by scikit-learn's validation) is accepted by fit,
+      partial_fit, predict, predict_proba and score with every solver, and
+      never densified as a whole: it is converted once to CSR of the model's
+      dtype and the first layer's products (forward, gradient, curvature
+      products) run as sparse kernels. Quantities that need dense
+      per-sample inputs (K-FAC's exact factors, diagonals) densify one row
+      chunk at a time. The results equal those on ``X.toarray()`` to
+      rounding.
     - float32 X trains and predicts entirely in float32 (``coefs_`` and
       predictions are float32, also with 'lbfgs'); any other dtype becomes
       float64. After a warm start or in ``partial_fit``, X is converted to the
@@ -291,7 +298,7 @@ class MLPClassifier(ClassifierMixin, BaseMLP):
 
         Parameters
         ----------
-        X : array-like of shape (n_samples, n_features)
+        X : {array-like, sparse matrix} of shape (n_samples, n_features)
             Training data (dense; float32 stays float32).
         y : array-like of shape (n_samples,) or (n_samples, n_labels)
             Class labels, or a label indicator matrix for multilabel.
@@ -311,7 +318,7 @@ class MLPClassifier(ClassifierMixin, BaseMLP):
 
         Parameters
         ----------
-        X : array-like of shape (n_samples, n_features)
+        X : {array-like, sparse matrix} of shape (n_samples, n_features)
         y : array-like of shape (n_samples,) or (n_samples, n_labels)
         sample_weight : array-like of shape (n_samples,), default=None
         classes : array of shape (n_classes,), default=None
@@ -341,7 +348,7 @@ class MLPClassifier(ClassifierMixin, BaseMLP):
 
         Parameters
         ----------
-        X : array-like of shape (n_samples, n_features)
+        X : {array-like, sparse matrix} of shape (n_samples, n_features)
 
         Returns
         -------
@@ -358,7 +365,7 @@ class MLPClassifier(ClassifierMixin, BaseMLP):
 
         Parameters
         ----------
-        X : array-like of shape (n_samples, n_features)
+        X : {array-like, sparse matrix} of shape (n_samples, n_features)
 
         Returns
         -------
@@ -376,7 +383,7 @@ class MLPClassifier(ClassifierMixin, BaseMLP):
 
         Parameters
         ----------
-        X : array-like of shape (n_samples, n_features)
+        X : {array-like, sparse matrix} of shape (n_samples, n_features)
 
         Returns
         -------
@@ -463,7 +470,7 @@ class MLPRegressor(RegressorMixin, BaseMLP):
 
         Parameters
         ----------
-        X : array-like of shape (n_samples, n_features)
+        X : {array-like, sparse matrix} of shape (n_samples, n_features)
             Training data (dense; float32 stays float32).
         y : array-like of shape (n_samples,) or (n_samples, n_outputs)
             Targets (non-negative for ``loss='poisson'``).
@@ -483,7 +490,7 @@ class MLPRegressor(RegressorMixin, BaseMLP):
 
         Parameters
         ----------
-        X : array-like of shape (n_samples, n_features)
+        X : {array-like, sparse matrix} of shape (n_samples, n_features)
         y : array-like of shape (n_samples,) or (n_samples, n_outputs)
         sample_weight : array-like of shape (n_samples,), default=None
 
@@ -504,7 +511,7 @@ class MLPRegressor(RegressorMixin, BaseMLP):
 
         Parameters
         ----------
-        X : array-like of shape (n_samples, n_features)
+        X : {array-like, sparse matrix} of shape (n_samples, n_features)
 
         Returns
         -------

@@ -3,6 +3,13 @@
 All methods are pure functions of the flat parameter vector ``theta``
 (``W_1, b_1, W_2, b_2, ...``, each ``W_l`` row-major of shape
 ``(n_{l-1}, n_l)``); nothing is stored between calls.
+
+X may be a scipy.sparse CSR or CSC matrix or array: it is converted once to
+CSR of the network's dtype (sorted indices, duplicates summed, int32 or
+int64 indices as given) and only the first layer reads it, by sparse kernels
+(``X W_1``, ``X^T delta_1`` and their curvature-product counterparts).
+Quantities built from dense per-sample inputs (``diag_*``, ``kfac``,
+``hessian``) densify one row chunk at a time.
 """
 import numbers
 import threading
@@ -204,7 +211,7 @@ class Network:
         Parameters
         ----------
         theta : array-like of shape (n_params,)
-        X : array-like of shape (N, n_0)
+        X : {array-like, sparse matrix} of shape (N, n_0)
 
         Returns
         -------
@@ -229,7 +236,7 @@ class Network:
         Parameters
         ----------
         theta : array-like of shape (n_params,)
-        X : array-like of shape (N, n_0)
+        X : {array-like, sparse matrix} of shape (N, n_0)
 
         Returns
         -------
@@ -247,7 +254,7 @@ class Network:
         Parameters
         ----------
         theta : array-like of shape (n_params,)
-        X : array-like of shape (N, n_0)
+        X : {array-like, sparse matrix} of shape (N, n_0)
         y : array-like of shape (N, n_L) or (N,)
             One-hot rows for log_loss, 0/1 for binary_log_loss, targets for
             squared_error and poisson (1-D when n_L == 1).
@@ -267,7 +274,7 @@ class Network:
         Parameters
         ----------
         theta : array-like of shape (n_params,)
-        X : array-like of shape (N, n_0)
+        X : {array-like, sparse matrix} of shape (N, n_0)
         y : array-like of shape (N, n_L) or (N,)
             Targets, as for :meth:`loss`.
         sample_weight : array-like of shape (N,), optional
@@ -305,7 +312,7 @@ class Network:
         Parameters
         ----------
         theta : array-like of shape (n_params,)
-        X : array-like of shape (N, n_0)
+        X : {array-like, sparse matrix} of shape (N, n_0)
         y : array-like of shape (N, n_L) or (N,)
         sample_weight : array-like of shape (N,), optional
 
@@ -325,7 +332,7 @@ class Network:
         Parameters
         ----------
         theta : array-like of shape (n_params,)
-        X : array-like of shape (N, n_0)
+        X : {array-like, sparse matrix} of shape (N, n_0)
 
         Returns
         -------
@@ -351,7 +358,7 @@ class Network:
         Parameters
         ----------
         theta : array-like of shape (n_params,)
-        X : array-like of shape (N, n_0)
+        X : {array-like, sparse matrix} of shape (N, n_0)
         y : array-like of shape (N, n_L) or (N,)
         V : array-like of shape (n_params,) or (n_params, k)
             The k vectors travel through the network together, as
@@ -402,7 +409,7 @@ class Network:
         Parameters
         ----------
         theta : array-like of shape (n_params,)
-        X : array-like of shape (N, n_0)
+        X : {array-like, sparse matrix} of shape (N, n_0)
         y : array-like of shape (N, n_L) or (N,)
         sample_weight : array-like of shape (N,), optional
         max_bytes : int, optional
@@ -438,7 +445,7 @@ class Network:
         Parameters
         ----------
         theta : array-like of shape (n_params,)
-        X : array-like of shape (N, n_0)
+        X : {array-like, sparse matrix} of shape (N, n_0)
         y : array-like of shape (N, n_L) or (N,)
         sample_weight : array-like of shape (N,), optional
 

@@ -308,3 +308,42 @@ def test_pipeline_matches_sklearn_cross_val_scores():
     assert sp.issparse(KBinsDiscretizer(n_bins=5, quantile_method="averaged_inverted_cdf")
                        .fit_transform(X))
     np.testing.assert_allclose(got, want, rtol=0, atol=1e-12)
+
+
+def test_dask_sparse_chunks_are_refused_clearly():
+    da = pytest.importorskip("dask.array")
+    from cbackprop._dask_problem import as_row_chunked
+    X = da.from_array(np.eye(8), chunks=(4, 8)).map_blocks(sp.csr_matrix)
+    with pytest.raises(TypeError, match="sparse chunks"):
+        as_row_chunked(X, da.zeros(8, chunks=4), None)
+
+
+@pytest.mark.parametrize("dtype", DTYPES)
+@pytest.mark.parametrize("index", INDEX)
+@pytest.mark.parametrize("form", FORM_PARAMS)
+def test_conversion_keeps_index_width_and_takes_the_dtype(form, index, dtype):
+    from cbackprop._sparse import check_sparse_X
+    X = _dense(np.random.default_rng(0))
+    rows = check_sparse_X(_sparse(X, form, index), dtype)
+    assert rows.indices.dtype == index and rows.indptr.dtype == index
+    assert rows.data.dtype == dtype
+    np.testing.assert_array_equal(rows.toarray(), X.astype(dtype))
+    # Row slices are views of the offsets; gathers copy the rows asked for.
+    assert np.shares_memory(rows[5:9].indptr, rows.indptr)
+    np.testing.assert_array_equal(rows[5:9].toarray(), X[5:9].astype(dtype))
+    np.testing.assert_array_equal(rows[[7, 0, 3, 7]].toarray(), X[[7, 0, 3, 7]].astype(dtype))
+
+
+def test_early_stopping_on_sparse_equals_dense():
+    rng = np.random.default_rng(seed("early"))
+    X = _dense(rng, 60)
+    y = rng.integers(0, 2, 60)
+    kw = dict(hidden_layer_sizes=(4,), solver="adam", max_iter=5, random_state=0,
+              early_stopping=True, validation_fraction=0.25)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", ConvergenceWarning)
+        want = cb.MLPClassifier(**kw).fit(X, y)
+        got = cb.MLPClassifier(**kw).fit(sp.csr_matrix(X), y)
+    assert got.validation_scores_ == want.validation_scores_
+    assert_close(got.predict_proba(X), want.predict_proba(X), np.float64, "rounding",
+                 factor=10)
