@@ -8,8 +8,8 @@ is the dense reference (on fewer rows: 20000 x 50000 dense would take 8 GB in
 float64).
 
 :func:`measure` runs one configuration in a fresh process (so that its peak
-memory is its own): seconds per epoch, as fit of 2 epochs - fit of 1 epoch
-so that fixed costs cancel, and the peak of traced allocations (tracemalloc:
+memory is its own): seconds per epoch, as (fit of 1 + k epochs - fit of 1
+epoch) / k so that fixed costs cancel, and the peak of traced allocations (tracemalloc:
 NumPy's buffers included) during another 1-epoch fit, beyond the input that
 exists before it, and the process's max RSS.
 """
@@ -84,9 +84,12 @@ def _child(impl, n_rows, dtype, threads):
     limit_threads(threads)
     X, y = tfidf(n_rows, dtype=np.dtype(dtype).type)
     impl, X = split_impl(impl, X)
-    fits = {e: fit_fn(impl, X, y, e) for e in (1, 2)}
+    # Enough epochs beside the first that their time dominates the noise of
+    # the fixed costs (one extra epoch per 20000 rows, at most 10).
+    k = min(10, max(1, 20000 // n_rows))
+    fits = {e: fit_fn(impl, X, y, e) for e in (1, 1 + k)}
     times = {}
-    for e in (1, 2):
+    for e in fits:
         t0 = time.perf_counter()
         fits[e]()
         times[e] = time.perf_counter() - t0
@@ -95,7 +98,7 @@ def _child(impl, n_rows, dtype, threads):
     fits[1]()
     peak = tracemalloc.get_traced_memory()[1]
     tracemalloc.stop()
-    print(json.dumps({"epoch_s": times[2] - times[1], "peak_mb": peak / 2**20,
+    print(json.dumps({"epoch_s": (times[1 + k] - times[1]) / k, "peak_mb": peak / 2**20,
                       "input_mb": input_bytes(X) / 2**20,
                       "maxrss_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024}))
 

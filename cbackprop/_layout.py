@@ -6,6 +6,8 @@ read as one array, layer l's ``[W_l; b_l]`` is the augmented row-major
 block at ``N * h_off[l]``. The offsets come from the kernels' ``NetPlan``:
 nothing in Python recomputes them.
 """
+from functools import cached_property
+
 import numpy as np
 
 
@@ -29,19 +31,28 @@ class Layout:
         Positions of every weight entry (not the biases) in theta, ascending.
     weight_mask : ndarray of shape (P,)
         1.0 on the weight entries, 0.0 on the biases (float64).
+
+    The last two are built on first use: 16 bytes a parameter, which a wide
+    first layer (sparse inputs) makes as large as the optimizer's state.
     """
 
     def __init__(self, plan):
         self.sizes, self.w_off, self.b_off, self.h_off = plan.offsets
         self.n_params = int(plan.n_params)
         self.n_layers = len(self.sizes) - 1
+
+    @cached_property
+    def weight_index(self):
         idx = np.concatenate([np.arange(w, b) for w, b in zip(self.w_off, self.b_off)])
         idx.flags.writeable = False
-        self.weight_index = idx
+        return idx
+
+    @cached_property
+    def weight_mask(self):
         mask = np.zeros(self.n_params)
-        mask[idx] = 1.0
+        mask[self.weight_index] = 1.0
         mask.flags.writeable = False
-        self.weight_mask = mask
+        return mask
 
     def weight_slices(self):
         """Per layer, the slice of theta holding ``W_l``."""
