@@ -221,11 +221,11 @@ def section_sparse(opts, measure=None):
         _table(["implementation", "rows", "dtype", "input", "ms / epoch",
                 "scikit-learn / this", "input MB", "peak traced MB", "max RSS MB"], rows), "",
         f"Each configuration runs in a fresh process, one after the other ({rounds} "
-        "round): one epoch = (fit of 1 + k epochs - fit of 1 epoch) / k, k = 1 for 20000 "
-        "rows and 10 for 2000. scikit-learn gets the same "
+        "round): ms / epoch is the median of k epochs run by `partial_fit` after a 1-epoch "
+        "fit (k = 3 for 20000 rows, 9 for 2000). scikit-learn gets the same "
         "CSR matrix. Peak traced MB: tracemalloc's peak during a separate 1-epoch fit (NumPy "
         "buffers included; the input, built before, is not counted): what the fit "
         "allocates beside its input. Dense reference: cbackprop on the densified "
         f"matrix of the first {small} rows in float32 ({small} x {SW.N_FEATURES} x 4 bytes; "
-        f"{big} rows would take {big * SW.N_FEATURES * 8 / 2**30:.0f} GB in float64), "
+        f"{big} rows would take {big * SW.N_FEATURES * 8 / 2**30:.1f} GiB in float64), "
         "beside the sparse runs on the same rows."])

@@ -8,10 +8,10 @@ is the dense reference (on fewer rows: 20000 x 50000 dense would take 8 GB in
 float64).
 
 :func:`measure` runs one configuration in a fresh process (so that its peak
-memory is its own): seconds per epoch, as (fit of 1 + k epochs - fit of 1
-epoch) / k so that fixed costs cancel, and the peak of traced allocations (tracemalloc:
-NumPy's buffers included) during another 1-epoch fit, beyond the input that
-exists before it, and the process's max RSS.
+memory is its own): seconds per epoch, the median of k epochs run by
+``partial_fit`` after a 1-epoch fit, and the peak of traced allocations
+(tracemalloc: NumPy's buffers included) during another 1-epoch fit, beyond
+the input that exists before it, and the process's max RSS.
 """
 import json
 import os
@@ -84,21 +84,23 @@ def _child(impl, n_rows, dtype, threads):
     limit_threads(threads)
     X, y = tfidf(n_rows, dtype=np.dtype(dtype).type)
     impl, X = split_impl(impl, X)
-    # Enough epochs beside the first that their time dominates the noise of
-    # the fixed costs (one extra epoch per 20000 rows, at most 10).
-    k = min(10, max(1, 20000 // n_rows))
-    fits = {e: fit_fn(impl, X, y, e) for e in (1, 1 + k)}
-    times = {}
-    for e in fits:
+    # One fit of an epoch, then k more epochs by partial_fit, each timed:
+    # their median is robust to the bursts of a shared machine.
+    k = 3 if n_rows >= 20000 else 9
+    est = fit_fn(impl, X, y, 1)()
+    times = []
+    for _ in range(k):
         t0 = time.perf_counter()
-        fits[e]()
-        times[e] = time.perf_counter() - t0
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            est.partial_fit(X, y)
+        times.append(time.perf_counter() - t0)
     # Traced apart: tracemalloc slows every allocation down.
     tracemalloc.start()
-    fits[1]()
+    fit_fn(impl, X, y, 1)()
     peak = tracemalloc.get_traced_memory()[1]
     tracemalloc.stop()
-    print(json.dumps({"epoch_s": (times[1 + k] - times[1]) / k, "peak_mb": peak / 2**20,
+    print(json.dumps({"epoch_s": float(np.median(times)), "peak_mb": peak / 2**20,
                       "input_mb": input_bytes(X) / 2**20,
                       "maxrss_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024}))
 
