@@ -347,3 +347,39 @@ def test_early_stopping_on_sparse_equals_dense():
     assert got.validation_scores_ == want.validation_scores_
     assert_close(got.predict_proba(X), want.predict_proba(X), np.float64, "rounding",
                  factor=10)
+
+
+NEVER_DENSIFIED = ("loss_grad", "predict", "jacobian", "per_sample_grads", "ggn", "efisher",
+                   "block_ggn", "block_hessian") + PRODUCTS
+
+
+def _refuse_toarray(monkeypatch):
+    from cbackprop._sparse import CSRRows
+
+    def refuse(self):
+        raise AssertionError("CSR rows densified")
+    monkeypatch.setattr(CSRRows, "toarray", refuse)
+
+
+@pytest.mark.parametrize("name", NEVER_DENSIFIED)
+def test_sparse_kernels_never_densify(name, monkeypatch):
+    net, theta, X, y, sw, V = _case(np.float64, key=("never",))
+    S = sp.csr_matrix(X)
+    _refuse_toarray(monkeypatch)
+    got = _call(net, name, theta, S, y, sw, V)
+    monkeypatch.undo()
+    assert_close(_flat(got), _flat(_call(net, name, theta, X, y, sw, V)), np.float64,
+                 "rounding", err_msg=name)
+
+
+@pytest.mark.parametrize("solver", ["sgd", "adam", "lbfgs", "lm", "hessian-free", "newton"])
+def test_estimator_fits_never_densify(solver, monkeypatch):
+    rng = np.random.default_rng(seed("never-fit", solver))
+    X = sp.csr_matrix(_dense(rng, 40))
+    y = rng.integers(0, 3, 40)
+    _refuse_toarray(monkeypatch)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", ConvergenceWarning)
+        est = cb.MLPClassifier(hidden_layer_sizes=(5,), solver=solver, max_iter=2,
+                               random_state=0, batch_size=16).fit(X, y)
+    assert est.predict_proba(X).shape == (40, 3)
