@@ -19,11 +19,12 @@ a factor n_L below ``J^T S S^T J``.
 import numbers
 
 import numpy as np
+import scipy.sparse as sp
 from scipy.linalg import blas as _scipy_blas
 
 from cbackprop import _curvature
 from cbackprop._problem import first_order_state, loss_factors
-from cbackprop._sparse import dense_rows
+from cbackprop._sparse import CSRRows, dense_rows
 
 DEFAULT_MAX_BYTES = 2 ** 31  # refuse dense matrices above 2 GiB by default
 ASSEMBLY_ENTRIES = 1 << 22   # per-chunk intermediates: about 32 MB of float64
@@ -40,19 +41,20 @@ def _entries_per_row(net):
     return (max(s[:-1]) + 1) ** 2 + sum(n * n for n in s[1:]) + (s[-1] + 8) * width
 
 
-def accumulate(problem, theta, build):
+def accumulate(problem, theta, build, dense=True):
     """Sum over row chunks of ``build(net, theta, X_c, Y_c, sw_c, W)``.
 
     Parts are arrays or lists of arrays; each is normalized by the problem's
-    global weight W, so the sum is the whole data term. A sparse X is
-    densified one chunk at a time (these quantities read per-sample inputs
-    of every layer; they are P or P x P anyway).
+    global weight W, so the sum is the whole data term. With ``dense``, a
+    sparse X is densified one chunk at a time (quantities that read dense
+    per-sample inputs of every layer; they are P or P x P anyway); without,
+    the builds get the chunk's CSR rows.
     """
     net, W = problem.net, problem.weight_sum
     total = None
     for c in problem.chunks(_entries_per_row(net), ASSEMBLY_ENTRIES, min_rows=1):
         X, Y, sw = problem._part(c)
-        part = build(net, theta, dense_rows(X), Y, sw, W)
+        part = build(net, theta, dense_rows(X) if dense else X, Y, sw, W)
         if total is None:
             total = part
         elif isinstance(part, list):
@@ -93,12 +95,14 @@ def _tn(A, B):
 
 
 def _inputs(net, X, A):
-    """Augmented layer inputs a~_l (N, n_in + 1), 1 appended last."""
+    """Augmented layer inputs a~_l (N, n_in + 1), 1 appended last (CSR rows
+    X: a scipy CSR matrix)."""
     N, lay = X.shape[0], net.layout
-    ins = []
-    for l in range(net.n_layers):
-        a = X if l == 0 else lay.layer(A, l - 1, N)[0]
-        ins.append(np.hstack([a, np.ones((N, 1), net.dtype)]))
+    ones = np.ones((N, 1), net.dtype)
+    ins = [sp.hstack([X.tocsr(), ones], format="csr") if isinstance(X, CSRRows) else
+           np.hstack([X, ones])]
+    for l in range(1, net.n_layers):
+        ins.append(np.hstack([lay.layer(A, l - 1, N)[0], ones]))
     return ins
 
 
@@ -156,8 +160,10 @@ def _scatter(net, pairs, compact):
 
 
 def _diag_from_factors(net, ins, S):
-    """sum_i sum_c a~_i^2 (x) s_ic^2 per layer: one GEMM each."""
-    parts = [_tn(a * a, np.einsum("cij,cij->ij", s, s)) for a, s in zip(ins, S)]
+    """sum_i sum_c a~_i^2 (x) s_ic^2 per layer: one GEMM each (a sparse
+    first-layer input: the squared CSR rows' product)."""
+    parts = [np.asarray(a.multiply(a).T @ d) if sp.issparse(a) else _tn(a * a, d)
+             for a, d in ((a, np.einsum("cij,cij->ij", s, s)) for a, s in zip(ins, S))]
     return np.concatenate([p.ravel() for p in parts]).astype(net.dtype)
 
 
@@ -246,13 +252,13 @@ def block_ggn(problem, theta):
 def diag_ggn(problem, theta):
     """Exact GGN diagonal (P,)."""
     build = lambda *a: _diag_from_factors(a[0], *_ggn_factors(*a))
-    return _regularized(problem, accumulate(problem, theta, build))
+    return _regularized(problem, accumulate(problem, theta, build, dense=False))
 
 
 def diag_efisher(problem, theta):
     """Empirical Fisher diagonal (P,)."""
     build = lambda *a: _diag_from_factors(a[0], *_fisher_factors(*a))
-    return _regularized(problem, accumulate(problem, theta, build))
+    return _regularized(problem, accumulate(problem, theta, build, dense=False))
 
 
 def diag_ggn_mc(problem, theta, mc_samples, rs):
@@ -269,7 +275,7 @@ def diag_ggn_mc(problem, theta, mc_samples, rs):
         # output mixes them identically at every layer.
         Smc = [np.einsum("mcn,cnj->mnj", E, s).astype(net.dtype) for s in S]
         return _diag_from_factors(net, ins, Smc)
-    return _regularized(problem, accumulate(problem, theta, build))
+    return _regularized(problem, accumulate(problem, theta, build, dense=False))
 
 
 def kfac(problem, theta):

@@ -212,8 +212,8 @@ _DIFFERENCES = """\
       never densified as a whole: it is converted once to CSR of the model's
       dtype and the first layer's products (forward, gradient, curvature
       products) run as sparse kernels. Quantities that need dense
-      per-sample inputs (K-FAC's exact factors, diagonals) densify one row
-      chunk at a time. The results equal those on ``X.toarray()`` to
+      per-sample inputs (K-FAC's exact factors) densify one row chunk at a
+      time. The results equal those on ``X.toarray()`` to
       rounding.
     - float32 X trains and predicts entirely in float32 (``coefs_`` and
       predictions are float32, also with 'lbfgs'); any other dtype becomes

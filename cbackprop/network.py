@@ -8,8 +8,9 @@ X may be a scipy.sparse CSR or CSC matrix or array: it is converted once to
 CSR of the network's dtype (sorted indices, duplicates summed, int32 or
 int64 indices as given) and only the first layer reads it, by sparse kernels
 (``X W_1``, ``X^T delta_1`` and their curvature-product counterparts).
-Quantities built from dense per-sample inputs (``diag_*``, ``kfac``,
-``hessian``) densify one row chunk at a time.
+The GGN and Fisher diagonals use the squared CSR rows; the quantities built
+from dense per-sample inputs (``diag_hessian``, ``hessian``, ``kfac``) densify
+one row chunk at a time.
 """
 import numbers
 import threading

@@ -350,7 +350,8 @@ def test_early_stopping_on_sparse_equals_dense():
 
 
 NEVER_DENSIFIED = ("loss_grad", "predict", "jacobian", "per_sample_grads", "ggn", "efisher",
-                   "block_ggn", "block_hessian") + PRODUCTS
+                   "block_ggn", "block_hessian", "diag_ggn", "diag_efisher",
+                   "diag_ggn_mc") + PRODUCTS
 
 
 def _refuse_toarray(monkeypatch):
