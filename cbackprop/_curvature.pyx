@@ -20,6 +20,7 @@ from libc.string cimport memset
 from cbackprop._blas cimport _gemm, _axpy, NoTrans
 from cbackprop._activations cimport act_derivs
 from cbackprop._losses cimport hess_prod_rows, sqrt_hess_rows
+from cbackprop._interrupt cimport check_interrupt
 from cbackprop._network cimport (NetPlan, NetSpec, Batch, Region, Workspace,
                                  make_batch, sub_batch, put, forward, backward,
                                  loss_value, layer_input, forward_linear,
@@ -765,13 +766,14 @@ cdef Py_ssize_t _dense_entries(const NetSpec* s, bint diag_only) noexcept nogil:
     return total
 
 
-cdef void block_hessian_kernel(const NetSpec* s, const Batch* b,
-                               const floating* theta, floating* G,
-                               Py_ssize_t block, floating* w,
-                               const BlockHessLayout* lay) noexcept nogil:
+cdef int block_hessian_kernel(const NetSpec* s, const Batch* b,
+                              const floating* theta, floating* G,
+                              Py_ssize_t block, floating* w,
+                              const BlockHessLayout* lay) except -1 nogil:
     """G = the exact Hessian's diagonal blocks (P_l, P_l), one after the
     other, + alpha / W on the weight entries of their diagonals; blocks of
-    `block` rows."""
+    `block` rows, pending signals handled after each (-1: a handler
+    raised, G incomplete)."""
     cdef Py_ssize_t i0 = 0, nb
     cdef Batch sub
     memset(G, 0, _dense_entries(s, True) * sizeof(floating))
@@ -780,7 +782,9 @@ cdef void block_hessian_kernel(const NetSpec* s, const Batch* b,
         sub = sub_batch(s, b, i0, nb)
         _block_hessian_rows(s, &sub, theta, G, w, lay)
         i0 += nb
+        check_interrupt()
     _finish_blocks(s, b.alpha / b.sw_sum, True, G)
+    return 0
 
 
 cdef void add_l2_diag(const NetSpec* s, double coef, bint diag_only,
@@ -845,14 +849,15 @@ cdef void _fisher_factor(const NetSpec* s, const Batch* b,
                 row[q] *= r
 
 
-cdef void dense_ggn_kernel(const NetSpec* s, const Batch* b,
-                           const floating* theta, bint diag_only, bint fisher,
-                           floating* G, Py_ssize_t block, floating* w,
-                           const DenseLayout* lay) noexcept nogil:
+cdef int dense_ggn_kernel(const NetSpec* s, const Batch* b,
+                          const floating* theta, bint diag_only, bint fisher,
+                          floating* G, Py_ssize_t block, floating* w,
+                          const DenseLayout* lay) except -1 nogil:
     """G = the dense GGN or, with fisher, empirical Fisher (diag_only: its
     diagonal blocks, one after the other), symmetric, + alpha / W on the weight entries of the diagonal;
     blocks of `block` rows, backpropagated loss factor then Kronecker
-    accumulation."""
+    accumulation; pending signals handled after each block (-1: a handler
+    raised, G incomplete)."""
     cdef Py_ssize_t i0 = 0, nb
     cdef Batch sub
     memset(G, 0, _dense_entries(s, diag_only) * sizeof(floating))
@@ -869,7 +874,9 @@ cdef void dense_ggn_kernel(const NetSpec* s, const Batch* b,
                             w + lay.f.S.off, s.sizes[s.n_layers],
                             s.sizes[s.n_layers], nb, diag_only, G, w, &lay.kron)
         i0 += nb
+        check_interrupt()
     _finish_blocks(s, b.alpha / b.sw_sum, diag_only, G)
+    return 0
 
 
 # -------------------------------------------------------------- workspaces
