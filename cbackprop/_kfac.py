@@ -61,7 +61,7 @@ from scipy.special import expit
 from sklearn.utils import check_random_state
 
 from cbackprop import _assembly
-from cbackprop._problem import Problem, first_order_state
+from cbackprop._problem import Problem, first_order_state, sum_over_parts
 from cbackprop._validation import check_theta
 from cbackprop.optimize import (TERMINATION_MESSAGES, _call, _check_callback, _check_int,
                                 _check_real, _gradient_converged, _prepare, _result,
@@ -348,6 +348,22 @@ def _check_options(o, net):
     return o
 
 
+def _check_cluster_options(o, n_rows):
+    """On cluster data, full batch with deterministic factors only: the
+    factors, losses, gradients and GGN products are then sums over the rows
+    (one round of per-worker results each), while mini-batches would be
+    drawn on the client and Monte-Carlo targets by every worker alike."""
+    if o["batch_size"] is not None and o["batch_size"] < n_rows:
+        raise ValueError(f"kfac on mini-batches (batch_size={o['batch_size']} < {n_rows} "
+                         "rows) needs the rows in memory; on cluster data use the full "
+                         "batch (batch_size=None; the estimators' batch_size='auto')")
+    if o["curvature"] == "mc":
+        raise ValueError("kfac's Monte-Carlo factors (curvature='mc', the 'auto' choice "
+                         f"above {EXACT_MAX_OUTPUTS} outputs) need the rows in memory; on "
+                         "cluster data pass curvature='exact' or 'empirical' (the "
+                         "estimators' solver_options={'curvature': ...})")
+
+
 def _check_step_rule(o):
     """learning_rate, momentum, kl_clip: all adaptive, or a fixed rule."""
     if o["learning_rate"] is None:
@@ -373,7 +389,9 @@ class _Curvature:
         self.factors, self.count, self.eigens = None, 0, None
 
     def update(self, theta, batch):
-        new = _batch_factors(batch, theta, self.kind, self.rng)
+        # A sum over the rows: on a cluster, each worker's parts (normalized
+        # by the global W) summed; in memory, one call.
+        new = sum_over_parts(batch, _batch_factors, theta, self.kind, self.rng)
         self.count += 1
         w = min(1.0 - 1.0 / self.count, self.decay)
         if self.factors is None:
@@ -413,6 +431,11 @@ def kfac(net, theta0, X, y, sample_weight=None, *, max_iter=100, batch_size=None
     theta0 : array of shape (n_params,)
         Starting point; not modified.
     X, y, sample_weight : the training data (see ``Network.loss``).
+        Row-chunked dask arrays keep the rows on a dask.distributed cluster
+        for the full batch with 'exact' or 'empirical' factors: the factors,
+        losses, gradients and GGN products are sums of per-worker results
+        and the rest runs on the client (ValueError for mini-batches and
+        'mc').
     max_iter : int >= 1
         Steps (one per batch; status 0).
     batch_size : int >= 1, optional
@@ -478,9 +501,7 @@ def kfac(net, theta0, X, y, sample_weight=None, *, max_iter=100, batch_size=None
         burnin=burnin, shuffle=shuffle, ftol=ftol, gtol=gtol, callback=callback), net)
     theta, problem = _prepare(net, theta0, X, y, sample_weight)
     if not isinstance(problem, Problem):
-        raise ValueError("kfac needs the rows in memory (its mini-batches are drawn on "
-                         "the client); on cluster data use 'lbfgs', 'lm', "
-                         "'hessian-free' or 'newton'")
+        _check_cluster_options(o, problem.n_rows)
     rng = check_random_state(random_state)
     run = _Run(net, theta, _Batches(problem, o["batch_size"], o["shuffle"], rng), o, rng)
     status = run.loop()

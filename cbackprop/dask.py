@@ -5,9 +5,10 @@ of :class:`cbackprop.MLPClassifier` / :class:`cbackprop.MLPRegressor` plus
 ``client`` (a ``distributed.Client``; None: the default client), and fit on
 row-chunked dask arrays or dataframes whose rows never come to the client:
 
-* the full-batch solvers ('lbfgs', 'lm', 'hessian-free', 'newton') run on the
-  client over a :class:`cbackprop._dask_problem.DaskProblem`: each loss,
-  gradient, curvature product or Levenberg-Marquardt accumulation is one task
+* the full-batch solvers ('lbfgs', 'lm', 'hessian-free', 'newton', and
+  'kfac' with the default batch_size='auto') run on the client over a
+  :class:`cbackprop._dask_problem.DaskProblem`: each loss, gradient,
+  curvature product, K-FAC factor estimate or Levenberg-Marquardt accumulation is one task
   per worker, each worker summing the cbackprop kernels over its own rows in
   chunk order, the client summing the workers in order. The fitted weights are
   the local estimator's on the same data, to rounding, for any chunking and

@@ -129,6 +129,10 @@ SOLVER_CASES = {
                                                 curvature_batch_size=20,
                                                 preconditioner="diag_ggn", random_state=0)),
     "newton": ("newton", dict(max_iter=4)),
+    "kfac": ("kfac", dict(max_iter=6)),
+    "kfac-empirical": ("kfac", dict(max_iter=5, curvature="empirical", inverse_every=2)),
+    "kfac-fixed-rate": ("kfac", dict(max_iter=5, learning_rate=0.5, momentum=0.3,
+                                     kl_clip=0.1)),
 }
 
 
@@ -159,7 +163,7 @@ def test_quasi_hessian(client):
 
 
 # ---------------------------------------------------------------- estimators
-FULL_BATCH = ["lbfgs", "lm", "hessian-free", "newton"]
+FULL_BATCH = ["lbfgs", "lm", "hessian-free", "newton", "kfac"]
 
 
 def _fit_pair(kind, solver, chunks, weighted, **kw):
@@ -442,6 +446,12 @@ def test_bad_input(client, monkeypatch):
         est.fit(chunked(20, X)[0], chunked(20, labels)[0], chunked(15, sw)[0])
     with pytest.raises(TypeError, match="X must be a dask array"):
         est.fit(X, labels)
+    with pytest.raises(ValueError, match="kfac on mini-batches"):
+        DaskMLPClassifier(solver="kfac", batch_size=10).fit(*chunked(20, X, labels))
+    net = cbackprop.Network([4, 2, 5], "tanh", "log_loss")
+    Y5 = np.eye(5)[labels]
+    with pytest.raises(ValueError, match="Monte-Carlo factors"):   # 'auto' above 4 outputs
+        optimize.kfac(net, net.init_params(0), *chunked(20, X, Y5))
     with pytest.raises(ValueError, match="early_stopping"):
         DaskMLPClassifier(early_stopping=True).fit(*chunked(20, X, labels))
     bad = X.copy()
