@@ -344,6 +344,16 @@ def test_bad_arguments(cb, kwargs, match):
         kf.kfac(net, theta, X, y, **kwargs)
 
 
+def test_zero_weight_mini_batch(cb):
+    """A mini-batch whose sample weights are all zero has no objective: a
+    clear error naming it (the full batch of those weights is fine)."""
+    net, _, theta, X, y, sw = problem(cb, "tanh", "log_loss", "hidden1")
+    sw = sw.copy()
+    sw[:3] = 0.0
+    with pytest.raises(ValueError, match="zero total sample weight"):
+        kf.kfac(net, theta, X, y, sw, batch_size=3, shuffle=False, max_iter=2)
+
+
 def test_kfac_factors_bad_curvature(cb):
     net, _, theta, X, y, _ = problem(cb, "tanh", "log_loss", "hidden1")
     with pytest.raises(ValueError, match="curvature"):
