@@ -19,7 +19,7 @@ from sklearn.datasets import load_digits
 import cbackprop as cb
 from cbackprop import _problem
 
-SOLVERS = ["lbfgs", "lm", "hessian-free", "newton", "adam", "sgd"]
+SOLVERS = ["lbfgs", "lm", "hessian-free", "newton", "kfac", "adam", "sgd"]
 
 
 def _digits(n=120):
