@@ -167,7 +167,7 @@ def test_sigint_inside_lm_accumulation(long_problem):
     assert reg.predict(X[:5]).shape == (5,)
 
 
-@pytest.mark.parametrize("method", ["ggn", "block_hessian"])
+@pytest.mark.parametrize("method", ["ggn", "block_hessian", "hessian"])
 def test_sigint_inside_dense_curvature(method, long_problem):
     X, y = long_problem
     net = cb.Network([20, 90, 1], activation="tanh")
