@@ -24,6 +24,8 @@ cdef struct NetSpec:
     Py_ssize_t width             # sum of n_1 .. n_L: cache holds N * width
     Py_ssize_t max_hidden        # widest hidden layer (1 when there is none)
     Py_ssize_t n_params
+    Py_ssize_t n_tasks           # pieces of a gradient (blocked kernels)
+    const Py_ssize_t* tasks      # piece t: layer, first and end row of W_l
     Activation act
     Loss loss
 
@@ -35,6 +37,7 @@ cpdef enum Reduce:
 cdef class NetPlan:
     cdef NetSpec spec
     cdef object _arrays
+    cdef object _tasks
 
 
 # ------------------------------------------------------------- the problem
@@ -201,7 +204,54 @@ cdef inline void layer_rows(const NetSpec* s, int l, const floating* a_in,
                 o[s.b_off[l] + q] = d[q]
 
 
+# --------------------------------------------------- blocked kernels (teams)
+# A batch of N rows is cut into row_blocks(N) blocks (forward, loss, deltas:
+# row-parallel), a gradient into the plan's tasks (row ranges of one W_l,
+# the last one with b_l: parameter-parallel, each a sum over all N rows).
+# Neither depends on the number of threads, so neither do the results.
+cdef enum:
+    MAX_BLOCKS = 16
+    MAX_TASKS = 64
+
+cdef inline Py_ssize_t row_blocks(Py_ssize_t N) noexcept nogil:
+    """1, 2, 4, 8 or 16 blocks of at least 48 rows each."""
+    cdef Py_ssize_t B = 1
+    while B < MAX_BLOCKS and N >= 2 * B * 48:
+        B *= 2
+    return B
+
+cdef inline Py_ssize_t block_start(Py_ssize_t N, Py_ssize_t B,
+                                   Py_ssize_t j) noexcept nogil:
+    return (N * j) // B
+
+cdef struct Pass:
+    # One batch's forward cache and deltas (pointers of the batch's dtype).
+    const void* X         # (N, n_0)
+    void* Z               # pre-activations, layer l at N * h_off[l]
+    void* A               # activations, likewise
+    void* D               # output deltas (N, n_L)
+    void* H               # hidden deltas, layer l at N * h_off[l]
+    Py_ssize_t N
+
+cdef double rows_pass(const NetSpec* s, const Batch* b, const floating* theta,
+                      const Pass* p, Py_ssize_t r0, Py_ssize_t nb,
+                      bint deltas) noexcept nogil
+cdef double task_sq(const NetSpec* s, Py_ssize_t t,
+                    const floating* theta) noexcept nogil
+cdef void grad_task(const NetSpec* s, const Pass* p, Py_ssize_t t,
+                    const floating* theta, double l2, floating* grad) noexcept nogil
+cdef double blocked_loss_grad(const NetSpec* s, const Batch* b,
+                              const floating* theta, const Pass* p,
+                              floating* grad) noexcept nogil
+cdef double batch_flops(const NetSpec* s, Py_ssize_t N, bint grad) noexcept nogil
+cdef Pass make_pass(const NetSpec* s, const Batch* b, floating* ws,
+                    const FirstLayout* lay) noexcept nogil
+
+
 # ------------------------------------------------------------------ kernels
+cdef void forward_rows(const NetSpec* s, const floating* theta,
+                       const floating* X, Py_ssize_t N, Py_ssize_t r0,
+                       Py_ssize_t nb, floating* Z, floating* A) noexcept nogil
 cdef void forward(const NetSpec* s, const floating* theta, const floating* X,
                   Py_ssize_t N, floating* Z, floating* A) noexcept nogil
 cdef void backward(const NetSpec* s, const floating* theta, const floating* X,

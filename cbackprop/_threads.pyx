@@ -1,0 +1,188 @@
+"""Thread teams: how many threads a kernel call uses, and single-threaded BLAS
+inside them.
+
+The blocked kernels split a batch into row blocks and a gradient into
+parameter ranges (``_network.pyx``) and run the pieces on an OpenMP team,
+each thread calling BLAS single-threaded: small GEMMs split by hand scale
+where BLAS's own threading of the same GEMMs does not (its threads wake up
+for every call, and two BLAS pools of one process spin against each other).
+
+A call may use ``min(omp_get_max_threads(), BLAS threads, parts)``
+threads, so thread counts follow ``OMP_NUM_THREADS``,
+``OPENBLAS_NUM_THREADS`` and threadpoolctl's ``threadpool_limits`` over
+either pool; below ``MIN_PARALLEL_FLOPS`` it runs on the caller alone. The
+pieces do not depend on the team size, so results are the same bits at
+every thread count, and the team size is free to follow what measures best:
+
+A team needs every member scheduled at each of its barriers; when other
+processes keep cores busy, a member waits for a time slice (milliseconds)
+at every barrier and a team of two runs slower than one thread. So the
+team size is measured, not assumed: per size class of calls (log2 of their
+flops), exponential averages of the rate (flops per second of wall time)
+with and without a team decide, and every ``PROBE``-th call of a class runs
+the other way to follow changes in load. On an idle machine the team wins
+and 1 call in ``PROBE`` runs alone; on a busy one the caller runs alone and
+1 in ``PROBE`` tries the team.
+
+BLAS threads are controlled through OpenBLAS's thread-local
+``openblas_set_num_threads_local`` in the library SciPy's ``cython_blas``
+calls (found once, through threadpoolctl); with another BLAS, or an OpenBLAS
+without that function, every team has one thread and BLAS threads itself.
+"""
+import os
+
+from posix.time cimport clock_gettime, timespec, CLOCK_MONOTONIC
+
+cdef extern from "_omp.h":
+    int omp_get_max_threads() noexcept nogil
+
+ctypedef int (*set_local_fn)(int) noexcept nogil
+ctypedef int (*get_fn)() noexcept nogil
+
+# Below this many flops per call a team costs more (waking threads, one more
+# barrier) than the second thread saves.
+cdef double MIN_PARALLEL_FLOPS = 1.5e6
+
+cdef enum:
+    PROBE = 16
+    BUCKETS = 64
+
+# Benign races: concurrent callers may interleave updates of a class's
+# averages (8-byte stores); the averages only choose team sizes.
+cdef double _rate[BUCKETS][2]     # [class][0: alone, 1: team] flops / s
+cdef unsigned int _calls[BUCKETS]
+
+cdef set_local_fn _set_local = NULL
+cdef get_fn _get_threads = NULL
+cdef bint _configured = False
+
+
+def _scipy_openblas():
+    """threadpoolctl's controller of the OpenBLAS that SciPy's BLAS calls, or None."""
+    try:
+        import scipy.linalg  # noqa: F401  (loads SciPy's BLAS)
+        from threadpoolctl import ThreadpoolController
+    except ImportError:
+        return None
+    libs = [c for c in ThreadpoolController().lib_controllers
+            if c.internal_api == "openblas"]
+    import scipy
+    site = os.path.dirname(os.path.dirname(os.path.realpath(scipy.__file__)))
+    own = [c for c in libs if os.path.realpath(c.filepath).startswith(
+        os.path.join(site, "scipy"))]
+    if own:
+        return own[0]
+    return libs[0] if len(libs) == 1 else None
+
+
+def _symbol(dynlib, names):
+    import ctypes
+    for name in names:
+        fn = getattr(dynlib, name, None)
+        if fn is not None:
+            return ctypes.cast(fn, ctypes.c_void_p).value
+    return None
+
+
+def _configure():
+    """Find OpenBLAS's thread controls (once per process)."""
+    global _set_local, _get_threads, _configured
+    _configured = True
+    lib = _scipy_openblas()
+    if lib is None:
+        return
+    pre = getattr(lib, "_symbol_prefix", "")
+    post = getattr(lib, "_symbol_suffix", "")
+    set_local = _symbol(lib.dynlib, [f"{pre}openblas_set_num_threads_local{post}",
+                                     "openblas_set_num_threads_local"])
+    get = _symbol(lib.dynlib, [f"{pre}openblas_get_num_threads{post}",
+                               "openblas_get_num_threads"])
+    if set_local is not None and get is not None:
+        _set_local = <set_local_fn><size_t>set_local
+        _get_threads = <get_fn><size_t>get
+
+
+def max_threads():
+    """Threads a large call of the blocked kernels may use now (>= 1)."""
+    if not _configured:
+        _configure()
+    if _set_local == NULL:
+        return 1
+    return max(1, min(omp_get_max_threads(), _get_threads()))
+
+
+cdef inline double _now() noexcept nogil:
+    cdef timespec ts
+    clock_gettime(CLOCK_MONOTONIC, &ts)
+    return ts.tv_sec + 1e-9 * ts.tv_nsec
+
+
+cdef inline bint _use_team(int b) noexcept nogil:
+    """Team or alone for the next call of class b (see the module notes)."""
+    cdef double alone = _rate[b][0], team = _rate[b][1]
+    _calls[b] += 1
+    if team == 0.0:
+        return True
+    if alone == 0.0:
+        return False
+    return (team > alone) != (_calls[b] % PROBE == 0)
+
+
+cdef inline int _bucket(double flops) noexcept nogil:
+    cdef int b = 0
+    while flops >= 2.0 and b < BUCKETS - 1:
+        flops *= 0.5
+        b += 1
+    return b
+
+
+cdef void team_open(Team* team, double flops, Py_ssize_t max_parts) noexcept nogil:
+    """Size the team of a call of `flops` split into at most `max_parts`
+    pieces; the caller's BLAS runs single-threaded until team_close."""
+    cdef int n
+    if not _configured:
+        with gil:
+            _configure()
+    team.n = 1
+    team.bucket = -1
+    if _set_local == NULL:
+        return
+    team.saved = _set_local(1)
+    n = omp_get_max_threads()
+    n = min(n, team.saved, <int>min(max_parts, 1 << 20))
+    if flops < MIN_PARALLEL_FLOPS or n < 2:
+        return
+    team.bucket = _bucket(flops)
+    team.flops = flops
+    if _use_team(team.bucket):
+        team.n = n
+    team.start = _now()
+
+
+cdef void team_close(Team* team) noexcept nogil:
+    cdef double dt, rate
+    cdef int which
+    if _set_local == NULL:
+        return
+    if team.bucket >= 0:
+        dt = _now() - team.start
+        if dt > 0.0:
+            rate = team.flops / dt
+            which = 1 if team.n > 1 else 0
+            if _rate[team.bucket][which] == 0.0:
+                _rate[team.bucket][which] = rate
+            else:
+                _rate[team.bucket][which] += 0.25 * (rate - _rate[team.bucket][which])
+    _set_local(team.saved)
+
+
+def rates():
+    """{size class: (rate alone, rate as a team)} measured so far, flops/s."""
+    return {b: (_rate[b][0], _rate[b][1]) for b in range(BUCKETS)
+            if _rate[b][0] or _rate[b][1]}
+
+
+cdef void blas_single() noexcept nogil:
+    """This thread's BLAS calls single-threaded (team members run pieces)."""
+    if _set_local != NULL:
+        _set_local(1)
