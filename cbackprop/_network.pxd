@@ -24,6 +24,7 @@ cdef struct NetSpec:
     Py_ssize_t width             # sum of n_1 .. n_L: cache holds N * width
     Py_ssize_t max_hidden        # widest hidden layer (1 when there is none)
     Py_ssize_t n_params
+    Py_ssize_t max_blocks        # row blocks of a large batch (blocked kernels)
     Py_ssize_t n_tasks           # pieces of a gradient (blocked kernels)
     const Py_ssize_t* tasks      # piece t: layer, first and end row of W_l
     Activation act
@@ -205,18 +206,21 @@ cdef inline void layer_rows(const NetSpec* s, int l, const floating* a_in,
 
 
 # --------------------------------------------------- blocked kernels (teams)
-# A batch of N rows is cut into row_blocks(N) blocks (forward, loss, deltas:
-# row-parallel), a gradient into the plan's tasks (row ranges of one W_l,
-# the last one with b_l: parameter-parallel, each a sum over all N rows).
-# Neither depends on the number of threads, so neither do the results.
+# A batch of N rows is cut into row_blocks(s, N) blocks (forward, loss,
+# deltas: row-parallel), a gradient into the plan's tasks (row ranges of one
+# W_l, the last one with b_l: parameter-parallel, each a sum over all N
+# rows). Both are sized by the machine's processor count when the plan is
+# made, never by the threads of a call, so results do not depend on the
+# thread count; as few pieces as the processors need keeps the GEMMs large
+# (one thread pays little for the cut).
 cdef enum:
     MAX_BLOCKS = 16
     MAX_TASKS = 64
 
-cdef inline Py_ssize_t row_blocks(Py_ssize_t N) noexcept nogil:
-    """1, 2, 4, 8 or 16 blocks of at least 48 rows each."""
+cdef inline Py_ssize_t row_blocks(const NetSpec* s, Py_ssize_t N) noexcept nogil:
+    """1, 2, 4, ... s.max_blocks blocks of at least 48 rows each."""
     cdef Py_ssize_t B = 1
-    while B < MAX_BLOCKS and N >= 2 * B * 48:
+    while B < s.max_blocks and N >= 2 * B * 48:
         B *= 2
     return B
 

@@ -6,13 +6,16 @@ every layer's pre-activations (activations) as consecutive row-major
 vectors is ``(k * N, n)``: block r holds vector r for every sample, so one
 GEMM per layer carries all k through the transposed Jacobian.
 """
+import os
+
 import numpy as np
 cimport cython
 
 from cbackprop._blas cimport _axpy, _dot
 from cbackprop._activations cimport act_forward, IDENTITY
 from cbackprop._losses cimport loss_grad_rows, link_rows
-from cbackprop._threads cimport Team, team_open, team_close, blas_single
+from cbackprop._threads cimport (Team, team_open, team_close, blas_open,
+                                 blas_single, LOSS_GRAD, EPOCH, PREDICT)
 from cython.parallel cimport prange
 
 
@@ -36,13 +39,15 @@ cdef class NetPlan:
         w_off = starts
         b_off = (starts + fan).astype(np.intp)
         h_off = np.concatenate([[0], np.cumsum(sizes[1:])[:-1]]).astype(np.intp)
-        tasks = _gradient_tasks(sizes)
+        pieces = _machine_pieces()
+        tasks = _gradient_tasks(sizes, 2 * pieces)
         for a in (sizes, w_off, b_off, h_off, tasks):
             a.flags.writeable = False
         self._arrays = (sizes, w_off, b_off, h_off)
         self._tasks = tasks
         cdef const Py_ssize_t[::1] sv = sizes, wv = w_off, bv = b_off, hv = h_off
         cdef const Py_ssize_t[:, ::1] tv = tasks
+        self.spec.max_blocks = pieces
         self.spec.n_tasks = tasks.shape[0]
         self.spec.tasks = &tv[0, 0]
         self.spec.n_layers = <int>L
@@ -69,19 +74,42 @@ cdef class NetPlan:
         return self.spec.max_hidden
 
     @property
+    def tasks(self):
+        """Read-only (T, 3) intp rows (layer, p0, p1): the gradient's pieces
+        in the blocked kernels (rows p0 .. p1 of W_l; b_l with the last)."""
+        return self._tasks
+
+    @property
+    def max_blocks(self):
+        """Row blocks of a large batch in the blocked kernels."""
+        return self.spec.max_blocks
+
+    @property
     def offsets(self):
         """Read-only (sizes, w_off, b_off, h_off) intp arrays: layer widths,
         offsets of W_l and b_l in theta, and of layer l in stacked caches."""
         return self._arrays
 
 
+def _machine_pieces():
+    """Row blocks of a large batch: the processor count rounded up to a
+    power of two, at most MAX_BLOCKS (the machine's, not the process's
+    affinity or thread limits, so that every process on a machine cuts
+    alike)."""
+    n = os.cpu_count() or 1
+    pieces = 1
+    while pieces < n and pieces < MAX_BLOCKS:
+        pieces *= 2
+    return pieces
+
+
 @cython.wraparound(True)
-def _gradient_tasks(sizes):
+def _gradient_tasks(sizes, pieces):
     """(T, 3) intp rows (layer, p0, p1): the gradient's pieces, rows p0 .. p1
-    of one W_l, about a sixteenth of the weights each (at least 2048) so
-    that up to 16 threads share them evenly; at most MAX_TASKS."""
+    of one W_l, about 1/pieces of the weights each (at least 2048 entries)
+    so that up to pieces / 2 threads share them evenly; at most MAX_TASKS."""
     entries = sizes[:-1] * sizes[1:]
-    target = max(entries.sum() / 16.0, 2048.0)
+    target = max(entries.sum() / float(pieces), 2048.0)
     while True:
         tasks = []
         for l, (nin, nout) in enumerate(zip(sizes[:-1], sizes[1:])):
@@ -197,7 +225,7 @@ cdef double loss_value(const NetSpec* s, const Batch* b, const floating* Z,
     trial steps): partial sums over the row blocks of ``row_blocks``, added
     in block order, as the blocked kernels add them whatever their team.
     """
-    cdef Py_ssize_t N = b.N, B = row_blocks(N), j, r0
+    cdef Py_ssize_t N = b.N, B = row_blocks(s, N), j, r0
     cdef double total = 0.0
     for j in range(B):
         r0 = block_start(N, B, j)
@@ -305,12 +333,12 @@ cdef double blocked_loss_grad(const NetSpec* s, const Batch* b,
                               floating* grad) noexcept nogil:
     """Objective and (if grad is not NULL) its gradient on a team: row
     blocks, then gradient tasks (see row_blocks)."""
-    cdef Py_ssize_t N = b.N, B = row_blocks(N), j, t, r0
+    cdef Py_ssize_t N = b.N, B = row_blocks(s, N), j, t, r0
     cdef double parts[MAX_BLOCKS]
     cdef double sq[MAX_TASKS]
     cdef double loss = 0.0, reg = 0.0, coef = b.alpha / b.sw_sum
     cdef Team team
-    team_open(&team, batch_flops(s, N, grad != NULL), max(B, s.n_tasks))
+    team_open(&team, LOSS_GRAD, batch_flops(s, N, grad != NULL), max(B, s.n_tasks))
     for j in prange(B, num_threads=team.n, schedule="dynamic"):
         if team.n > 1:
             blas_single()

@@ -49,8 +49,9 @@ cdef enum:
 
 # Benign races: concurrent callers may interleave updates of a class's
 # averages (8-byte stores); the averages only choose team sizes.
-cdef double _rate[BUCKETS][2]     # [class][0: alone, 1: team] flops / s
-cdef unsigned int _calls[BUCKETS]
+cdef double _rate[N_SITES][BUCKETS][2]  # [site][class][0: alone, 1: team] flops / s
+cdef unsigned int _calls[N_SITES][BUCKETS]
+cdef int _policy = 0                      # 0: measured, 1: always team, 2: always alone
 
 cdef set_local_fn _set_local = NULL
 cdef get_fn _get_threads = NULL
@@ -117,15 +118,18 @@ cdef inline double _now() noexcept nogil:
     return ts.tv_sec + 1e-9 * ts.tv_nsec
 
 
-cdef inline bint _use_team(int b) noexcept nogil:
-    """Team or alone for the next call of class b (see the module notes)."""
-    cdef double alone = _rate[b][0], team = _rate[b][1]
-    _calls[b] += 1
+cdef inline bint _use_team(int site, int b) noexcept nogil:
+    """Team or alone for the next call of class b at site (see the module
+    notes)."""
+    cdef double alone = _rate[site][b][0], team = _rate[site][b][1]
+    if _policy != 0:
+        return _policy == 1
+    _calls[site][b] += 1
     if team == 0.0:
         return True
     if alone == 0.0:
         return False
-    return (team > alone) != (_calls[b] % PROBE == 0)
+    return (team > alone) != (_calls[site][b] % PROBE == 0)
 
 
 cdef inline int _bucket(double flops) noexcept nogil:
@@ -136,15 +140,18 @@ cdef inline int _bucket(double flops) noexcept nogil:
     return b
 
 
-cdef void team_open(Team* team, double flops, Py_ssize_t max_parts) noexcept nogil:
-    """Size the team of a call of `flops` split into at most `max_parts`
-    pieces; the caller's BLAS runs single-threaded until team_close."""
+cdef void team_open(Team* team, Site site, double flops,
+                    Py_ssize_t max_parts) noexcept nogil:
+    """Size the team of a call of `flops` at `site` split into at most
+    `max_parts` pieces; the caller's BLAS runs single-threaded until
+    team_close."""
     cdef int n
     if not _configured:
         with gil:
             _configure()
     team.n = 1
     team.bucket = -1
+    team.site = site
     if _set_local == NULL:
         return
     team.saved = _set_local(1)
@@ -154,9 +161,22 @@ cdef void team_open(Team* team, double flops, Py_ssize_t max_parts) noexcept nog
         return
     team.bucket = _bucket(flops)
     team.flops = flops
-    if _use_team(team.bucket):
+    if _use_team(site, team.bucket):
         team.n = n
     team.start = _now()
+
+
+cdef void blas_open(Team* team, Site site, double flops) noexcept nogil:
+    """For a kernel that is not blocked: let BLAS thread its GEMMs (its own
+    team) or run them single-threaded, as measured for `site`;
+    team_close restores the caller's BLAS."""
+    team_open(team, site, flops, 1 << 30)
+    if team.n > 1:
+        _set_local(team.saved)
+
+
+cdef inline void _record(double* avg, double rate) noexcept nogil:
+    avg[0] = rate if avg[0] == 0.0 else avg[0] + 0.25 * (rate - avg[0])
 
 
 cdef void team_close(Team* team) noexcept nogil:
@@ -168,18 +188,42 @@ cdef void team_close(Team* team) noexcept nogil:
         dt = _now() - team.start
         if dt > 0.0:
             rate = team.flops / dt
-            which = 1 if team.n > 1 else 0
-            if _rate[team.bucket][which] == 0.0:
-                _rate[team.bucket][which] = rate
-            else:
-                _rate[team.bucket][which] += 0.25 * (rate - _rate[team.bucket][which])
+            _record(&_rate[team.site][team.bucket][1 if team.n > 1 else 0], rate)
     _set_local(team.saved)
 
 
 def rates():
-    """{size class: (rate alone, rate as a team)} measured so far, flops/s."""
-    return {b: (_rate[b][0], _rate[b][1]) for b in range(BUCKETS)
-            if _rate[b][0] or _rate[b][1]}
+    """{(site, size class): (rate alone, rate as a team)} measured so far,
+    flops/s (Site names the sites)."""
+    cdef int i, b
+    out = {}
+    for i in range(<int>N_SITES):
+        for b in range(BUCKETS):
+            if _rate[i][b][0] or _rate[i][b][1]:
+                out[(Site(i).name, b)] = (_rate[i][b][0], _rate[i][b][1])
+    return out
+
+
+def reset():
+    """Forget the measurements (benchmarks: start every case alike)."""
+    cdef int i, b
+    for i in range(<int>N_SITES):
+        for b in range(BUCKETS):
+            _rate[i][b][0] = _rate[i][b][1] = 0.0
+            _calls[i][b] = 0
+
+
+def set_policy(policy):
+    """'measured' (default), 'team' (always a team when one is allowed) or
+    'alone' (never): tests and benchmarks compare the two; results are the
+    same bits under all three."""
+    global _policy
+    codes = {"measured": 0, "team": 1, "alone": 2}
+    if policy not in codes:
+        raise ValueError(f"policy must be one of {sorted(codes)}, got {policy!r}")
+    previous = [k for k, v in codes.items() if v == _policy][0]
+    _policy = codes[policy]
+    return previous
 
 
 cdef void blas_single() noexcept nogil:

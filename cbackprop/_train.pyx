@@ -17,7 +17,8 @@ from cbackprop._network cimport (NetPlan, NetSpec, Batch, Region, FirstLayout,
                                  first_layout, row_blocks, block_start,
                                  rows_pass, task_sq, grad_task, batch_flops,
                                  MAX_BLOCKS, MAX_TASKS)
-from cbackprop._threads cimport Team, team_open, team_close, blas_single
+from cbackprop._threads cimport (Team, team_open, team_close, blas_open,
+                                 blas_single, LOSS_GRAD, EPOCH, PREDICT)
 
 cdef struct Optim:
     bint adam
@@ -208,13 +209,13 @@ cdef double _train_batch(const NetSpec* s, const Batch* data, const Schedule* sc
     cdef Batch mb = _batch(s, data, sc, start, nb, w, lay)
     cdef Pass p = make_pass(s, &mb, w, &lay.first)
     cdef floating* grad = w + lay.grad.off
-    cdef Py_ssize_t B = row_blocks(nb), j, t, r0
+    cdef Py_ssize_t B = row_blocks(s, nb), j, t, r0
     cdef double parts[MAX_BLOCKS]
     cdef double sq[MAX_TASKS]
     cdef double loss = 0.0, reg = 0.0, l2 = data.alpha / mb.sw_sum
     cdef floating lr
     cdef Team team
-    team_open(&team, batch_flops(s, nb, True), max(B, s.n_tasks))
+    team_open(&team, EPOCH, batch_flops(s, nb, True), max(B, s.n_tasks))
     for j in prange(B, num_threads=team.n, schedule="dynamic"):
         if team.n > 1:
             blas_single()
