@@ -226,7 +226,14 @@ cdef inline Py_ssize_t row_blocks(const NetSpec* s, Py_ssize_t N) noexcept nogil
 
 cdef inline Py_ssize_t block_start(Py_ssize_t N, Py_ssize_t B,
                                    Py_ssize_t j) noexcept nogil:
-    return (N * j) // B
+    """First row of block j of B (j = B: N). Inner boundaries fall on
+    multiples of 16 rows, the widest GEMM micro-kernel unroll, so that
+    BLAS's edge kernels (which may round differently) run on the batch's
+    last rows only, as in one GEMM over the whole batch: a row's result
+    does not depend on the rows computed with it."""
+    if j >= B:
+        return N
+    return ((N * j) // B) & ~(<Py_ssize_t>15)
 
 cdef struct Pass:
     # One batch's forward cache and deltas (pointers of the batch's dtype).
@@ -247,6 +254,7 @@ cdef void grad_task(const NetSpec* s, const Pass* p, Py_ssize_t t,
 cdef double blocked_loss_grad(const NetSpec* s, const Batch* b,
                               const floating* theta, const Pass* p,
                               floating* grad) noexcept nogil
+cdef double work_flops(const NetSpec* s, Py_ssize_t N, double k) noexcept nogil
 cdef double batch_flops(const NetSpec* s, Py_ssize_t N, bint grad) noexcept nogil
 cdef Pass make_pass(const NetSpec* s, const Batch* b, floating* ws,
                     const FirstLayout* lay) noexcept nogil

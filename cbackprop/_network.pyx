@@ -15,7 +15,8 @@ from cbackprop._blas cimport _axpy, _dot
 from cbackprop._activations cimport act_forward, IDENTITY
 from cbackprop._losses cimport loss_grad_rows, link_rows
 from cbackprop._threads cimport (Team, team_open, team_close, blas_open,
-                                 blas_single, LOSS_GRAD, EPOCH, PREDICT)
+                                 LOSS_GRAD, EPOCH, PREDICT,
+                                 PER_SAMPLE_GRADS, JACOBIAN)
 from cython.parallel cimport prange
 
 
@@ -320,12 +321,19 @@ cdef void grad_task(const NetSpec* s, const Pass* p, Py_ssize_t t,
         col_sums(d, N, nout, grad + s.b_off[l], False)
 
 
-cdef double batch_flops(const NetSpec* s, Py_ssize_t N, bint grad) noexcept nogil:
+cdef double work_flops(const NetSpec* s, Py_ssize_t N, double k) noexcept nogil:
+    """k times the flops of one forward pass over N rows (a kernel's size
+    class for the thread teams)."""
     cdef int l
     cdef double f = 0.0
     for l in range(s.n_layers):
         f += 2.0 * N * s.sizes[l] * s.sizes[l + 1]
-    return f * 3.0 if grad else f
+    return f * k
+
+
+cdef double batch_flops(const NetSpec* s, Py_ssize_t N, bint grad) noexcept nogil:
+    """Flops of a loss (and gradient: three passes) over N rows."""
+    return work_flops(s, N, 3.0 if grad else 1.0)
 
 
 cdef double blocked_loss_grad(const NetSpec* s, const Batch* b,
@@ -340,14 +348,10 @@ cdef double blocked_loss_grad(const NetSpec* s, const Batch* b,
     cdef Team team
     team_open(&team, LOSS_GRAD, batch_flops(s, N, grad != NULL), max(B, s.n_tasks))
     for j in prange(B, num_threads=team.n, schedule="dynamic"):
-        if team.n > 1:
-            blas_single()
         r0 = block_start(N, B, j)
         parts[j] = rows_pass(s, b, theta, p, r0, block_start(N, B, j + 1) - r0,
                              grad != NULL)
     for t in prange(s.n_tasks, num_threads=team.n, schedule="dynamic"):
-        if team.n > 1:
-            blas_single()
         sq[t] = task_sq(s, t, theta) if coef != 0.0 else 0.0
         if grad != NULL:
             grad_task(s, p, t, theta, coef, grad)
@@ -429,7 +433,7 @@ cdef class Workspace:
             return self
         self.size = self._layout(n_rows, k)
         if self.size > self.capacity:
-            self._buffer = np.empty(self.size, self.dtype)
+            self._buffer = _aligned(self.size, self.dtype)
             self.capacity = self.size
             self.base = <char*><size_t>self._buffer.ctypes.data
         self.n_rows = n_rows
@@ -461,6 +465,16 @@ cdef class Workspace:
         """The region `name` as a 1-D view of the buffer."""
         off, n = self.layout[name]
         return self._buffer[off:off + n]
+
+
+def _aligned(Py_ssize_t n, dtype):
+    """n entries starting on a 64-byte boundary: every workspace (one per
+    thread and family) then has the same alignment, and BLAS kernels,
+    whose rounding can depend on it, give the same bits in all of them."""
+    cdef Py_ssize_t item = np.dtype(dtype).itemsize, pad = 64 // item
+    raw = np.empty(n + pad, dtype)
+    cdef Py_ssize_t shift = ((-raw.ctypes.data) % 64) // item
+    return raw[shift:shift + n]
 
 
 def _flatten(dict regions, str prefix, dict out):
@@ -509,19 +523,34 @@ def loss_grad(NetPlan plan, const floating[::1] theta, const floating[:, ::1] X,
 def raw_output(NetPlan plan, const floating[::1] theta,
                const floating[:, ::1] X, floating[:, ::1] out, bint link,
                FirstOrderWorkspace ws):
-    """out = z_L (raw) or link(z_L), shape (N, n_L)."""
+    """out = z_L (raw) or link(z_L), shape (N, n_L); row blocks on a team."""
     cdef NetSpec* s = &plan.spec
-    cdef Py_ssize_t N = X.shape[0], nL = s.sizes[s.n_layers], i
+    cdef Py_ssize_t N = X.shape[0], B = row_blocks(s, N), j
     ws.check(N, 0, sizeof(floating))
     cdef floating* Z = <floating*>ws.base + ws.lay.Z.off
-    cdef floating* zL = Z + N * s.h_off[s.n_layers - 1]
+    cdef floating* A = <floating*>ws.base + ws.lay.A.off
+    cdef Team team
     with nogil:
-        forward(s, &theta[0], &X[0, 0], N, Z, <floating*>ws.base + ws.lay.A.off)
-        if link:
-            link_rows(s.loss, zL, &out[0, 0], N, nL)
-        else:
-            for i in range(N * nL):
-                (&out[0, 0])[i] = zL[i]
+        team_open(&team, PREDICT, work_flops(s, N, 1.0), B)
+        for j in prange(B, num_threads=team.n, schedule="dynamic"):
+            _output_rows(s, &theta[0], &X[0, 0], N, block_start(N, B, j),
+                         block_start(N, B, j + 1) - block_start(N, B, j), link,
+                         Z, A, &out[0, 0])
+        team_close(&team)
+
+
+cdef void _output_rows(const NetSpec* s, const floating* theta, const floating* X,
+                       Py_ssize_t N, Py_ssize_t r0, Py_ssize_t nb, bint link,
+                       floating* Z, floating* A, floating* out) noexcept nogil:
+    """Rows r0 .. r0 + nb of raw_output."""
+    cdef Py_ssize_t nL = s.sizes[s.n_layers], i
+    cdef floating* zL = Z + N * s.h_off[s.n_layers - 1] + r0 * nL
+    forward_rows(s, theta, X, N, r0, nb, Z, A)
+    if link:
+        link_rows(s.loss, zL, out + r0 * nL, nb, nL)
+    else:
+        for i in range(nb * nL):
+            out[r0 * nL + i] = zL[i]
 
 
 def per_sample_grads(NetPlan plan, const floating[::1] theta,
@@ -534,12 +563,15 @@ def per_sample_grads(NetPlan plan, const floating[::1] theta,
     cdef floating* w = <floating*>ws.base
     cdef Batch b = make_batch(&X[0, 0], &Y[0, 0], <const floating*>NULL, N,
                               1.0, 0.0)
+    cdef Team team
     with nogil:
+        blas_open(&team, PER_SAMPLE_GRADS, work_flops(&plan.spec, X.shape[0], 3))
         forward(s, &theta[0], &X[0, 0], N, w + ws.lay.Z.off, w + ws.lay.A.off)
         loss_value(s, &b, w + ws.lay.Z.off, w + ws.lay.D.off)
         backward(s, &theta[0], &X[0, 0], N, w + ws.lay.Z.off, w + ws.lay.A.off,
                  w + ws.lay.D.off, 1, w + ws.lay.work.off, PER_SAMPLE,
                  &out[0, 0])
+        team_close(&team)
 
 
 def jacobian(NetPlan plan, const floating[::1] theta, const floating[:, ::1] X,
@@ -554,8 +586,11 @@ def jacobian(NetPlan plan, const floating[::1] theta, const floating[:, ::1] X,
     Dn[...] = 0
     for c in range(nL):
         Dn[c, :, c] = 1
+    cdef Team team
     with nogil:
+        blas_open(&team, JACOBIAN, work_flops(&plan.spec, X.shape[0], 1 + 2 * plan.spec.sizes[plan.spec.n_layers]))
         forward(s, &theta[0], &X[0, 0], N, w + ws.lay.Z.off, w + ws.lay.A.off)
         backward(s, &theta[0], &X[0, 0], N, w + ws.lay.Z.off, w + ws.lay.A.off,
                  w + ws.lay.D.off, nL, w + ws.lay.work.off, PER_SAMPLE,
                  &out[0, 0])
+        team_close(&team)

@@ -5,14 +5,22 @@ cpdef enum Site:
     LOSS_GRAD = 0
     EPOCH = 1
     PREDICT = 2
-    PRODUCT = 3
-    CURVATURE = 4
-    LM = 5
-    N_SITES = 6
+    HVP = 3
+    GGN_VP = 4
+    EFISHER_VP = 5
+    STATE = 6
+    FACTORS = 7
+    HESSIAN = 8
+    DIAG_HESSIAN = 9
+    DENSE_GGN = 10
+    QUASI_HESSIAN = 11
+    LM_LOOP = 12
+    PER_SAMPLE_GRADS = 13
+    JACOBIAN = 14
+    N_SITES = 15
 
 cdef struct Team:
     int n          # threads of this call (1: the caller alone)
-    int saved      # the caller's BLAS thread count, restored by team_close
     int site
     int bucket     # size class of the call (log2 of its flops), or -1: untimed
     double flops
@@ -22,4 +30,3 @@ cdef void team_open(Team* team, Site site, double flops,
                     Py_ssize_t max_parts) noexcept nogil
 cdef void blas_open(Team* team, Site site, double flops) noexcept nogil
 cdef void team_close(Team* team) noexcept nogil
-cdef void blas_single() noexcept nogil

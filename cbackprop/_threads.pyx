@@ -24,10 +24,18 @@ the other way to follow changes in load. On an idle machine the team wins
 and 1 call in ``PROBE`` runs alone; on a busy one the caller runs alone and
 1 in ``PROBE`` tries the team.
 
-BLAS threads are controlled through OpenBLAS's thread-local
-``openblas_set_num_threads_local`` in the library SciPy's ``cython_blas``
-calls (found once, through threadpoolctl); with another BLAS, or an OpenBLAS
-without that function, every team has one thread and BLAS threads itself.
+Inside every kernel call BLAS runs single-threaded: team members call it
+side by side, and a kernel that is not blocked runs on the caller alone
+(at the sizes of these kernels BLAS's own threads made calls up to 1.15x
+slower, and OpenBLAS's rounding depends on its thread count: a fixed thread
+setting must give the same bits whoever else is running). OpenBLAS's thread
+count is process-wide (``openblas_set_num_threads_local`` is global in the
+pthreads builds SciPy ships), so, as scikit-learn's ``threadpool_limits``
+around its OpenMP loops does, the first kernel call to enter sets the
+OpenBLAS that SciPy's ``cython_blas`` calls (found once, through
+threadpoolctl) to one thread and the last to leave restores the user's
+count; concurrent calls share the section under a lock. With another BLAS
+every call runs on the caller alone and BLAS threads as it does.
 """
 import os
 
@@ -36,7 +44,10 @@ from posix.time cimport clock_gettime, timespec, CLOCK_MONOTONIC
 cdef extern from "_omp.h":
     int omp_get_max_threads() noexcept nogil
 
-ctypedef int (*set_local_fn)(int) noexcept nogil
+from cpython.pythread cimport (PyThread_type_lock, PyThread_allocate_lock,
+                               PyThread_acquire_lock, PyThread_release_lock)
+
+ctypedef void (*set_fn)(int) noexcept nogil
 ctypedef int (*get_fn)() noexcept nogil
 
 # Below this many flops per call a team costs more (waking threads, one more
@@ -53,9 +64,13 @@ cdef double _rate[N_SITES][BUCKETS][2]  # [site][class][0: alone, 1: team] flops
 cdef unsigned int _calls[N_SITES][BUCKETS]
 cdef int _policy = 0                      # 0: measured, 1: always team, 2: always alone
 
-cdef set_local_fn _set_local = NULL
+cdef set_fn _set_threads = NULL
 cdef get_fn _get_threads = NULL
 cdef bint _configured = False
+# The single-threaded BLAS section: callers inside it, and the user's count.
+cdef PyThread_type_lock _lock = PyThread_allocate_lock()
+cdef int _inside = 0
+cdef int _user_threads = 1
 
 
 def _scipy_openblas():
@@ -87,19 +102,19 @@ def _symbol(dynlib, names):
 
 def _configure():
     """Find OpenBLAS's thread controls (once per process)."""
-    global _set_local, _get_threads, _configured
+    global _set_threads, _get_threads, _configured
     _configured = True
     lib = _scipy_openblas()
     if lib is None:
         return
     pre = getattr(lib, "_symbol_prefix", "")
     post = getattr(lib, "_symbol_suffix", "")
-    set_local = _symbol(lib.dynlib, [f"{pre}openblas_set_num_threads_local{post}",
-                                     "openblas_set_num_threads_local"])
+    setter = _symbol(lib.dynlib, [f"{pre}openblas_set_num_threads{post}",
+                                  "openblas_set_num_threads"])
     get = _symbol(lib.dynlib, [f"{pre}openblas_get_num_threads{post}",
                                "openblas_get_num_threads"])
-    if set_local is not None and get is not None:
-        _set_local = <set_local_fn><size_t>set_local
+    if setter is not None and get is not None:
+        _set_threads = <set_fn><size_t>setter
         _get_threads = <get_fn><size_t>get
 
 
@@ -107,9 +122,11 @@ def max_threads():
     """Threads a large call of the blocked kernels may use now (>= 1)."""
     if not _configured:
         _configure()
-    if _set_local == NULL:
+    if _set_threads == NULL:
         return 1
-    return max(1, min(omp_get_max_threads(), _get_threads()))
+    cdef int blas = _enter()
+    _leave()
+    return max(1, min(omp_get_max_threads(), blas))
 
 
 cdef inline double _now() noexcept nogil:
@@ -140,10 +157,42 @@ cdef inline int _bucket(double flops) noexcept nogil:
     return b
 
 
+cdef int _enter() noexcept nogil:
+    """Enter the single-threaded BLAS section; returns the user's BLAS
+    thread count."""
+    cdef int user
+    PyThread_acquire_lock(_lock, 1)
+    if _inside == 0:
+        _user_threads_set(_get_threads())
+        _set_threads(1)
+    _inside_add(1)
+    user = _user_threads
+    PyThread_release_lock(_lock)
+    return user
+
+
+cdef void _leave() noexcept nogil:
+    PyThread_acquire_lock(_lock, 1)
+    _inside_add(-1)
+    if _inside == 0:
+        _set_threads(_user_threads)
+    PyThread_release_lock(_lock)
+
+
+cdef inline void _inside_add(int d) noexcept nogil:
+    global _inside
+    _inside += d
+
+
+cdef inline void _user_threads_set(int n) noexcept nogil:
+    global _user_threads
+    _user_threads = n
+
+
 cdef void team_open(Team* team, Site site, double flops,
                     Py_ssize_t max_parts) noexcept nogil:
     """Size the team of a call of `flops` at `site` split into at most
-    `max_parts` pieces; the caller's BLAS runs single-threaded until
+    `max_parts` pieces, and enter the single-threaded BLAS section until
     team_close."""
     cdef int n
     if not _configured:
@@ -152,11 +201,9 @@ cdef void team_open(Team* team, Site site, double flops,
     team.n = 1
     team.bucket = -1
     team.site = site
-    if _set_local == NULL:
+    if _set_threads == NULL:
         return
-    team.saved = _set_local(1)
-    n = omp_get_max_threads()
-    n = min(n, team.saved, <int>min(max_parts, 1 << 20))
+    n = min(omp_get_max_threads(), _enter(), <int>min(max_parts, 1 << 20))
     if flops < MIN_PARALLEL_FLOPS or n < 2:
         return
     team.bucket = _bucket(flops)
@@ -167,12 +214,9 @@ cdef void team_open(Team* team, Site site, double flops,
 
 
 cdef void blas_open(Team* team, Site site, double flops) noexcept nogil:
-    """For a kernel that is not blocked: let BLAS thread its GEMMs (its own
-    team) or run them single-threaded, as measured for `site`;
-    team_close restores the caller's BLAS."""
-    team_open(team, site, flops, 1 << 30)
-    if team.n > 1:
-        _set_local(team.saved)
+    """For a kernel that is not blocked: run it on the caller alone with
+    single-threaded BLAS (see the module notes) until team_close."""
+    team_open(team, site, 0.0, 1)
 
 
 cdef inline void _record(double* avg, double rate) noexcept nogil:
@@ -181,15 +225,14 @@ cdef inline void _record(double* avg, double rate) noexcept nogil:
 
 cdef void team_close(Team* team) noexcept nogil:
     cdef double dt, rate
-    cdef int which
-    if _set_local == NULL:
+    if _set_threads == NULL:
         return
     if team.bucket >= 0:
         dt = _now() - team.start
         if dt > 0.0:
             rate = team.flops / dt
             _record(&_rate[team.site][team.bucket][1 if team.n > 1 else 0], rate)
-    _set_local(team.saved)
+    _leave()
 
 
 def rates():
@@ -224,9 +267,3 @@ def set_policy(policy):
     previous = [k for k, v in codes.items() if v == _policy][0]
     _policy = codes[policy]
     return previous
-
-
-cdef void blas_single() noexcept nogil:
-    """This thread's BLAS calls single-threaded (team members run pieces)."""
-    if _set_local != NULL:
-        _set_local(1)

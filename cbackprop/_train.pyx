@@ -18,7 +18,7 @@ from cbackprop._network cimport (NetPlan, NetSpec, Batch, Region, FirstLayout,
                                  rows_pass, task_sq, grad_task, batch_flops,
                                  MAX_BLOCKS, MAX_TASKS)
 from cbackprop._threads cimport (Team, team_open, team_close, blas_open,
-                                 blas_single, LOSS_GRAD, EPOCH, PREDICT)
+                                 LOSS_GRAD, EPOCH, PREDICT)
 
 cdef struct Optim:
     bint adam
@@ -217,8 +217,6 @@ cdef double _train_batch(const NetSpec* s, const Batch* data, const Schedule* sc
     cdef Team team
     team_open(&team, EPOCH, batch_flops(s, nb, True), max(B, s.n_tasks))
     for j in prange(B, num_threads=team.n, schedule="dynamic"):
-        if team.n > 1:
-            blas_single()
         r0 = block_start(nb, B, j)
         _batch_rows(s, data, sc, start, r0, block_start(nb, B, j + 1) - r0,
                     w + lay.Xb.off, w + lay.Yb.off)
@@ -230,8 +228,6 @@ cdef double _train_batch(const NetSpec* s, const Batch* data, const Schedule* sc
         return loss
     lr = <floating>_step_size(o)
     for t in prange(s.n_tasks, num_threads=team.n, schedule="dynamic"):
-        if team.n > 1:
-            blas_single()
         sq[t] = task_sq(s, t, theta) if l2 != 0.0 else 0.0
         grad_task(s, &p, t, theta, 0.0, grad)
         _update_task(s, o, lr, t, theta, grad, s1, s2, l2)
