@@ -21,7 +21,10 @@ from cbackprop._blas cimport _gemm, _axpy, NoTrans
 from cbackprop._activations cimport act_derivs
 from cbackprop._losses cimport hess_prod_rows, sqrt_hess_rows
 from cbackprop._interrupt cimport check_interrupt
-from cbackprop._network cimport (NetPlan, NetSpec, Batch, Region, Workspace,
+from cbackprop._threads cimport (Team, blas_open, team_close, HVP, GGN_VP,
+                                 EFISHER_VP, STATE, FACTORS, HESSIAN,
+                                 DIAG_HESSIAN, DENSE_GGN)
+from cbackprop._network cimport (work_flops, NetPlan, NetSpec, Batch, Region, Workspace,
                                  make_batch, sub_batch, put, forward, backward,
                                  loss_value, layer_input, forward_linear,
                                  backward_linear, backward_step, layer_grad,
@@ -1218,9 +1221,12 @@ def hvp(NetPlan plan, const floating[::1] theta, const floating[:, ::1] X,
     ws.check(X.shape[0], V.shape[0], sizeof(floating))
     cdef Batch b = make_batch(&X[0, 0], &Y[0, 0], _opt(sw), X.shape[0], sw_sum,
                               alpha)
+    cdef Team team
     with nogil:
+        blas_open(&team, HVP, work_flops(&plan.spec, X.shape[0], 4 * V.shape[0]))
         hvp_kernel(&plan.spec, &b, &theta[0], &V[0, 0], V.shape[0], &out[0, 0],
                    <floating*>ws.base, &ws.lay)
+        team_close(&team)
 
 
 def ggn_vp(NetPlan plan, const floating[::1] theta, const floating[:, ::1] X,
@@ -1231,9 +1237,12 @@ def ggn_vp(NetPlan plan, const floating[::1] theta, const floating[:, ::1] X,
     ws.check(X.shape[0], V.shape[0], sizeof(floating))
     cdef Batch b = make_batch(&X[0, 0], &Y[0, 0], _opt(sw), X.shape[0], sw_sum,
                               alpha)
+    cdef Team team
     with nogil:
+        blas_open(&team, GGN_VP, work_flops(&plan.spec, X.shape[0], 3 * V.shape[0]))
         ggn_vp_kernel(&plan.spec, &b, &theta[0], &V[0, 0], V.shape[0],
                       &out[0, 0], <floating*>ws.base, &ws.lay)
+        team_close(&team)
 
 
 def efisher_vp(NetPlan plan, const floating[::1] theta,
@@ -1245,9 +1254,12 @@ def efisher_vp(NetPlan plan, const floating[::1] theta,
     ws.check(X.shape[0], V.shape[0], sizeof(floating))
     cdef Batch b = make_batch(&X[0, 0], &Y[0, 0], _opt(sw), X.shape[0], sw_sum,
                               alpha)
+    cdef Team team
     with nogil:
+        blas_open(&team, EFISHER_VP, work_flops(&plan.spec, X.shape[0], 2 * V.shape[0]))
         efisher_vp_kernel(&plan.spec, &b, &theta[0], &V[0, 0], V.shape[0],
                           &out[0, 0], <floating*>ws.base, &ws.lay)
+        team_close(&team)
 
 
 def first_order_state(NetPlan plan, const floating[::1] theta,
@@ -1257,8 +1269,11 @@ def first_order_state(NetPlan plan, const floating[::1] theta,
     cdef Py_ssize_t N = X.shape[0]
     ws.check(N, 0, sizeof(floating))
     cdef Batch b = make_batch(&X[0, 0], &Y[0, 0], _opt(sw), N, sw_sum, 0.0)
+    cdef Team team
     with nogil:
+        blas_open(&team, STATE, work_flops(&plan.spec, X.shape[0], 2))
         first_order(&plan.spec, &b, &theta[0], <floating*>ws.base, &ws.lay)
+        team_close(&team)
     return tuple(ws.array(name)[:N * plan.spec.width]
                  for name in ("Z", "A", "F1", "F2", "DL", "Q"))
 
@@ -1272,8 +1287,11 @@ def loss_factors(NetPlan plan, const floating[::1] theta,
     cdef Py_ssize_t N = X.shape[0], n = N * plan.spec.width
     ws.check(N, 0, sizeof(floating))
     cdef Batch b = make_batch(&X[0, 0], &Y[0, 0], _opt(sw), N, sw_sum, 0.0)
+    cdef Team team
     with nogil:
+        blas_open(&team, FACTORS, work_flops(&plan.spec, X.shape[0], plan.spec.sizes[plan.spec.n_layers]))
         factor_backprop(&plan.spec, &b, &theta[0], <floating*>ws.base, &ws.lay)
+        team_close(&team)
     return (ws.array("Z")[:n], ws.array("A")[:n],
             ws.array("S")[:plan.spec.sizes[plan.spec.n_layers] * n])
 
@@ -1291,9 +1309,14 @@ def dense_hessian(NetPlan plan, const floating[::1] theta,
     _check_block(block, ws, sizeof(floating))
     cdef Batch b = make_batch(&X[0, 0], &Y[0, 0], _opt(sw), X.shape[0], sw_sum,
                               alpha)
+    cdef Team team
     with nogil:
-        hessian_kernel(&plan.spec, &b, &theta[0], diag_only, &G[0], block,
-                       <floating*>ws.base, &ws.lay)
+        blas_open(&team, HESSIAN, work_flops(&plan.spec, X.shape[0], plan.spec.n_params))
+        try:
+            hessian_kernel(&plan.spec, &b, &theta[0], diag_only, &G[0], block,
+                           <floating*>ws.base, &ws.lay)
+        finally:
+            team_close(&team)
 
 
 cdef int _check_block(Py_ssize_t block, Workspace ws, Py_ssize_t itemsize) except -1:
@@ -1317,9 +1340,12 @@ def diag_hessian(NetPlan plan, const floating[::1] theta, const floating[:, ::1]
     ws.check(X.shape[0], 0, sizeof(floating))
     cdef Batch b = make_batch(&X[0, 0], &Y[0, 0], _opt(sw), X.shape[0], sw_sum,
                               0.0)
+    cdef Team team
     with nogil:
+        blas_open(&team, DIAG_HESSIAN, work_flops(&plan.spec, X.shape[0], plan.spec.sizes[plan.spec.n_layers]))
         diag_hessian_kernel(&plan.spec, &b, &theta[0], &out[0],
                             <floating*>ws.base, &ws.lay)
+        team_close(&team)
 
 
 def dense_ggn(NetPlan plan, const floating[::1] theta, const floating[:, ::1] X,
@@ -1336,6 +1362,11 @@ def dense_ggn(NetPlan plan, const floating[::1] theta, const floating[:, ::1] X,
     _check_block(block, ws, sizeof(floating))
     cdef Batch b = make_batch(&X[0, 0], &Y[0, 0], _opt(sw), X.shape[0], sw_sum,
                               alpha)
+    cdef Team team
     with nogil:
-        dense_ggn_kernel(s, &b, &theta[0], diag_only, fisher, &G[0], block,
-                         <floating*>ws.base, &ws.lay)
+        blas_open(&team, DENSE_GGN, work_flops(&plan.spec, X.shape[0], plan.spec.n_params))
+        try:
+            dense_ggn_kernel(s, &b, &theta[0], diag_only, fisher, &G[0], block,
+                             <floating*>ws.base, &ws.lay)
+        finally:
+            team_close(&team)

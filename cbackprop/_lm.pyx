@@ -40,7 +40,8 @@ from scipy.linalg.cython_lapack cimport dpotrf, dpotrs, spotrf, spotrs
 
 from cbackprop._blas cimport _syrk, _axpy, blas_int, Trans, Upper
 from cbackprop._losses cimport sqrt_hess_rows
-from cbackprop._network cimport (NetPlan, NetSpec, Batch, Region, Workspace,
+from cbackprop._threads cimport Team, blas_open, team_close, QUASI_HESSIAN
+from cbackprop._network cimport (work_flops, NetPlan, NetSpec, Batch, Region, Workspace,
                                  make_batch, sub_batch, put, forward, backward,
                                  add_l2, loss_value, layer_input, layer_grad,
                                  layer_rows, GRAD, NO_REDUCE)
@@ -396,9 +397,14 @@ def quasi_hessian(NetPlan plan, const floating[::1] theta,
     cdef Batch b = make_batch(&X[0, 0], &Y[0, 0], _opt(sw), X.shape[0], sw_sum,
                               alpha)
     cdef double f
+    cdef Team team
     with nogil:
-        f = accumulate(&plan.spec, &b, &theta[0], &G[0, 0], &g[0], True, False,
-                       <floating*>ws.base, &ws.lay)
+        blas_open(&team, QUASI_HESSIAN, work_flops(&plan.spec, X.shape[0], plan.spec.n_params))
+        try:
+            f = accumulate(&plan.spec, &b, &theta[0], &G[0, 0], &g[0], True, False,
+                           <floating*>ws.base, &ws.lay)
+        finally:
+            team_close(&team)
     return f
 
 

@@ -24,6 +24,9 @@ cdef struct NetSpec:
     Py_ssize_t width             # sum of n_1 .. n_L: cache holds N * width
     Py_ssize_t max_hidden        # widest hidden layer (1 when there is none)
     Py_ssize_t n_params
+    Py_ssize_t max_blocks        # row blocks of a large batch (blocked kernels)
+    Py_ssize_t n_tasks           # pieces of a gradient (blocked kernels)
+    const Py_ssize_t* tasks      # piece t: layer, first and end row of W_l
     Activation act
     Loss loss
 
@@ -35,6 +38,7 @@ cpdef enum Reduce:
 cdef class NetPlan:
     cdef NetSpec spec
     cdef object _arrays
+    cdef object _tasks
 
 
 # ------------------------------------------------------------- the problem
@@ -201,7 +205,65 @@ cdef inline void layer_rows(const NetSpec* s, int l, const floating* a_in,
                 o[s.b_off[l] + q] = d[q]
 
 
+# --------------------------------------------------- blocked kernels (teams)
+# A batch of N rows is cut into row_blocks(s, N) blocks (forward, loss,
+# deltas: row-parallel), a gradient into the plan's tasks (row ranges of one
+# W_l, the last one with b_l: parameter-parallel, each a sum over all N
+# rows). Both are sized by the machine's processor count when the plan is
+# made, never by the threads of a call, so results do not depend on the
+# thread count; as few pieces as the processors need keeps the GEMMs large
+# (one thread pays little for the cut).
+cdef enum:
+    MAX_BLOCKS = 16
+    MAX_TASKS = 64
+
+cdef inline Py_ssize_t row_blocks(const NetSpec* s, Py_ssize_t N) noexcept nogil:
+    """1, 2, 4, ... s.max_blocks blocks of at least 48 rows each."""
+    cdef Py_ssize_t B = 1
+    while B < s.max_blocks and N >= 2 * B * 48:
+        B *= 2
+    return B
+
+cdef inline Py_ssize_t block_start(Py_ssize_t N, Py_ssize_t B,
+                                   Py_ssize_t j) noexcept nogil:
+    """First row of block j of B (j = B: N). Inner boundaries fall on
+    multiples of 16 rows, the widest GEMM micro-kernel unroll, so that
+    BLAS's edge kernels (which may round differently) run on the batch's
+    last rows only, as in one GEMM over the whole batch: a row's result
+    does not depend on the rows computed with it."""
+    if j >= B:
+        return N
+    return ((N * j) // B) & ~(<Py_ssize_t>15)
+
+cdef struct Pass:
+    # One batch's forward cache and deltas (pointers of the batch's dtype).
+    const void* X         # (N, n_0)
+    void* Z               # pre-activations, layer l at N * h_off[l]
+    void* A               # activations, likewise
+    void* D               # output deltas (N, n_L)
+    void* H               # hidden deltas, layer l at N * h_off[l]
+    Py_ssize_t N
+
+cdef double rows_pass(const NetSpec* s, const Batch* b, const floating* theta,
+                      const Pass* p, Py_ssize_t r0, Py_ssize_t nb,
+                      bint deltas) noexcept nogil
+cdef double task_sq(const NetSpec* s, Py_ssize_t t,
+                    const floating* theta) noexcept nogil
+cdef void grad_task(const NetSpec* s, const Pass* p, Py_ssize_t t,
+                    const floating* theta, double l2, floating* grad) noexcept nogil
+cdef double blocked_loss_grad(const NetSpec* s, const Batch* b,
+                              const floating* theta, const Pass* p,
+                              floating* grad) noexcept nogil
+cdef double work_flops(const NetSpec* s, Py_ssize_t N, double k) noexcept nogil
+cdef double batch_flops(const NetSpec* s, Py_ssize_t N, bint grad) noexcept nogil
+cdef Pass make_pass(const NetSpec* s, const Batch* b, floating* ws,
+                    const FirstLayout* lay) noexcept nogil
+
+
 # ------------------------------------------------------------------ kernels
+cdef void forward_rows(const NetSpec* s, const floating* theta,
+                       const floating* X, Py_ssize_t N, Py_ssize_t r0,
+                       Py_ssize_t nb, floating* Z, floating* A) noexcept nogil
 cdef void forward(const NetSpec* s, const floating* theta, const floating* X,
                   Py_ssize_t N, floating* Z, floating* A) noexcept nogil
 cdef void backward(const NetSpec* s, const floating* theta, const floating* X,
