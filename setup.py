@@ -31,7 +31,8 @@ from setuptools.command.build_ext import build_ext
 
 HERE = Path(__file__).parent
 PKG = HERE / "cbackprop"
-MODULES = ["_blas", "_activations", "_losses", "_network", "_train", "_curvature", "_lm"]
+MODULES = ["_blas", "_threads", "_activations", "_losses", "_network", "_train", "_curvature",
+           "_lm", "_interrupt"]
 # What a build depends on besides the sources: when any of it changes, every
 # module is regenerated and recompiled.
 STAMP = HERE / "build" / "cbackprop-build-stamp.json"
@@ -71,7 +72,7 @@ def _jobs():
 def _build_config():
     return {"cython": Cython.__version__, "numpy": np.__version__,
             "python": sysconfig.get_config_var("EXT_SUFFIX"), "directives": _directives(),
-            "flags": BuildExt.FLAGS}
+            "flags": BuildExt.FLAGS, "openmp": BuildExt.OPENMP}
 
 
 def _same_config():
@@ -144,6 +145,7 @@ class BuildExt(build_ext):
     """
 
     FLAGS = ["-fno-math-errno", "-ffp-contract=off"]
+    OPENMP = "-fopenmp"
     QUIET = ["-Wno-discarded-qualifiers", "-Wno-incompatible-pointer-types-discards-qualifiers"]
     config_unchanged = False
 
@@ -154,18 +156,24 @@ class BuildExt(build_ext):
 
     def build_extensions(self):
         if self.compiler.compiler_type == "unix":
-            flags = self.FLAGS + [f for f in self.QUIET if self._silences(f)][:1]
+            quiet = "static const double x = 0;\ndouble *f(void) { double *q; q = &x; return q; }\n"
+            flags = self.FLAGS + [f for f in self.QUIET if self._compiles(f, quiet)][:1]
+            # OpenMP when the compiler has it (the blocked kernels' teams);
+            # without it they run on the calling thread alone.
+            omp_probe = "#include <omp.h>\nint f(void) { return omp_get_max_threads(); }\n"
+            omp = [self.OPENMP] if self._compiles(self.OPENMP, omp_probe) else []
             for ext in self.extensions:
-                ext.extra_compile_args.extend(flags)
+                ext.extra_compile_args.extend(flags + omp)
+                ext.extra_link_args.extend(omp)
         super().build_extensions()
 
-    def _silences(self, flag):
-        """Whether ``flag`` makes the compiler accept, under ``-Werror``, the
-        pattern Cython generates (an unknown flag fails too); quietly."""
+    def _compiles(self, flag, code):
+        """Whether the compiler accepts ``code`` with ``flag`` under
+        ``-Werror`` (an unknown flag fails too; for QUIET, the pattern
+        Cython generates); quietly."""
         with tempfile.TemporaryDirectory() as tmp:
             src = Path(tmp) / "probe.c"
-            src.write_text("static const double x = 0;\n"
-                           "double *f(void) { double *q; q = &x; return q; }\n")
+            src.write_text(code)
             cmd = [*self.compiler.compiler_so, "-Werror", flag, "-c", str(src),
                    "-o", str(Path(tmp) / "probe.o")]
             try:

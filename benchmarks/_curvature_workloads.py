@@ -1,4 +1,5 @@
-"""Net A, the curvature workload, and its PyTorch (torch.func) twin.
+"""Net A, the curvature workload, and its PyTorch (torch.func) twin; a deeper
+net for the dense matrices.
 
 Net A: 64-32-10 tanh, log_loss, the first 512 samples of load_digits
 (pixels / 16), float64, P = 2410 (workloads.md). PyTorch is optional: the
@@ -22,6 +23,22 @@ def net_a():
     theta = net.init_params(0)
     v = np.random.default_rng(0).standard_normal(net.n_params)
     return net, theta, X, Y, v
+
+
+DEEP_SIZES = (10, 20, 20, 3)
+
+
+def net_deep():
+    """(net, theta, X, Y): 10-20-20-3 tanh, log_loss, 512 standard normal rows
+    and uniform labels (seed 0), float64, P = 703. Two hidden layers: the exact
+    Hessian's terms spanning three layers (cross terms, carried residual
+    factors) that net A has not."""
+    import cbackprop as cb
+    rng = np.random.default_rng(0)
+    X = rng.standard_normal((N_SAMPLES, DEEP_SIZES[0]))
+    Y = np.eye(DEEP_SIZES[-1])[rng.integers(0, DEEP_SIZES[-1], N_SAMPLES)]
+    net = cb.Network(DEEP_SIZES, activation="tanh", loss="log_loss")
+    return net, net.init_params(0), X, Y
 
 
 def cbackprop_quantities(net, theta, X, Y, v):

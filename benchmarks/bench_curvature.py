@@ -1,4 +1,5 @@
-"""asv benchmarks of the curvature quantities on net A (64-32-10 tanh, 512 digits).
+"""asv benchmarks of the curvature quantities on net A (64-32-10 tanh, 512 digits),
+and of the dense matrices on a net with two hidden layers (10-20-20-3).
 
 cbackprop side by side with torch.func and BackPACK (DiagGGNExact, DiagHessian,
 KFLR as the exact "kfac", KFAC as "kfac_mc") in the same run, each skipped when
@@ -8,7 +9,7 @@ threadpoolctl to ``CBACKPROP_BENCH_THREADS`` (default 1) for both libraries.
 """
 from ._common import limit_threads
 from ._curvature_workloads import (backpack_quantities, cbackprop_quantities, net_a,
-                                   torch_quantities)
+                                   net_deep, torch_quantities)
 
 try:
     from asv_runner.benchmarks.mark import SkipNotImplemented
@@ -45,4 +46,28 @@ class NetACurvature:
         self._limits.restore_original_limits()
 
     def time_quantity(self, quantity, library):
+        self.fn()
+
+
+class DeepNetDense:
+    """Dense and per-layer block curvature of the 10-20-20-3 net (two hidden
+    layers), cbackprop alone: the exact Hessian against the GGN of the same
+    Kronecker kernels."""
+
+    params = [["hessian", "block_hessian", "ggn", "block_ggn"]]
+    param_names = ["quantity"]
+    timeout = 120
+    repeat = (3, 7, 10.0)
+
+    def setup(self, quantity):
+        self._limits = limit_threads()
+        net, theta, X, Y = net_deep()
+        method = getattr(net, quantity)
+        self.fn = lambda: method(theta, X, Y)
+        self.fn()
+
+    def teardown(self, quantity):
+        self._limits.restore_original_limits()
+
+    def time_quantity(self, quantity):
         self.fn()

@@ -194,8 +194,8 @@ def _second_order(data, max_iter):
     print(f"  trust-region Newton on exact Hessian-vector products: {est.n_iter_} "
           f"iterations in {elapsed:.2f}s, training loss {est.loss_:.2e}, "
           f"test accuracy {est.score(X_test, y_test):.4f}")
-    print("  also solver='lm' (Levenberg-Marquardt) and 'hessian-free'; "
-          "cbackprop.optimize runs them on a Network directly")
+    print("  also solver='lm' (Levenberg-Marquardt), 'hessian-free' and 'kfac' (K-FAC, "
+          "full batch or mini-batches); cbackprop.optimize runs them on a Network directly")
 
 
 def _curvature_facts(est, X, y):

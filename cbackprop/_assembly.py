@@ -1,11 +1,14 @@
 """Dense curvature matrices, per-layer blocks, diagonals and K-FAC factors.
 
-Each quantity is a sum over rows: a chunk builder computes one chunk's terms
-from the backpropagated per-sample factors, :func:`accumulate` sums the chunks
-of a :class:`~cbackprop._problem.Problem` (normalized by its global weight W),
-and the regularizer ``reg_coef`` is added once on the weight entries. With
-``a~_i`` a layer's input with a 1 appended (weights and bias form the augmented
-``(n_in + 1, n_out)`` block, contiguous in theta), every curvature block is
+Each quantity is a sum over rows, normalized by the problem's global weight W,
+with the regularizer ``reg_coef`` added once on the weight entries. The dense
+matrices and per-layer blocks (GGN, empirical Fisher, exact Hessian) are nogil
+kernels that accumulate blocks of rows in place (:func:`_kron_sum`); for the
+diagonals and K-FAC factors a chunk builder computes one chunk's terms from the
+backpropagated per-sample factors and :func:`accumulate` sums the chunks of a
+:class:`~cbackprop._problem.Problem`. With ``a~_i`` a layer's input with a 1
+appended (weights and bias form the augmented ``(n_in + 1, n_out)`` block,
+contiguous in theta), every curvature block is
 
     C_lm = sum_i (a~_li a~_mi^T) (x) K_lm,i      (Kronecker product)
 
@@ -106,59 +109,6 @@ def _inputs(net, X, A):
     return ins
 
 
-def _tri_table(a):
-    """Upper-triangle pairs (i <= j) of range(a) and the (a, a) table mapping
-    either order of a pair to its position among them."""
-    ia, ib = np.triu_indices(a)
-    table = np.empty((a, a), np.intp)
-    table[ia, ib] = table[ib, ia] = np.arange(ia.size)
-    return ia, ib, table
-
-
-def _sym_sum(A, K):
-    """Compact sum_i (A_i A_i^T) (x) K_i for symmetric K_i.
-
-    The sum is symmetric in (p, p') and, separately, in (q, q'): the GEMM runs
-    over the upper triangles of both pairs, a quarter of the flops.
-    """
-    pa, pb, _ = _tri_table(A.shape[1])
-    qa, qb, _ = _tri_table(K.shape[1])
-    return _tn(A[:, pa] * A[:, pb], K[:, qa, qb])
-
-
-def _pair_sum(Al, Am, K):
-    """Compact sum_i vec(Al_i Am_i^T) vec(K_i)^T: (al * am, nl * nm)."""
-    N = Al.shape[0]
-    A2 = (Al[:, :, None] * Am[:, None, :]).reshape(N, -1)
-    return _tn(A2, K.reshape(N, -1))
-
-
-def _all_pairs(net):
-    L = net.n_layers
-    return [(l, m) for l in range(L) for m in range(l, L)]
-
-
-def _compact_pairs(ins, kmat, pairs):
-    """Per pair (l, m): the compact sums over one chunk's samples."""
-    return [_sym_sum(ins[l], kmat(l, l)) if l == m
-            else _pair_sum(ins[l], ins[m], kmat(l, m)) for l, m in pairs]
-
-
-def _scatter(net, pairs, compact):
-    """The dense symmetric (P, P) matrix from the compact pair sums, written
-    in Kronecker order by one pass of the scatter kernels."""
-    blocks = net.layout.blocks()
-    out = np.zeros((net.n_params, net.n_params), net.dtype)
-    for (l, m), G in zip(pairs, compact):
-        (ol, al, nl), (om, am, nm) = blocks[l], blocks[m]
-        G = np.ascontiguousarray(G, net.dtype)
-        if l == m:
-            _curvature.scatter_sym(G, _tri_table(al)[2], _tri_table(nl)[2], out, ol)
-        else:
-            _curvature.scatter_pair(G, al, am, nl, nm, out, ol, om)
-    return out
-
-
 def _diag_from_factors(net, ins, S):
     """sum_i sum_c a~_i^2 (x) s_ic^2 per layer: one GEMM each (a sparse
     first-layer input: the squared CSR rows' product)."""
@@ -188,30 +138,26 @@ def _fisher_factors(net, theta, X, Y, sw, W):
     return _inputs(net, X, A), [(b[0] * root)[None] for b in net.layout.layers(DL, N)]
 
 
-def _ggn_kmat(S):
-    return lambda l, m: np.matmul(S[l].transpose(1, 2, 0), S[m].transpose(1, 0, 2))
-
-
 # ---------------------------------------------------------------- GGN and Fisher
 def _kron_sum(problem, theta, kind, out):
     """A nogil Kronecker-sum accumulation over the problem's rows.
 
     ``_curvature.dense_ggn`` (kind 'ggn', 'block_ggn', 'efisher') or
-    ``_curvature.block_hessian``; the kernel accumulates ``out`` over blocks
-    of rows whose workspace takes about DENSE_BLOCK_BYTES and adds the
-    regularizer once.
+    ``_curvature.dense_hessian`` ('hessian', 'block_hessian'); the kernel
+    accumulates ``out`` over blocks of rows whose workspace takes about
+    DENSE_BLOCK_BYTES and adds the regularizer once.
     """
     net = problem.net
-    hessian = kind == "block_hessian"
+    hessian = kind in ("hessian", "block_hessian")
     rows = _curvature.dense_block_rows(net._plan, DENSE_BLOCK_BYTES,
                                        np.dtype(net.dtype).itemsize, hessian)
     block = max(1, min(rows, problem.n_rows))
-    family = _curvature.BlockHessianWorkspace if hessian else _curvature.DenseGgnWorkspace
+    family = _curvature.HessianWorkspace if hessian else _curvature.DenseGgnWorkspace
     ws = net._scratch(family, block, 0)
     args = (net._plan, theta, problem.X, problem.Y, problem.sw, problem.weight_sum,
             problem.alpha)
     if hessian:
-        _curvature.block_hessian(*args, out, block, ws)
+        _curvature.dense_hessian(*args, kind == "block_hessian", out, block, ws)
     else:
         _curvature.dense_ggn(*args, kind == "block_ggn", out, block, ws, kind == "efisher")
     return out
@@ -242,6 +188,11 @@ def ggn(problem, theta, max_bytes=None):
 def efisher(problem, theta, max_bytes=None):
     """Dense empirical Fisher (P, P), + reg_coef on the weight entries."""
     return _kron_dense(problem, theta, "efisher", max_bytes)
+
+
+def hessian(problem, theta, max_bytes=None):
+    """Dense exact Hessian (P, P), + reg_coef on the weight entries."""
+    return _kron_dense(problem, theta, "hessian", max_bytes)
 
 
 def block_ggn(problem, theta):
@@ -305,55 +256,6 @@ def _kfac_chunk(net, theta, X, Y, sw, W):
     return out
 
 
-# ---------------------------------------------------------------- exact Hessian
-def _left_mul(W, K):
-    """W @ K_i for every sample as ONE GEMM: K (N, a, b) -> (N, W.shape[0], b).
-
-    (W K_i)^T = K_i^T W^T, so the transposed stack times W^T does all samples
-    at once instead of N small products.
-    """
-    N, a, b = K.shape
-    Kt = np.ascontiguousarray(K.transpose(0, 2, 1)).reshape(N * b, a)
-    return (Kt @ W.T).reshape(N, b, W.shape[0]).transpose(0, 2, 1)
-
-
-def _sandwich(W, K, f1, q):
-    """diag(f') W K W^T diag(f') + diag(q) per sample: one z-Hessian step."""
-    T = _left_mul(W, K)
-    H = _left_mul(W, np.ascontiguousarray(T.transpose(0, 2, 1)))
-    H *= f1[:, :, None] * f1[:, None, :]
-    n = H.shape[1]
-    H[:, np.arange(n), np.arange(n)] += q
-    return H
-
-
-def _first_order_layers(net, theta, X, Y, sw, W):
-    """f', the residual weights Q and the weighted deltas per layer (N, n_l)."""
-    N = X.shape[0]
-    _, _, F1, _, DL, Q = first_order_state(net, theta, X, Y, sw, W)
-    lay = net.layout
-    return ([b[0] for b in lay.layers(F1, N)], [b[0] for b in lay.layers(Q, N)],
-            [b[0] for b in lay.layers(DL, N)])
-
-
-def _hessian_state(net, theta, X, Y, sw, W):
-    """Inputs, f', weighted deltas and the z-Hessians Hz_l (N, n_l, n_l).
-
-    Hessian backpropagation: Hz_L = c_i H_i and
-    Hz_l = diag(f'_l) W_{l+1} Hz_{l+1} W_{l+1}^T diag(f'_l) + diag(Q_l),
-    Q_l = (dL/da_l) f''(z_l) the residual of the nonlinearity.
-    """
-    L = net.n_layers
-    f1, q, delta = _first_order_layers(net, theta, X, Y, sw, W)
-    ins, S = _ggn_factors(net, theta, X, Y, sw, W)
-    coefs, _ = net.unpack(theta)
-    Hz = [None] * L
-    Hz[L - 1] = _ggn_kmat(S)(L - 1, L - 1)
-    for l in range(L - 2, -1, -1):
-        Hz[l] = _sandwich(coefs[l + 1], Hz[l + 1], f1[l], q[l])
-    return ins, f1, delta, coefs, Hz
-
-
 def block_hessian(problem, theta):
     """Exact per-layer Hessian blocks, list of (P_l, P_l)."""
     return _kron_blocks(problem, theta, "block_hessian")
@@ -372,51 +274,3 @@ def _diag_hessian_chunk(net, theta, X, Y, sw, W):
 def diag_hessian(problem, theta):
     """Exact Hessian diagonal (P,)."""
     return _regularized(problem, accumulate(problem, theta, _diag_hessian_chunk))
-
-
-def hessian(problem, theta, max_bytes=None):
-    """Dense exact Hessian (P, P) by Hessian backpropagation.
-
-    Block (l, m), l < m: ``sum_i (a~_l a~_m^T) (x) Hz_lm`` with
-    ``Hz_lm = diag(f'_l) W_{l+1} Hz_{l+1,m}``, plus the terms of layer m's
-    input depending on z_l: ``sum_i a~_l,p delta_m,q' d a_m,p' / d z_l,q``.
-    """
-    net = problem.net
-    check_dense(net, max_bytes)
-    parts = accumulate(problem, theta, _hessian_chunk)
-    pairs = _all_pairs(net)
-    H = _scatter(net, pairs, parts[:len(pairs)])
-    blocks = net.layout.blocks()
-    for (l, m), C in zip([p for p in pairs if p[0] < p[1]], parts[len(pairs):]):
-        (ol, al, nl), (om, am, nm) = blocks[l], blocks[m]
-        H[ol:ol + al * nl, om:om + (am - 1) * nm] += C
-        H[om:om + (am - 1) * nm, ol:ol + al * nl] += C.T
-    return _regularized(problem, H)
-
-
-def _hessian_chunk(net, theta, X, Y, sw, W):
-    """Compact pair sums of the z-Hessians, then the cross terms."""
-    ins, f1, delta, coefs, Hz = _hessian_state(net, theta, X, Y, sw, W)
-    pairs = _all_pairs(net)
-    kz = {}
-    for m in range(net.n_layers):
-        K = kz[m, m] = Hz[m]
-        for l in range(m - 1, -1, -1):
-            K = kz[l, m] = f1[l][:, :, None] * _left_mul(coefs[l + 1], K)
-    compact = _compact_pairs(ins, lambda l, m: kz[l, m], pairs)
-    cross = [_cross_term(net, ins[l], delta[m], f1, coefs, l, m)
-             for l, m in pairs if l < m]
-    return compact + cross
-
-
-def _cross_term(net, a_l, delta_m, f1, coefs, l, m):
-    """sum_i a~_l,ip delta_m,iq' (d a_{m-1} / d z_l)_i[p', q] in block order."""
-    N = a_l.shape[0]
-    Ja = f1[l][:, :, None] * np.eye(net.layer_sizes[l + 1], dtype=net.dtype)
-    for j in range(l + 1, m):
-        Ja = f1[j][:, :, None] * _left_mul(coefs[j].T, Ja)
-    al, nm = a_l.shape[1], delta_m.shape[1]
-    n_in, nl = Ja.shape[1], Ja.shape[2]
-    lhs = (a_l[:, :, None] * delta_m[:, None, :]).reshape(N, al * nm)
-    Xp = _tn(lhs, Ja.reshape(N, n_in * nl))
-    return Xp.reshape(al, nm, n_in, nl).transpose(0, 3, 2, 1).reshape(al * nl, n_in * nm)

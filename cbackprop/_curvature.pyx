@@ -21,7 +21,11 @@ from cbackprop._blas cimport _gemm, _axpy, NoTrans
 from cbackprop._activations cimport act_derivs
 from cbackprop._losses cimport hess_prod_rows, sqrt_hess_rows
 from libc.stdint cimport int32_t, int64_t
-from cbackprop._network cimport (NetPlan, NetSpec, Batch, Region, Workspace,
+from cbackprop._interrupt cimport check_interrupt
+from cbackprop._threads cimport (Team, blas_open, team_close, HVP, GGN_VP,
+                                 EFISHER_VP, STATE, FACTORS, HESSIAN,
+                                 DIAG_HESSIAN, DENSE_GGN)
+from cbackprop._network cimport (work_flops, NetPlan, NetSpec, Batch, Region, Workspace,
                                  make_batch, sub_batch, put, forward, backward,
                                  loss_value, layer_input, forward_linear,
                                  backward_linear, backward_step, layer_grad,
@@ -63,7 +67,9 @@ cdef struct HessFactors:
     Region S            # C * N * width: the loss factor at every layer
     Region R            # max_hidden * N * width: one layer's residual factor going down
 
-cdef struct BlockHessLayout:
+cdef struct HessianLayout:
+    # dense_hessian (dense or blocks); kron.Mp grown to the widest cross-term
+    # GEMM row when that is longer (HessianWorkspace._layout)
     HessFactors h
     KronLayout kron
 
@@ -136,6 +142,17 @@ cdef void _add_l2_blocks(const NetSpec* s, double coef, const floating* V,
         for l in range(s.n_layers):
             _axpy(<int>(s.sizes[l] * s.sizes[l + 1]), <floating>coef,
                   V + r * P + s.w_off[l], 1, out + r * P + s.w_off[l], 1)
+
+
+cdef inline void _keep_deltas(const NetSpec* s, const Batch* b,
+                              const floating* theta, const floating* Z,
+                              const floating* A, const floating* D,
+                              Py_ssize_t k, floating* store) noexcept nogil:
+    """Backpropagate the batch's k stacked output vectors D (k N, n_L) and
+    keep every layer's (k N, n_l) block in store at k N h_off[l]
+    (backward's NO_REDUCE)."""
+    backward(s, theta, b, b.N, Z, A, D, k, store,
+             NO_REDUCE, <floating*>NULL)
 
 
 # ------------------------------------------------------- first-order state
@@ -348,27 +365,39 @@ cdef void _factor_down(const NetSpec* s, const Batch* b, const floating* theta,
     cdef Py_ssize_t N = b.N, C = s.sizes[L], hid = N * s.h_off[L - 1]
     sqrt_hess_rows(s.loss, Z + hid, <const floating*>b.Y,
                    <const floating*>b.sw, N, C, 1.0 / b.sw_sum, S + C * hid)
-    backward(s, theta, b, N, Z, A, S + C * hid, C, S,
-             NO_REDUCE, <floating*>NULL)
+    _keep_deltas(s, b, theta, Z, A, S + C * hid, C, S)
 
 
-cdef void _residual_down(const NetSpec* s, int j, int lo, const floating* theta,
-                         const floating* Z, const floating* A,
-                         const floating* Q, Py_ssize_t N,
-                         floating* R) noexcept nogil:
-    """The signed square-root factor of hidden layer j's residual diag(Q_j),
-    carried down to layer lo: k = n_j stacked columns ``sqrt|Q_j[i, u]| e_u``
-    at layer j, then backward steps; layer t's (n_j, N, n_t) block at
-    ``n_j N h_off[t]`` (their squares are weighted by the sign of Q_j)."""
-    cdef Py_ssize_t nj = s.sizes[j + 1], h = N * s.h_off[j], i, u
+cdef void _units_down(const NetSpec* s, const Batch* b, const floating* theta,
+                      int j, int lo, const floating* U, bint root, floating* w,
+                      const HessFactors* lay) noexcept nogil:
+    """R = n_j stacked columns ``U[i, u] e_u`` (with root ``sqrt|U[i, u]|
+    e_u``) at hidden layer j, U (N, n_j), carried down to layer lo by
+    backward steps: layer t's (n_j, N, n_t) block at ``n_j N h_off[t]`` of
+    lay.R (lay.st's forward cache)."""
+    cdef Py_ssize_t N = b.N, nj = s.sizes[j + 1], h = N * s.h_off[j], i, u
+    cdef const floating* Z = w + lay.st.Z.off
+    cdef const floating* A = w + lay.st.A.off
+    cdef floating* R = w + lay.R.off
     cdef int t
     memset(R + nj * h, 0, nj * N * nj * sizeof(floating))
     for u in range(nj):
         for i in range(N):
-            R[nj * h + (u * N + i) * nj + u] = <floating>sqrt(fabs(Q[h + i * nj + u]))
+            R[nj * h + (u * N + i) * nj + u] = (
+                <floating>sqrt(fabs(U[i * nj + u])) if root else U[i * nj + u])
     for t in range(j, lo, -1):
         backward_step(s, t, theta, Z, A, R + nj * N * s.h_off[t], N, nj,
                       R + nj * N * s.h_off[t - 1], <floating*>NULL)
+
+
+cdef inline void _residual_down(const NetSpec* s, const Batch* b,
+                                const floating* theta, int j, int lo,
+                                floating* w, const HessFactors* lay) noexcept nogil:
+    """The signed square-root factor of hidden layer j's residual diag(Q_j),
+    ``sqrt|Q_j[i, u]| e_u``, carried down to layer lo (_units_down's R;
+    their products are weighted by the sign of Q_j)."""
+    _units_down(s, b, theta, j, lo, w + lay.st.Q.off + b.N * s.h_off[j], True,
+                w, lay)
 
 
 # ------------------------------------------------------- Hessian diagonal
@@ -427,7 +456,7 @@ cdef void diag_hessian_kernel(const NetSpec* s, const Batch* b,
             D2[h + i] += Q[h + i]
         if j == 0:
             continue
-        _residual_down(s, j, 0, theta, Z, A, Q, N, R)
+        _residual_down(s, b, theta, j, 0, w, &lay.h)
         for l in range(j):
             _add_squares(R + nj * N * s.h_off[l], nj, N, s.sizes[l + 1],
                          Q + h, nj, D2 + N * s.h_off[l])
@@ -713,46 +742,163 @@ cdef void kron_accumulate(const NetSpec* s, const Batch* b,
             _pair_scatter(s, l, m, aT, K, nb, Gb, ld, w, lay)
 
 
-cdef void _block_hessian_rows(const NetSpec* s, const Batch* b,
-                              const floating* theta, floating* G, floating* w,
-                              const BlockHessLayout* lay) noexcept nogil:
-    """G (the diagonal blocks) += the rows' exact Hessian blocks.
+# ------------------------------------------------------------ exact Hessian
+cdef void _add_outer_units(const floating* S_l, const floating* U_m,
+                           Py_ssize_t nb, Py_ssize_t nl, Py_ssize_t nm,
+                           const floating* sign, floating* K) noexcept nogil:
+    """_add_outer (l < m, k = nm, sign (nb, nm)) when block u of U_m is
+    ``d_iu e_u``, a residual factor at its own layer: only q' == u, so
+    ``K_i[q, u] += sign_iu d_iu S_l[u, i, q]`` (n_m times fewer products)."""
+    cdef Py_ssize_t i, u, q
+    cdef const floating* sl
+    cdef floating* kk
+    cdef floating v
+    for i in range(nb):
+        kk = K + i * nl * nm
+        for u in range(nm):
+            v = U_m[(u * nb + i) * nm + u]
+            if sign[i * nm + u] < 0:
+                v = -v
+            sl = S_l + (u * nb + i) * nl
+            for q in range(nl):
+                kk[q * nm + u] += v * sl[q]
 
-    Per layer, ``K_i = Hz_l,i``, the z-Hessian, as signed outer products of
-    backpropagated factors: the loss factor's C columns, diag(Q_l) and, for
-    each hidden layer j > l, the signed square roots of Q_j carried down to
-    layer l; then the Kronecker sum with the inputs as for the GGN.
+
+cdef void _z_hessian(const NetSpec* s, const Batch* b, const floating* theta,
+                     int l, int m, floating* w,
+                     const HessianLayout* lay) noexcept nogil:
+    """K (N, nn) = the z-Hessians ``Hz_lm,i = d^2 L_i / dz_l dz_m`` (l <= m)
+    in _add_outer's layout (the upper triangle when l == m).
+
+    Hessian backpropagation gives ``Hz_m = B^T H_out B + sum_{j >= m}
+    B_jm^T diag(Q_j) B_jm`` (B_jm = dz_j/dz_m) and ``Hz_lm = B_ml^T Hz_m``:
+    signed outer products of backpropagated factors, each taken at layers l
+    and m. The loss factor's C columns; diag(Q_l) itself when l == m is
+    hidden; for each hidden layer j >= m (j > l) the signed square roots of
+    Q_j carried down to layer l (at layer j == m they are the square roots
+    themselves).
     """
-    cdef int l, j, L = s.n_layers
-    cdef Py_ssize_t N = b.N, C = s.sizes[L], nl, nn, nj, i, q, h, ld
-    cdef const floating* Z = w + lay.h.st.Z.off
-    cdef const floating* A = w + lay.h.st.A.off
+    cdef int j, L = s.n_layers
+    cdef Py_ssize_t N = b.N, C = s.sizes[L], nl = s.sizes[l + 1]
+    cdef Py_ssize_t nm = s.sizes[m + 1], nn = _pair_nn(s, l, m), nj, i, q
+    cdef Py_ssize_t h = N * s.h_off[l]
+    cdef const floating* S = w + lay.h.S.off
     cdef const floating* Q = w + lay.h.st.Q.off
-    cdef floating* S = w + lay.h.S.off
-    cdef floating* R = w + lay.h.R.off
+    cdef const floating* R = w + lay.h.R.off
     cdef floating* K = w + lay.kron.K.off
+    memset(K, 0, N * nn * sizeof(floating))
+    _add_outer(S + C * h, S + C * N * s.h_off[m], C, N, nl, nm, l == m,
+               <const floating*>NULL, 0, K)
+    if l == m and l < L - 1:
+        for i in range(N):
+            for q in range(nl):
+                K[i * nn + q * nl - q * (q - 1) // 2] += Q[h + i * nl + q]
+    for j in range(m if m > l else l + 1, L - 1):
+        nj = s.sizes[j + 1]
+        _residual_down(s, b, theta, j, l, w, &lay.h)
+        if j == m:
+            _add_outer_units(R + nj * h, R + nj * N * s.h_off[m], N, nl, nm,
+                             Q + N * s.h_off[j], K)
+        else:
+            _add_outer(R + nj * h, R + nj * N * s.h_off[m], nj, N, nl, nm,
+                       l == m, Q + N * s.h_off[j], nj, K)
+
+
+cdef inline Py_ssize_t _cross_cols(const NetSpec* s, int l, int m) noexcept nogil:
+    """Columns (p', q) of the cross-term GEMM of the pair l < m: only
+    p' == q when m == l + 1 (d a_l / dz_l is diagonal)."""
+    return s.sizes[l + 1] if m == l + 1 else s.sizes[m] * s.sizes[l + 1]
+
+
+cdef void _cross_scatter(const NetSpec* s, const Batch* b, const floating* theta,
+                         int l, int m, floating* G, floating* w,
+                         const HessianLayout* lay) noexcept nogil:
+    """G (the (P, P) matrix, block (l, m), l < m) += the terms of layer m's
+    input depending on z_l: at row (p, q) of layer l's augmented weights and
+    column (p', q') of layer m's weights,
+    ``sum_i a~_l[i, p] delta_m[i, q'] J_i[p', q]``, J_i = d a_{m-1} / dz_l.
+
+    Rows (p, q') of ``a~_l (x) delta_m``, `chunk` at a time in Wt, times J
+    by GEMMs into Mp, each row then scattered: for m == l + 1, J_i =
+    diag(f'_l) (only p' == q), one GEMM against f'_l; else J from the units
+    ``f'_{m-1}[i, p'] e_p'`` carried down from layer m - 1 to l (_units_down),
+    one GEMM per p' into columns (p', q).
+    """
+    cdef Py_ssize_t N = b.N, P = s.n_params, nl = s.sizes[l + 1]
+    cdef Py_ssize_t nm = s.sizes[m + 1], nin = s.sizes[m], al = s.sizes[l] + 1
+    cdef Py_ssize_t cols = _cross_cols(s, l, m), rows = al * nm
+    cdef Py_ssize_t chunk = lay.kron.Mp.n // cols, r0 = 0, nr, r, i, p, qq, q, u
+    cdef bint adj = m == l + 1
+    cdef const floating* aT = w + lay.kron.aT.off + _aT_off(s, l, N)
+    cdef const floating* D = w + lay.h.st.DL.off + N * s.h_off[m]
+    cdef const floating* F1 = w + lay.h.st.F1.off
+    cdef const floating* J = w + lay.h.R.off + nin * N * s.h_off[l]
+    cdef floating* Wt = w + lay.kron.Wt.off
+    cdef floating* Mp = w + lay.kron.Mp.off
+    cdef floating* wr
+    cdef floating* dst
+    cdef const floating* src
+    chunk = min(chunk, lay.kron.dims.chunk_max, rows)
+    if not adj:
+        _units_down(s, b, theta, m - 1, l, F1 + N * s.h_off[m - 1], False, w,
+                    &lay.h)
+    while r0 < rows:
+        nr = min(chunk, rows - r0)
+        for r in range(nr):
+            # Wt[r, :] = a~_l[:, p] * delta_m[:, q'] for row r0 + r = (p, q')
+            wr = Wt + r * N
+            p = (r0 + r) // nm
+            qq = (r0 + r) % nm
+            for i in range(N):
+                wr[i] = aT[p * N + i] * D[i * nm + qq]
+        if adj:
+            _gemm(NoTrans, NoTrans, <int>nr, <int>nl, <int>N, <floating>1.0, Wt,
+                  <int>N, F1 + N * s.h_off[l], <int>nl, <floating>0.0, Mp, <int>nl)
+        else:
+            for u in range(nin):
+                _gemm(NoTrans, NoTrans, <int>nr, <int>nl, <int>N, <floating>1.0,
+                      Wt, <int>N, J + u * N * nl, <int>nl, <floating>0.0,
+                      Mp + u * nl, <int>cols)
+        for r in range(nr):
+            p = (r0 + r) // nm
+            qq = (r0 + r) % nm
+            src = Mp + r * cols
+            for q in range(nl):
+                dst = G + (s.w_off[l] + p * nl + q) * P + s.w_off[m] + qq
+                if adj:
+                    dst[q * nm] += src[q]
+                else:
+                    for u in range(nin):
+                        dst[u * nm] += src[u * nl + q]
+        r0 += nr
+
+
+cdef void _hessian_rows(const NetSpec* s, const Batch* b, const floating* theta,
+                        bint diag_only, floating* G, floating* w,
+                        const HessianLayout* lay) noexcept nogil:
+    """G (the upper triangle; with diag_only of each diagonal block) += the
+    rows' exact Hessian.
+
+    Block (l, m), l <= m: the Kronecker sum ``sum_i (a~_l a~_m^T)_i (x)
+    Hz_lm,i`` (_z_hessian, then _pair_scatter as for the GGN) and, for
+    l < m, the terms of layer m's input depending on z_l (_cross_scatter).
+    """
+    cdef int l, m, L = s.n_layers
+    cdef Py_ssize_t ld
+    cdef floating* aT = w + lay.kron.aT.off
     cdef floating* Gb
     first_order(s, b, theta, w, &lay.h.st)
-    _factor_down(s, b, theta, Z, A, S)
-    _transpose_inputs(s, b, A, N, w + lay.kron.aT.off)
+    _factor_down(s, b, theta, w + lay.h.st.Z.off, w + lay.h.st.A.off,
+                 w + lay.h.S.off)
+    _transpose_inputs(s, b, w + lay.h.st.A.off, b.N, aT)
     for l in range(L):
-        nl = s.sizes[l + 1]
-        nn = nl * (nl + 1) // 2
-        h = N * s.h_off[l]
-        memset(K, 0, N * nn * sizeof(floating))
-        _add_outer(S + C * h, S + C * h, C, N, nl, nl, True,
-                   <const floating*>NULL, 0, K)
-        if l < L - 1:
-            for i in range(N):
-                for q in range(nl):
-                    K[i * nn + q * nl - q * (q - 1) // 2] += Q[h + i * nl + q]
-        for j in range(l + 1, L - 1):
-            nj = s.sizes[j + 1]
-            _residual_down(s, j, l, theta, Z, A, Q, N, R)
-            _add_outer(R + nj * h, R + nj * h, nj, N, nl, nl, True,
-                       Q + N * s.h_off[j], nj, K)
-        Gb = _block_of(s, l, l, True, G, &ld)
-        _pair_scatter(s, l, l, w + lay.kron.aT.off, K, N, Gb, ld, w, &lay.kron)
+        for m in range(l, l + 1 if diag_only else L):
+            _z_hessian(s, b, theta, l, m, w, lay)
+            Gb = _block_of(s, l, m, diag_only, G, &ld)
+            _pair_scatter(s, l, m, aT, w + lay.kron.K.off, b.N, Gb, ld, w,
+                          &lay.kron)
+            if m > l:
+                _cross_scatter(s, b, theta, l, m, G, w, lay)
 
 
 cdef void _finish_blocks(const NetSpec* s, double coef, bint diag_only,
@@ -781,22 +927,24 @@ cdef Py_ssize_t _dense_entries(const NetSpec* s, bint diag_only) noexcept nogil:
     return total
 
 
-cdef void block_hessian_kernel(const NetSpec* s, const Batch* b,
-                               const floating* theta, floating* G,
-                               Py_ssize_t block, floating* w,
-                               const BlockHessLayout* lay) noexcept nogil:
-    """G = the exact Hessian's diagonal blocks (P_l, P_l), one after the
-    other, + alpha / W on the weight entries of their diagonals; blocks of
-    `block` rows."""
+cdef int hessian_kernel(const NetSpec* s, const Batch* b, const floating* theta,
+                        bint diag_only, floating* G, Py_ssize_t block,
+                        floating* w, const HessianLayout* lay) except -1 nogil:
+    """G = the exact Hessian (P, P) or, with diag_only, its diagonal blocks
+    (P_l, P_l) one after the other, symmetric, + alpha / W on the weight
+    entries of the diagonal; blocks of `block` rows, pending signals
+    handled after each (-1: a handler raised, G incomplete)."""
     cdef Py_ssize_t i0 = 0, nb
     cdef Batch sub
-    memset(G, 0, _dense_entries(s, True) * sizeof(floating))
+    memset(G, 0, _dense_entries(s, diag_only) * sizeof(floating))
     while i0 < b.N:
         nb = block if b.N - i0 > block else b.N - i0
         sub = sub_batch(s, b, i0, nb)
-        _block_hessian_rows(s, &sub, theta, G, w, lay)
+        _hessian_rows(s, &sub, theta, diag_only, G, w, lay)
         i0 += nb
-    _finish_blocks(s, b.alpha / b.sw_sum, True, G)
+        check_interrupt()
+    _finish_blocks(s, b.alpha / b.sw_sum, diag_only, G)
+    return 0
 
 
 cdef void add_l2_diag(const NetSpec* s, double coef, bint diag_only,
@@ -850,8 +998,7 @@ cdef void _fisher_factor(const NetSpec* s, const Batch* b,
     raw.sw_sum = 1.0
     forward(s, theta, b, N, Z, A)
     loss_value(s, &raw, Z, S + N * s.h_off[L - 1])
-    backward(s, theta, b, N, Z, A, S + N * s.h_off[L - 1],
-             1, S, NO_REDUCE, <floating*>NULL)
+    _keep_deltas(s, b, theta, Z, A, S + N * s.h_off[L - 1], 1, S)
     for l in range(L):
         n = s.sizes[l + 1]
         for i in range(N):
@@ -861,14 +1008,15 @@ cdef void _fisher_factor(const NetSpec* s, const Batch* b,
                 row[q] *= r
 
 
-cdef void dense_ggn_kernel(const NetSpec* s, const Batch* b,
-                           const floating* theta, bint diag_only, bint fisher,
-                           floating* G, Py_ssize_t block, floating* w,
-                           const DenseLayout* lay) noexcept nogil:
+cdef int dense_ggn_kernel(const NetSpec* s, const Batch* b,
+                          const floating* theta, bint diag_only, bint fisher,
+                          floating* G, Py_ssize_t block, floating* w,
+                          const DenseLayout* lay) except -1 nogil:
     """G = the dense GGN or, with fisher, empirical Fisher (diag_only: its
     diagonal blocks, one after the other), symmetric, + alpha / W on the weight entries of the diagonal;
     blocks of `block` rows, backpropagated loss factor then Kronecker
-    accumulation."""
+    accumulation; pending signals handled after each block (-1: a handler
+    raised, G incomplete)."""
     cdef Py_ssize_t i0 = 0, nb
     cdef Batch sub
     memset(G, 0, _dense_entries(s, diag_only) * sizeof(floating))
@@ -885,7 +1033,9 @@ cdef void dense_ggn_kernel(const NetSpec* s, const Batch* b,
                             w + lay.f.S.off, s.sizes[s.n_layers],
                             s.sizes[s.n_layers], nb, diag_only, G, w, &lay.kron)
         i0 += nb
+        check_interrupt()
     _finish_blocks(s, b.alpha / b.sw_sum, diag_only, G)
+    return 0
 
 
 # -------------------------------------------------------------- workspaces
@@ -968,21 +1118,37 @@ cdef class FactorWorkspace(Workspace):
         return self.lay
 
 
-cdef class BlockHessianWorkspace(Workspace):
-    """block_hessian, block by block of n_rows rows: the first-order state,
-    the loss factor S (n_L n_rows width), a residual factor R (max_hidden
-    n_rows width) and the Kronecker accumulation's regions (see
-    dense_block_rows; k unused)."""
-    cdef BlockHessLayout lay
+cdef class HessianWorkspace(Workspace):
+    """hessian and block_hessian, block by block of n_rows rows: the
+    first-order state, the loss factor S (n_L n_rows width), a residual
+    factor R (max_hidden n_rows width) and the Kronecker accumulation's
+    regions (see dense_block_rows; k unused)."""
+    cdef HessianLayout lay
 
     cdef Py_ssize_t _layout(self, Py_ssize_t N, Py_ssize_t k) noexcept:
-        cdef Py_ssize_t at = _hess_factors(&self.plan.spec, N, &self.lay.h)
-        return kron_layout(&self.plan.spec, N, at, &self.lay.kron)
+        cdef const NetSpec* s = &self.plan.spec
+        cdef Py_ssize_t at = _hess_factors(s, N, &self.lay.h)
+        at = kron_layout(s, N, at, &self.lay.kron)
+        # A cross-term GEMM writes at least one row of _cross_cols entries
+        # into Mp, the last region: grow it when a row is longer.
+        if _widest_cross(s) > self.lay.kron.Mp.n:
+            at = put(&self.lay.kron.Mp, self.lay.kron.Mp.off, _widest_cross(s))
+        return at
 
     cdef dict _regions(self):
         d = <dict>self.lay
         d["kron"].pop("dims")
         return d
+
+
+cdef Py_ssize_t _widest_cross(const NetSpec* s) noexcept nogil:
+    """The longest cross-term GEMM row (_cross_cols) over the pairs l < m."""
+    cdef int l, m
+    cdef Py_ssize_t c = 0
+    for l in range(s.n_layers):
+        for m in range(l + 1, s.n_layers):
+            c = max(c, _cross_cols(s, l, m))
+    return c
 
 
 cdef inline Py_ssize_t _residual_width(const NetSpec* s) noexcept nogil:
@@ -1036,15 +1202,16 @@ cdef class DenseGgnWorkspace(Workspace):
 
 def dense_block_rows(NetPlan plan, Py_ssize_t budget_bytes, Py_ssize_t itemsize,
                      bint hessian=False):
-    """Rows per block of dense_ggn (hessian: block_hessian) whose workspace
-    (DenseGgnWorkspace, BlockHessianWorkspace) holds at most budget_bytes
+    """Rows per block of dense_ggn (hessian: dense_hessian) whose workspace
+    (DenseGgnWorkspace, HessianWorkspace) holds at most budget_bytes
     in its per-row regions (at least 1 row).
 
     Per row: the forward cache and loss factor, (2 + n_L) width entries
     (hessian: the first-order state and a residual factor too, (6 + n_L +
     max_hidden) width), and nn_max + chunk_max + sum_l (n_l + 1) of the
     Kronecker accumulation. On top, whatever the rows: the GEMM output Mp
-    (at most max(2^20, P^2 / 8) entries, beside the P^2 of G) and at most
+    (max(2^20, P^2 / 8) entries at most, beside the P^2 of G; for the
+    Hessian at least one cross-term row, n_{m-1} n_l entries) and at most
     8 entries of alignment per region.
     """
     cdef const NetSpec* s = &plan.spec
@@ -1071,9 +1238,12 @@ def hvp(NetPlan plan, const floating[::1] theta, X,
     cdef Batch b = make_batch(<const floating*>NULL, &Y[0, 0], _opt(sw),
                               <Py_ssize_t>X.shape[0], sw_sum, alpha)
     set_input(&b, X, sizeof(floating))
+    cdef Team team
     with nogil:
+        blas_open(&team, HVP, work_flops(&plan.spec, b.N, 4 * V.shape[0]))
         hvp_kernel(&plan.spec, &b, &theta[0], &V[0, 0], V.shape[0], &out[0, 0],
                    <floating*>ws.base, &ws.lay)
+        team_close(&team)
 
 
 def ggn_vp(NetPlan plan, const floating[::1] theta, X,
@@ -1085,9 +1255,12 @@ def ggn_vp(NetPlan plan, const floating[::1] theta, X,
     cdef Batch b = make_batch(<const floating*>NULL, &Y[0, 0], _opt(sw),
                               <Py_ssize_t>X.shape[0], sw_sum, alpha)
     set_input(&b, X, sizeof(floating))
+    cdef Team team
     with nogil:
+        blas_open(&team, GGN_VP, work_flops(&plan.spec, b.N, 3 * V.shape[0]))
         ggn_vp_kernel(&plan.spec, &b, &theta[0], &V[0, 0], V.shape[0],
                       &out[0, 0], <floating*>ws.base, &ws.lay)
+        team_close(&team)
 
 
 def efisher_vp(NetPlan plan, const floating[::1] theta, X,
@@ -1100,9 +1273,12 @@ def efisher_vp(NetPlan plan, const floating[::1] theta, X,
     cdef Batch b = make_batch(<const floating*>NULL, &Y[0, 0], _opt(sw),
                               <Py_ssize_t>X.shape[0], sw_sum, alpha)
     set_input(&b, X, sizeof(floating))
+    cdef Team team
     with nogil:
+        blas_open(&team, EFISHER_VP, work_flops(&plan.spec, b.N, 2 * V.shape[0]))
         efisher_vp_kernel(&plan.spec, &b, &theta[0], &V[0, 0], V.shape[0],
                           &out[0, 0], <floating*>ws.base, &ws.lay)
+        team_close(&team)
 
 
 def first_order_state(NetPlan plan, const floating[::1] theta, X,
@@ -1114,8 +1290,11 @@ def first_order_state(NetPlan plan, const floating[::1] theta, X,
     cdef Batch b = make_batch(<const floating*>NULL, &Y[0, 0], _opt(sw), N,
                               sw_sum, 0.0)
     set_input(&b, X, sizeof(floating))
+    cdef Team team
     with nogil:
+        blas_open(&team, STATE, work_flops(&plan.spec, b.N, 2))
         first_order(&plan.spec, &b, &theta[0], <floating*>ws.base, &ws.lay)
+        team_close(&team)
     return tuple(ws.array(name)[:N * plan.spec.width]
                  for name in ("Z", "A", "F1", "F2", "DL", "Q"))
 
@@ -1131,27 +1310,37 @@ def loss_factors(NetPlan plan, const floating[::1] theta, X,
     cdef Batch b = make_batch(<const floating*>NULL, &Y[0, 0], _opt(sw), N,
                               sw_sum, 0.0)
     set_input(&b, X, sizeof(floating))
+    cdef Team team
     with nogil:
+        blas_open(&team, FACTORS, work_flops(&plan.spec, b.N, plan.spec.sizes[plan.spec.n_layers]))
         factor_backprop(&plan.spec, &b, &theta[0], <floating*>ws.base, &ws.lay)
+        team_close(&team)
     return (ws.array("Z")[:n], ws.array("A")[:n],
             ws.array("S")[:plan.spec.sizes[plan.spec.n_layers] * n])
 
 
-def block_hessian(NetPlan plan, const floating[::1] theta, X,
+def dense_hessian(NetPlan plan, const floating[::1] theta, X,
                   const floating[:, ::1] Y,
                   const floating[::1] sw, double sw_sum, double alpha,
-                  floating[::1] G, Py_ssize_t block, BlockHessianWorkspace ws):
-    """G = the exact Hessian's L diagonal blocks (P_l, P_l) one after the
-    other (sum_l P_l^2 entries), + alpha / W on the weight entries of their
-    diagonals. Blocks of `block` rows (1 <= block <= ws.n_rows)."""
-    _check_dense_out(&plan.spec, True, G.shape[0])
+                  bint diag_only, floating[::1] G, Py_ssize_t block,
+                  HessianWorkspace ws):
+    """G = the exact Hessian (P * P entries, row-major) or, with diag_only,
+    its L diagonal blocks (P_l, P_l) one after the other (sum_l P_l^2
+    entries); symmetric, + alpha / W on the weight entries of the diagonal.
+    Blocks of `block` rows (1 <= block <= ws.n_rows)."""
+    _check_dense_out(&plan.spec, diag_only, G.shape[0])
     _check_block(block, ws, sizeof(floating))
     cdef Batch b = make_batch(<const floating*>NULL, &Y[0, 0], _opt(sw),
                               <Py_ssize_t>X.shape[0], sw_sum, alpha)
     set_input(&b, X, sizeof(floating))
+    cdef Team team
     with nogil:
-        block_hessian_kernel(&plan.spec, &b, &theta[0], &G[0], block,
-                             <floating*>ws.base, &ws.lay)
+        blas_open(&team, HESSIAN, work_flops(&plan.spec, b.N, plan.spec.n_params))
+        try:
+            hessian_kernel(&plan.spec, &b, &theta[0], diag_only, &G[0], block,
+                           <floating*>ws.base, &ws.lay)
+        finally:
+            team_close(&team)
 
 
 cdef int _check_block(Py_ssize_t block, Workspace ws, Py_ssize_t itemsize) except -1:
@@ -1175,9 +1364,12 @@ def diag_hessian(NetPlan plan, const floating[::1] theta, const floating[:, ::1]
     ws.check(X.shape[0], 0, sizeof(floating))
     cdef Batch b = make_batch(&X[0, 0], &Y[0, 0], _opt(sw), X.shape[0], sw_sum,
                               0.0)
+    cdef Team team
     with nogil:
+        blas_open(&team, DIAG_HESSIAN, work_flops(&plan.spec, b.N, plan.spec.sizes[plan.spec.n_layers]))
         diag_hessian_kernel(&plan.spec, &b, &theta[0], &out[0],
                             <floating*>ws.base, &ws.lay)
+        team_close(&team)
 
 
 def dense_ggn(NetPlan plan, const floating[::1] theta, X,
@@ -1195,46 +1387,11 @@ def dense_ggn(NetPlan plan, const floating[::1] theta, X,
     cdef Batch b = make_batch(<const floating*>NULL, &Y[0, 0], _opt(sw),
                               <Py_ssize_t>X.shape[0], sw_sum, alpha)
     set_input(&b, X, sizeof(floating))
+    cdef Team team
     with nogil:
-        dense_ggn_kernel(s, &b, &theta[0], diag_only, fisher, &G[0], block,
-                         <floating*>ws.base, &ws.lay)
-# ----------------------------------------------- Kronecker-sum scattering
-def scatter_sym(const floating[:, ::1] G, const Py_ssize_t[:, ::1] ta,
-                const Py_ssize_t[:, ::1] tn, floating[:, ::1] out, Py_ssize_t off):
-    """out[off + (p, q), off + (p', q')] = G[ta[p, p'], tn[q, q']].
-
-    G holds the sums over samples for the upper triangles of both symmetric
-    index pairs (ta, tn map a pair to its triangle position); the block of
-    a layer with itself is written in Kronecker order (p * n + q).
-    """
-    cdef Py_ssize_t a = ta.shape[0], n = tn.shape[0]
-    cdef Py_ssize_t p, q, p2, q2
-    cdef const floating* g
-    cdef floating* o
-    with nogil:
-        for p in range(a):
-            for q in range(n):
-                o = &out[off + p * n + q, off]
-                for p2 in range(a):
-                    g = &G[ta[p, p2], 0]
-                    for q2 in range(n):
-                        o[p2 * n + q2] = g[tn[q, q2]]
-
-
-def scatter_pair(const floating[:, ::1] G, Py_ssize_t al, Py_ssize_t am,
-                 Py_ssize_t nl, Py_ssize_t nm, floating[:, ::1] out,
-                 Py_ssize_t ol, Py_ssize_t om):
-    """Write block (l, m) = G[(p, p'), (q, q')] in Kronecker order, and its
-    transpose as block (m, l)."""
-    cdef Py_ssize_t p, q, p2, q2, r, c
-    cdef floating v
-    with nogil:
-        for p in range(al):
-            for p2 in range(am):
-                for q in range(nl):
-                    r = ol + p * nl + q
-                    for q2 in range(nm):
-                        c = om + p2 * nm + q2
-                        v = G[p * am + p2, q * nm + q2]
-                        out[r, c] = v
-                        out[c, r] = v
+        blas_open(&team, DENSE_GGN, work_flops(&plan.spec, b.N, plan.spec.n_params))
+        try:
+            dense_ggn_kernel(s, &b, &theta[0], diag_only, fisher, &G[0], block,
+                             <floating*>ws.base, &ws.lay)
+        finally:
+            team_close(&team)

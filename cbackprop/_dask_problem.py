@@ -60,7 +60,7 @@ _LOST = (distributed.client.FutureCancelledError, distributed.scheduler.KilledWo
 def _as_dask_array(obj, name):
     """A dask array from a dask array, dataframe or series (row lengths known)."""
     if hasattr(obj, "to_dask_array"):           # dask dataframe or series
-        return obj.to_dask_array(lengths=True)
+        return _strings_as_objects(obj).to_dask_array(lengths=True)
     if isinstance(obj, da.Array):
         if sp.issparse(getattr(obj, "_meta", None)):
             raise TypeError(f"{name} is a dask array of sparse chunks; the cluster solvers "
@@ -69,6 +69,18 @@ def _as_dask_array(obj, name):
                             f"matrix in memory")
         return obj
     raise TypeError(f"{name} must be a dask array or dataframe, got {type(obj).__name__}")
+
+
+def _strings_as_objects(frame):
+    """A dask series or dataframe with its pandas string and categorical
+    columns (class labels) as NumPy objects, what its array would hold: the
+    conversion done explicitly, without dask's warning that it does it."""
+    def is_text(dtype):   # pandas extension dtypes of Python objects
+        return not isinstance(dtype, np.dtype) and getattr(dtype, "kind", "") in "OU"
+    if frame.ndim == 1:                                 # a series
+        return frame.astype(object) if is_text(frame.dtype) else frame
+    text = {c: object for c, t in frame.dtypes.items() if is_text(t)}
+    return frame.astype(text) if text else frame
 
 
 def _row_chunks(arr, name):

@@ -394,7 +394,7 @@ class BaseMLP(CallbackSupportMixin, BaseEstimator):
                          "gtol": self.tol,
                          **_get_additional_lbfgs_options_dict("iprint", iprint)})
         except KeyboardInterrupt:
-            self._interrupted(best["f"], best["x"], nit[0])
+            self._interrupted(best["f"], best["x"], nit[0], problem)
             return
         self.n_iter_ = min(opt_res.nit, self.max_iter)
         x, f = opt_res.x, float(opt_res.fun)
@@ -447,7 +447,7 @@ class BaseMLP(CallbackSupportMixin, BaseEstimator):
                 raise ValueError(f"{exc}; solver='hessian-free' needs no P x P matrix") from exc
             raise
         except KeyboardInterrupt:
-            self._interrupted(*self._best_seen, len(self.loss_curve_))
+            self._interrupted(*self._best_seen, len(self.loss_curve_), problem)
             return
         self._damping = res.get(_DAMPING.get(self.solver, ""), None)
         # Epochs for K-FAC on mini-batches, as 'sgd' and 'adam' count.
@@ -709,17 +709,19 @@ class BaseMLP(CallbackSupportMixin, BaseEstimator):
             f"the best training loss seen ({loss:.6g}).", ConvergenceWarning,
             stacklevel=8)
 
-    def _interrupted(self, best_loss, best_theta, n_iter):
+    def _interrupted(self, best_loss, best_theta, n_iter, problem):
         """Ctrl-C during a full-batch solver: warn as scikit-learn does and
         keep the best weights seen (the validation-best with early stopping),
-        so that the estimator is a usable fitted model."""
+        so that the estimator is a usable fitted model. Interrupted before
+        any loss was seen (inside the first evaluation or accumulation), it
+        keeps its starting weights and loss_ is their loss on the training
+        rows of ``problem``."""
         warnings.warn("Training interrupted by user.")
         if self.early_stopping and getattr(self, "_best_theta", None) is not None:
             self._theta[:] = self._best_theta
         elif best_theta is not None:
             self._theta[:] = best_theta
-        if best_theta is not None or not hasattr(self, "loss_"):
-            self.loss_ = best_loss
+        self.loss_ = best_loss if best_theta is not None else problem.loss(self._theta)
         self.n_iter_ = n_iter
 
     # ------------------------------------------------------------ records

@@ -60,7 +60,8 @@ from scipy.optimize import OptimizeResult
 from scipy.special import expit
 from sklearn.utils import check_random_state
 
-from cbackprop._problem import Problem, first_order_state
+from cbackprop import _assembly
+from cbackprop._problem import Problem, first_order_state, sum_over_parts
 from cbackprop._sparse import CSRRows
 from cbackprop._validation import check_theta
 from cbackprop.optimize import (TERMINATION_MESSAGES, _call, _check_callback, _check_int,
@@ -167,18 +168,19 @@ def kfac_factors(net, theta, X, y, sample_weight=None, *, curvature="exact",
         raise ValueError(f"unknown curvature {curvature!r}; expected one of "
                          f"{list(CURVATURES[1:])}")
     theta = check_theta(theta, net.n_params, net.dtype)
-    p = Problem(net, X, y, sample_weight)
-    return _batch_factors(net, theta, p.X, p.Y, p.sw, p.weight_sum, curvature,
+    return _batch_factors(Problem(net, X, y, sample_weight), theta, curvature,
                           check_random_state(random_state))
 
 
-def _batch_factors(net, theta, X, Y, sw, sw_sum, curvature, rng):
-    """kfac_factors on validated arrays (no copies, no checks)."""
+def _batch_factors(problem, theta, curvature, rng):
+    """kfac_factors of a prepared (in-memory) problem, ``c_i = w_i / W``
+    with its weight sum W."""
+    net, X, sw = problem.net, problem.X, problem.sw
     if curvature == "exact":
         return [(A.astype(np.float64), G.astype(np.float64))
-                for A, G in net.kfac(theta, X, Y, sw)]
-    c = (np.ones(X.shape[0]) if sw is None else sw.astype(np.float64)) / sw_sum
-    inputs, deltas, fprime, z = _forward_state(net, theta, X, Y)
+                for A, G in _assembly.kfac(problem, theta)]
+    c = (np.ones(X.shape[0]) if sw is None else sw.astype(np.float64)) / problem.weight_sum
+    inputs, deltas, fprime, z = _forward_state(net, theta, X, problem.Y)
     if curvature == "mc":
         top = _sample_output_deltas(net.loss_name, z, rng)
         deltas = _backprop(net, theta.astype(np.float64), top, fprime)
@@ -287,11 +289,13 @@ def _next_damping(damping, rho, decay, lo, hi):
 
 # ---------------------------------------------------------------- batches
 class _Batches:
-    """Successive mini-batches (shuffled each epoch) or the full batch."""
+    """Successive mini-batches (shuffled each epoch) or the full batch, as
+    prepared problems: a mini-batch is normalized by its own weight W_b and
+    regularized by ``alpha / W_b`` (scikit-learn's mini-batch objective)."""
 
-    def __init__(self, X, Y, sw, batch_size, shuffle, rng):
-        self.X, self.Y, self.sw = X, Y, sw
-        N = X.shape[0]
+    def __init__(self, problem, batch_size, shuffle, rng):
+        self.problem = problem
+        N = problem.n_rows
         self.full = batch_size is None or batch_size >= N
         self.size = N if self.full else batch_size
         self.per_epoch = -(-N // self.size)
@@ -303,18 +307,17 @@ class _Batches:
         self.pos = self.epochs = 0
 
     def next(self):
-        """(X_b, Y_b, sw_b) of the next batch."""
+        """The problem of the next batch."""
         if self.full:
             self.epochs += 1
-            return self.X, self.Y, self.sw
+            return self.problem
         if self.pos == 0 and self.shuffle:
             self.rng.shuffle(self.order)
         idx = self.order[self.pos:self.pos + self.size]
         self.pos += self.size
         if self.pos >= len(self.order):
             self.pos, self.epochs = 0, self.epochs + 1
-        sw = None if self.sw is None else self.sw[idx]
-        return self.X[idx], self.Y[idx], sw
+        return self.problem.subsample(idx, own_regularizer=True)
 
     @property
     def epoch_end(self):
@@ -353,6 +356,22 @@ def _check_options(o, net):
     return o
 
 
+def _check_cluster_options(o, n_rows):
+    """On cluster data, full batch with deterministic factors only: the
+    factors, losses, gradients and GGN products are then sums over the rows
+    (one round of per-worker results each), while mini-batches would be
+    drawn on the client and Monte-Carlo targets by every worker alike."""
+    if o["batch_size"] is not None and o["batch_size"] < n_rows:
+        raise ValueError(f"kfac on mini-batches (batch_size={o['batch_size']} < {n_rows} "
+                         "rows) needs the rows in memory; on cluster data use the full "
+                         "batch (batch_size=None; the estimators' batch_size='auto')")
+    if o["curvature"] == "mc":
+        raise ValueError("kfac's Monte-Carlo factors (curvature='mc', the 'auto' choice "
+                         f"above {EXACT_MAX_OUTPUTS} outputs) need the rows in memory; on "
+                         "cluster data pass curvature='exact' or 'empirical' (the "
+                         "estimators' solver_options={'curvature': ...})")
+
+
 def _check_step_rule(o):
     """learning_rate, momentum, kl_clip: all adaptive, or a fixed rule."""
     if o["learning_rate"] is None:
@@ -377,9 +396,10 @@ class _Curvature:
         self.every, self.rng = inverse_every, rng
         self.factors, self.count, self.eigens = None, 0, None
 
-    def update(self, theta, X, Y, sw):
-        sw_sum = float(X.shape[0]) if sw is None else float(sw.sum(dtype=np.float64))
-        new = _batch_factors(self.net, theta, X, Y, sw, sw_sum, self.kind, self.rng)
+    def update(self, theta, batch):
+        # A sum over the rows: on a cluster, each worker's parts (normalized
+        # by the global W) summed; in memory, one call.
+        new = sum_over_parts(batch, _batch_factors, theta, self.kind, self.rng)
         self.count += 1
         w = min(1.0 - 1.0 / self.count, self.decay)
         if self.factors is None:
@@ -419,6 +439,11 @@ def kfac(net, theta0, X, y, sample_weight=None, *, max_iter=100, batch_size=None
     theta0 : array of shape (n_params,)
         Starting point; not modified.
     X, y, sample_weight : the training data (see ``Network.loss``).
+        Row-chunked dask arrays keep the rows on a dask.distributed cluster
+        for the full batch with 'exact' or 'empirical' factors: the factors,
+        losses, gradients and GGN products are sums of per-worker results
+        and the rest runs on the client (ValueError for mini-batches and
+        'mc').
     max_iter : int >= 1
         Steps (one per batch; status 0).
     batch_size : int >= 1, optional
@@ -484,12 +509,9 @@ def kfac(net, theta0, X, y, sample_weight=None, *, max_iter=100, batch_size=None
         burnin=burnin, shuffle=shuffle, ftol=ftol, gtol=gtol, callback=callback), net)
     theta, problem = _prepare(net, theta0, X, y, sample_weight)
     if not isinstance(problem, Problem):
-        raise ValueError("kfac needs the rows in memory (its mini-batches are drawn on "
-                         "the client); on cluster data use 'lbfgs', 'lm', "
-                         "'hessian-free' or 'newton'")
-    X, Y, sw = problem.X, problem.Y, problem.sw
+        _check_cluster_options(o, problem.n_rows)
     rng = check_random_state(random_state)
-    run = _Run(net, theta, _Batches(X, Y, sw, o["batch_size"], o["shuffle"], rng), o, rng)
+    run = _Run(net, theta, _Batches(problem, o["batch_size"], o["shuffle"], rng), o, rng)
     status = run.loop()
     g = np.empty(net.n_params, net.dtype)
     f = problem.loss_grad(theta, g)
@@ -515,22 +537,20 @@ class _Run:
         self.burnin = burnin
 
     def _batch(self):
-        Xb, Yb, swb = self.batches.next()
-        f, g = self.net.loss_grad(self.theta, Xb, Yb, swb)
+        """The next batch, its loss and gradient at theta."""
+        batch = self.batches.next()
+        g = np.empty(self.net.n_params, self.net.dtype)
+        f = batch.loss_grad(self.theta, g)
         self.nfev += 1
         self.njev += 1
-        return Xb, Yb, swb, f, g
-
-    def _gamma(self, Xb, swb):
-        W = Xb.shape[0] if swb is None else float(swb.sum(dtype=np.float64))
-        return self.damping + self.net.alpha / W
+        return batch, f, g
 
     def loop(self):
-        net, o = self.net, self.o
+        o = self.o
         for _ in range(self.burnin):
-            self.curv.update(self.theta, *self.batches.next())
+            self.curv.update(self.theta, self.batches.next())
         self.batches.restart()
-        Xb, Yb, swb, f, g = self._batch()
+        batch, f, g = self._batch()
         if not math.isfinite(f):
             raise ValueError(f"the loss at theta0 is not finite ({f})")
         while True:
@@ -538,7 +558,7 @@ class _Run:
                 return 1
             if self.nit >= o["max_iter"]:
                 return 0
-            f_new, g_new, accepted, info = self._step(Xb, Yb, swb, f, g)
+            f_new, g_new, accepted, info = self._step(batch, f, g)
             self.nit += 1
             if self.full:
                 f_old = f
@@ -555,31 +575,31 @@ class _Run:
             if self.full and accepted and f_old >= f and _stalled(f_old, f, o["ftol"]):
                 return 2
             if not self.full:
-                Xb, Yb, swb, f, g = self._next_minibatch()
+                batch, f, g = self._next_minibatch()
 
     def _next_minibatch(self):
         """The next batch's loss; a non-finite one undoes the last step."""
-        Xb, Yb, swb, f, g = self._batch()
+        batch, f, g = self._batch()
         if not math.isfinite(f) and np.any(self.prev):
             self.theta -= self.prev.astype(self.theta.dtype)
             self._reject()
-            f, g = self.net.loss_grad(self.theta, Xb, Yb, swb)
+            f = batch.loss_grad(self.theta, g)
             self.nfev += 1
             self.njev += 1
-        return Xb, Yb, swb, f, g
+        return batch, f, g
 
     def _reject(self):
         self.prev[:] = 0.0
         self.rejected += 1
         self.damping *= REJECT_FACTOR
 
-    def _step(self, Xb, Yb, swb, f, g):
+    def _step(self, batch, f, g):
         """One K-FAC step on the batch: (f_new, g_new, accepted, info)."""
-        net, o = self.net, self.o
-        self.curv.update(self.theta, Xb, Yb, swb)
+        o = self.o
+        self.curv.update(self.theta, batch)
         self.curv.refresh(self.nit)
-        delta, lr, mom, change = self._update(Xb, Yb, swb, g)
-        info = {"learning_rate": lr, "momentum": mom, "rows": Xb.shape[0]}
+        delta, lr, mom, change = self._update(batch, g)
+        info = {"learning_rate": lr, "momentum": mom, "rows": batch.n_rows}
         if not np.isfinite(delta).all():
             self._reject()
             return None, None, False, info
@@ -587,17 +607,18 @@ class _Run:
         trial = self.theta + delta.astype(self.theta.dtype)
         f_new = g_new = None
         if self.full:
-            f_new, g_new = net.loss_grad(trial, Xb, Yb, swb)
+            g_new = np.empty_like(g)
+            f_new = batch.loss_grad(trial, g_new)
             self.nfev += 1
             self.njev += 1
         elif adapt:
-            f_new = net.loss(trial, Xb, Yb, swb)
+            f_new = batch.loss(trial)
             self.nfev += 1
         if f_new is not None and not math.isfinite(f_new):
             self._reject()
             return None, None, False, info
         if adapt and change is None:
-            change = self._model_change(Xb, Yb, swb, g, delta)
+            change = self._model_change(batch, g, delta)
         self.theta[:] = trial
         self.prev[:] = delta
         if adapt:
@@ -607,13 +628,13 @@ class _Run:
                                          o["min_damping"], o["max_damping"])
         return f_new, g_new, True, info
 
-    def _update(self, Xb, Yb, swb, g):
+    def _update(self, batch, g):
         """(delta, learning rate, momentum, undamped model change or None)."""
         o = self.o
-        gamma = self._gamma(Xb, swb)
-        D = self.curv.direction(g, gamma)
+        # The factored damping: lambda plus the batch's regularizer alpha / W_b.
+        D = self.curv.direction(g, self.damping + batch.reg_coef)
         if o["learning_rate"] is None:
-            return self._adaptive(Xb, Yb, swb, g, D)
+            return self._adaptive(batch, g, D)
         lr = o["learning_rate"]
         if o["kl_clip"] is not None:
             q = abs(float(g.astype(np.float64) @ D))
@@ -621,22 +642,28 @@ class _Run:
                 lr *= min(1.0, math.sqrt(o["kl_clip"] / (lr * lr * q)))
         return lr * D + o["momentum"] * self.prev, lr, o["momentum"], None
 
-    def _adaptive(self, Xb, Yb, swb, g, D):
+    def _ggn(self, batch, V):
+        """The batch's GGN (regularizer included) times V (P, k): (P, k)
+        C-contiguous float64, one product with k vectors."""
+        Vk = np.ascontiguousarray(V.T, dtype=self.net.dtype)
+        self.nhev += Vk.shape[0]
+        out = batch.product("ggn_vp", self.theta, Vk, np.empty_like(Vk))
+        return np.ascontiguousarray(out.T, dtype=np.float64)
+
+    def _adaptive(self, batch, g, D):
         """Learning rate and momentum from the exact quadratic model."""
         if not np.isfinite(D).all():
             return D, math.nan, math.nan, None
         V = np.stack([D, self.prev], axis=1) if np.any(self.prev) else D[:, None]
-        GV = self.net.ggn_vp(self.theta, Xb, Yb, V, swb).astype(np.float64)
-        self.nhev += V.shape[1]
+        GV = self._ggn(batch, V)
         coef, change = quadratic_coefficients(V.T @ GV, V.T @ V,
                                               V.T @ g.astype(np.float64), self.damping)
         mom = float(coef[1]) if len(coef) > 1 else 0.0
         return V @ coef, float(coef[0]), mom, change
 
-    def _model_change(self, Xb, Yb, swb, g, delta):
+    def _model_change(self, batch, g, delta):
         """``g.d + d^T G d / 2`` for a fixed-rate step (one GGN product)."""
-        Gd = self.net.ggn_vp(self.theta, Xb, Yb, delta, swb).astype(np.float64)
-        self.nhev += 1
+        Gd = self._ggn(batch, delta[:, None])[:, 0]
         return float(g.astype(np.float64) @ delta + 0.5 * delta @ Gd)
 
 

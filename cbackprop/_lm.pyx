@@ -40,12 +40,14 @@ from scipy.linalg.cython_lapack cimport dpotrf, dpotrs, spotrf, spotrs
 
 from cbackprop._blas cimport _syrk, _axpy, blas_int, Trans, Upper
 from cbackprop._losses cimport sqrt_hess_rows
-from cbackprop._network cimport (NetPlan, NetSpec, Batch, Region, Workspace,
+from cbackprop._threads cimport Team, blas_open, team_close, QUASI_HESSIAN
+from cbackprop._network cimport (work_flops, NetPlan, NetSpec, Batch, Region, Workspace,
                                  make_batch, sub_batch, put, forward, backward,
                                  add_l2, loss_value, input_grad, input_rows,
                                  set_input, GRAD, NO_REDUCE)
 from cbackprop._curvature cimport (KronLayout, kron_layout, kron_row_entries,
                                    kron_dims, kron_accumulate, add_l2_diag)
+from cbackprop._interrupt cimport check_interrupt
 
 # Status codes shared with cbackprop.optimize.TERMINATION_MESSAGES.
 cpdef enum LMStatus:
@@ -200,14 +202,15 @@ cdef double _block_pass(const NetSpec* s, const Batch* sub,
 
 cdef double accumulate(const NetSpec* s, const Batch* b, const floating* theta,
                        floating* G, floating* g, bint want_G, bint fresh,
-                       floating* w, const LMLayout* lay) noexcept nogil:
+                       floating* w, const LMLayout* lay) except? -1 nogil:
     """Objective at theta; g = its gradient; G (if want_G) = its GGN.
 
     G is written in the upper triangle (diagonal included) of the row-major
     (P, P) buffer only, by ``?syrk`` on the Jacobian-factor rows or by the
     Kronecker-contracted GEMMs (lay.kron). ``fresh``: Z, A already hold the
     forward pass of theta over all N rows (possible when N <= block); it is
-    skipped.
+    skipped. Pending signals are handled after every block (a Ctrl-C
+    raises KeyboardInterrupt within a block's time).
     """
     cdef int L = s.n_layers
     cdef Py_ssize_t P = s.n_params, i0 = 0, nb
@@ -232,15 +235,17 @@ cdef double accumulate(const NetSpec* s, const Batch* b, const floating* theta,
                      D + nb * s.sizes[L], GRAD, w + lay.gpart.off)
             _axpy(<int>P, <floating>1.0, w + lay.gpart.off, 1, g, 1)
         i0 += nb
+        check_interrupt()
     if want_G:
         add_l2_diag(s, coef, False, G)
     return total / b.sw_sum + add_l2(s, theta, coef, g)
 
 
 cdef double objective(const NetSpec* s, const Batch* b, const floating* theta,
-                      floating* w, const LMLayout* lay) noexcept nogil:
+                      floating* w, const LMLayout* lay) except? -1 nogil:
     """Objective only, block by block, by loss_value as every objective (the
-    forward cache of the last block stays in Z, A)."""
+    forward cache of the last block stays in Z, A); signals as in
+    accumulate."""
     cdef Py_ssize_t i0 = 0, nb
     cdef double total = 0.0
     cdef Batch sub
@@ -251,6 +256,7 @@ cdef double objective(const NetSpec* s, const Batch* b, const floating* theta,
                 w + lay.A.off)
         total += loss_value(s, &sub, w + lay.Z.off, w + lay.store.off)
         i0 += nb
+        check_interrupt()
     return total / b.sw_sum + add_l2(s, theta, b.alpha / b.sw_sum,
                                      <floating*>NULL)
 
@@ -289,14 +295,15 @@ cdef int damped_solve(Py_ssize_t P, floating* G, const floating* diag,
     return 0
 
 
-cdef bint _damped_step(const NetSpec* s, const Batch* b, floating* theta,
-                       const floating* g, floating* G, double f,
-                       double* f_try, LMOptions* o, floating* w,
-                       const LMLayout* lay) noexcept nogil:
+cdef int _damped_step(const NetSpec* s, const Batch* b, floating* theta,
+                      const floating* g, floating* G, double f,
+                      double* f_try, LMOptions* o, floating* w,
+                      const LMLayout* lay) except -1 nogil:
     """Solve (G + mu I) d = -g and try theta + d until the loss is finite
     and lower (mu *= mu_inc after each failure, Cholesky failures included,
     until mu > mu_max); on success theta moves and mu *= mu_dec (floored at
-    mu_min). Returns whether a step was taken."""
+    mu_min). Returns whether a step was taken (1 or 0; -1 when a signal
+    handler raised during a trial loss)."""
     cdef Py_ssize_t P = s.n_params, j
     cdef floating* diag = w + lay.diag.off
     cdef floating* step = w + lay.step.off
@@ -314,13 +321,13 @@ cdef bint _damped_step(const NetSpec* s, const Batch* b, floating* theta,
                 o.mu *= o.mu_dec
                 if o.mu < o.mu_min:
                     o.mu = o.mu_min
-                return True
+                return 1
         o.mu *= o.mu_inc
         if o.mu > o.mu_max:
             # Restore the diagonal the factorizations overwrote.
             for j in range(P):
                 G[j * P + j] = diag[j]
-            return False
+            return 0
 
 
 cdef double _max_abs(const floating* g, Py_ssize_t P) noexcept nogil:
@@ -390,9 +397,14 @@ def quasi_hessian(NetPlan plan, const floating[::1] theta, X,
                               <Py_ssize_t>X.shape[0], sw_sum, alpha)
     set_input(&b, X, sizeof(floating))
     cdef double f
+    cdef Team team
     with nogil:
-        f = accumulate(&plan.spec, &b, &theta[0], &G[0, 0], &g[0], True, False,
-                       <floating*>ws.base, &ws.lay)
+        blas_open(&team, QUASI_HESSIAN, work_flops(&plan.spec, b.N, plan.spec.n_params))
+        try:
+            f = accumulate(&plan.spec, &b, &theta[0], &G[0, 0], &g[0], True, False,
+                           <floating*>ws.base, &ws.lay)
+        finally:
+            team_close(&team)
     return f
 
 
@@ -407,6 +419,9 @@ def lm_loop(NetPlan plan, floating[::1] theta, X, const floating[:, ::1] Y, cons
     included; stop with MU_MAX once mu > mu_max); accept, mu *= mu_dec
     (floored at mu_min). ``report(nit, fun, mu)`` (or None) runs after each
     accepted step, with the GIL; a true return value stops (CALLBACK).
+    Signals are handled after every block of rows: a Ctrl-C raises
+    KeyboardInterrupt out of the loop within a block's time, theta holding
+    the last accepted step.
 
     options: mu, mu_dec, mu_inc, mu_max, mu_min, max_iter, ftol, gtol.
     ws: LMWorkspace, blocks of ws.n_rows rows.

@@ -25,6 +25,9 @@ cdef struct NetSpec:
     Py_ssize_t width             # sum of n_1 .. n_L: cache holds N * width
     Py_ssize_t max_hidden        # widest hidden layer (1 when there is none)
     Py_ssize_t n_params
+    Py_ssize_t max_blocks        # row blocks of a large batch (blocked kernels)
+    Py_ssize_t n_tasks           # pieces of a gradient (blocked kernels)
+    const Py_ssize_t* tasks      # piece t: layer, first and end row of W_l
     Activation act
     Loss loss
 
@@ -36,6 +39,7 @@ cpdef enum Reduce:
 cdef class NetPlan:
     cdef NetSpec spec
     cdef object _arrays
+    cdef object _tasks
 
 
 # ------------------------------------------------------------- the problem
@@ -224,10 +228,11 @@ cdef inline void _csr_forward(const csr_index* ptr, const csr_index* ind,
 
 cdef inline void _csr_grad(const csr_index* ptr, const csr_index* ind,
                            const floating* val, Py_ssize_t rows,
-                           const floating* d, Py_ssize_t n,
-                           floating* G) noexcept nogil:
-    """G (n_0, n) += X^T d for CSR rows: row j of G gathers x_ij d_i."""
-    cdef Py_ssize_t i, q
+                           const floating* d, Py_ssize_t n, floating* G,
+                           Py_ssize_t c0, Py_ssize_t c1) noexcept nogil:
+    """Rows c0 .. c1 of G (n_0, n) += X^T d for CSR rows: row j of G
+    gathers x_ij d_i (the column range: one gradient task's rows)."""
+    cdef Py_ssize_t i, q, j
     cdef csr_index p
     cdef floating x
     cdef floating* g
@@ -235,8 +240,11 @@ cdef inline void _csr_grad(const csr_index* ptr, const csr_index* ind,
     for i in range(rows):
         di = d + i * n
         for p in range(ptr[i], ptr[i + 1]):
+            j = <Py_ssize_t>ind[p]
+            if j < c0 or j >= c1:
+                continue
             x = val[p]
-            g = G + <Py_ssize_t>ind[p] * n
+            g = G + j * n
             for q in range(n):
                 g[q] += x * di[q]
 
@@ -272,10 +280,10 @@ cdef inline void first_grad(const NetSpec* s, const Batch* b, Py_ssize_t r0,
             G[j] = 0
     if b.idx64:
         _csr_grad(<const int64_t*>b.Xptr + r0, <const int64_t*>b.Xind,
-                  <const floating*>b.Xdata, rows, d, n, G)
+                  <const floating*>b.Xdata, rows, d, n, G, 0, s.sizes[0])
     else:
         _csr_grad(<const int32_t*>b.Xptr + r0, <const int32_t*>b.Xind,
-                  <const floating*>b.Xdata, rows, d, n, G)
+                  <const floating*>b.Xdata, rows, d, n, G, 0, s.sizes[0])
 
 cdef inline void input_forward(const NetSpec* s, int l, const Batch* b,
                                const floating* A, Py_ssize_t N,
@@ -366,7 +374,88 @@ cdef inline void input_rows(const NetSpec* s, int l, const Batch* b,
                   <const floating*>b.Xdata, s, D, N, k, si, sr, out)
 
 
+cdef inline void first_grad_rows(const NetSpec* s, const Batch* b,
+                                 Py_ssize_t N, const floating* d,
+                                 Py_ssize_t p0, Py_ssize_t p1,
+                                 floating* o) noexcept nogil:
+    """Rows p0 .. p1 of W_1's block of o = X^T d over the first N rows
+    (X dense or CSR; d (N, n_1)); o laid out as theta."""
+    cdef Py_ssize_t n = s.sizes[1], j
+    cdef floating* G = o + s.w_off[0]
+    if b.X != NULL:
+        _gemm(Trans, NoTrans, <int>(p1 - p0), <int>n, <int>N, <floating>1.0,
+              <const floating*>b.X + p0, <int>s.sizes[0], d, <int>n,
+              <floating>0.0, G + p0 * n, <int>n)
+        return
+    for j in range(p0 * n, p1 * n):
+        G[j] = 0
+    if b.idx64:
+        _csr_grad(<const int64_t*>b.Xptr, <const int64_t*>b.Xind,
+                  <const floating*>b.Xdata, N, d, n, G, p0, p1)
+    else:
+        _csr_grad(<const int32_t*>b.Xptr, <const int32_t*>b.Xind,
+                  <const floating*>b.Xdata, N, d, n, G, p0, p1)
+
+
+# --------------------------------------------------- blocked kernels (teams)
+# A batch of N rows is cut into row_blocks(s, N) blocks (forward, loss,
+# deltas: row-parallel), a gradient into the plan's tasks (row ranges of one
+# W_l, the last one with b_l: parameter-parallel, each a sum over all N
+# rows). Both are sized by the machine's processor count when the plan is
+# made, never by the threads of a call, so results do not depend on the
+# thread count; as few pieces as the processors need keeps the GEMMs large
+# (one thread pays little for the cut).
+cdef enum:
+    MAX_BLOCKS = 16
+    MAX_TASKS = 64
+
+cdef inline Py_ssize_t row_blocks(const NetSpec* s, Py_ssize_t N) noexcept nogil:
+    """1, 2, 4, ... s.max_blocks blocks of at least 48 rows each."""
+    cdef Py_ssize_t B = 1
+    while B < s.max_blocks and N >= 2 * B * 48:
+        B *= 2
+    return B
+
+cdef inline Py_ssize_t block_start(Py_ssize_t N, Py_ssize_t B,
+                                   Py_ssize_t j) noexcept nogil:
+    """First row of block j of B (j = B: N). Inner boundaries fall on
+    multiples of 16 rows, the widest GEMM micro-kernel unroll, so that
+    BLAS's edge kernels (which may round differently) run on the batch's
+    last rows only, as in one GEMM over the whole batch: a row's result
+    does not depend on the rows computed with it."""
+    if j >= B:
+        return N
+    return ((N * j) // B) & ~(<Py_ssize_t>15)
+
+cdef struct Pass:
+    # One batch's forward cache and deltas (pointers of the batch's dtype).
+    const Batch* b        # the rows (X dense or CSR)
+    void* Z               # pre-activations, layer l at N * h_off[l]
+    void* A               # activations, likewise
+    void* D               # output deltas (N, n_L)
+    void* H               # hidden deltas, layer l at N * h_off[l]
+    Py_ssize_t N
+
+cdef double rows_pass(const NetSpec* s, const Batch* b, const floating* theta,
+                      const Pass* p, Py_ssize_t r0, Py_ssize_t nb,
+                      bint deltas) noexcept nogil
+cdef double task_sq(const NetSpec* s, Py_ssize_t t,
+                    const floating* theta) noexcept nogil
+cdef void grad_task(const NetSpec* s, const Pass* p, Py_ssize_t t,
+                    const floating* theta, double l2, floating* grad) noexcept nogil
+cdef double blocked_loss_grad(const NetSpec* s, const Batch* b,
+                              const floating* theta, const Pass* p,
+                              floating* grad) noexcept nogil
+cdef double work_flops(const NetSpec* s, Py_ssize_t N, double k) noexcept nogil
+cdef double batch_flops(const NetSpec* s, Py_ssize_t N, bint grad) noexcept nogil
+cdef Pass make_pass(const NetSpec* s, const Batch* b, floating* ws,
+                    const FirstLayout* lay) noexcept nogil
+
+
 # ------------------------------------------------------------------ kernels
+cdef void forward_rows(const NetSpec* s, const floating* theta,
+                       const Batch* b, Py_ssize_t N, Py_ssize_t r0,
+                       Py_ssize_t nb, floating* Z, floating* A) noexcept nogil
 cdef void forward(const NetSpec* s, const floating* theta, const Batch* b,
                   Py_ssize_t N, floating* Z, floating* A) noexcept nogil
 cdef void backward(const NetSpec* s, const floating* theta, const Batch* b,

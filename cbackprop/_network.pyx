@@ -6,6 +6,8 @@ every layer's pre-activations (activations) as consecutive row-major
 vectors is ``(k * N, n)``: block r holds vector r for every sample, so one
 GEMM per layer carries all k through the transposed Jacobian.
 """
+import os
+
 import numpy as np
 cimport cython
 cimport numpy as cnp
@@ -15,6 +17,10 @@ cnp.import_array()
 from cbackprop._blas cimport _axpy, _dot
 from cbackprop._activations cimport act_forward, IDENTITY
 from cbackprop._losses cimport loss_grad_rows, link_rows
+from cbackprop._threads cimport (Team, team_open, team_close, blas_open,
+                                 LOSS_GRAD, EPOCH, PREDICT,
+                                 PER_SAMPLE_GRADS, JACOBIAN)
+from cython.parallel cimport prange
 
 
 cdef class NetPlan:
@@ -37,10 +43,17 @@ cdef class NetPlan:
         w_off = starts
         b_off = (starts + fan).astype(np.intp)
         h_off = np.concatenate([[0], np.cumsum(sizes[1:])[:-1]]).astype(np.intp)
-        for a in (sizes, w_off, b_off, h_off):
+        pieces = _machine_pieces()
+        tasks = _gradient_tasks(sizes, 2 * pieces)
+        for a in (sizes, w_off, b_off, h_off, tasks):
             a.flags.writeable = False
         self._arrays = (sizes, w_off, b_off, h_off)
+        self._tasks = tasks
         cdef const Py_ssize_t[::1] sv = sizes, wv = w_off, bv = b_off, hv = h_off
+        cdef const Py_ssize_t[:, ::1] tv = tasks
+        self.spec.max_blocks = pieces
+        self.spec.n_tasks = tasks.shape[0]
+        self.spec.tasks = &tv[0, 0]
         self.spec.n_layers = <int>L
         self.spec.sizes = &sv[0]
         self.spec.w_off = &wv[0]
@@ -65,27 +78,80 @@ cdef class NetPlan:
         return self.spec.max_hidden
 
     @property
+    def tasks(self):
+        """Read-only (T, 3) intp rows (layer, p0, p1): the gradient's pieces
+        in the blocked kernels (rows p0 .. p1 of W_l; b_l with the last)."""
+        return self._tasks
+
+    @property
+    def max_blocks(self):
+        """Row blocks of a large batch in the blocked kernels."""
+        return self.spec.max_blocks
+
+    @property
     def offsets(self):
         """Read-only (sizes, w_off, b_off, h_off) intp arrays: layer widths,
         offsets of W_l and b_l in theta, and of layer l in stacked caches."""
         return self._arrays
 
 
-cdef void forward(const NetSpec* s, const floating* theta, const Batch* b,
-                  Py_ssize_t N, floating* Z, floating* A) noexcept nogil:
-    """Z_l = A_{l-1} W_l + b_l, A_l = f(Z_l) for the first N rows of b (A_0
-    = X, dense or CSR); the output layer stays raw."""
+def _machine_pieces():
+    """Row blocks of a large batch: the processor count rounded up to a
+    power of two, at most MAX_BLOCKS (the machine's, not the process's
+    affinity or thread limits, so that every process on a machine cuts
+    alike)."""
+    n = os.cpu_count() or 1
+    pieces = 1
+    while pieces < n and pieces < MAX_BLOCKS:
+        pieces *= 2
+    return pieces
+
+
+@cython.wraparound(True)
+def _gradient_tasks(sizes, pieces):
+    """(T, 3) intp rows (layer, p0, p1): the gradient's pieces, rows p0 .. p1
+    of one W_l, about 1/pieces of the weights each (at least 2048 entries)
+    so that up to pieces / 2 threads share them evenly; at most MAX_TASKS."""
+    entries = sizes[:-1] * sizes[1:]
+    target = max(entries.sum() / float(pieces), 2048.0)
+    while True:
+        tasks = []
+        for l, (nin, nout) in enumerate(zip(sizes[:-1], sizes[1:])):
+            pieces = int(min(nin, max(1, round(nin * nout / target))))
+            tasks += [(l, nin * i // pieces, nin * (i + 1) // pieces) for i in range(pieces)]
+        if len(tasks) <= MAX_TASKS:
+            return np.array(tasks, dtype=np.intp).reshape(-1, 3)
+        target *= 2
+
+
+cdef void forward_rows(const NetSpec* s, const floating* theta,
+                       const Batch* b, Py_ssize_t N, Py_ssize_t r0,
+                       Py_ssize_t nb, floating* Z, floating* A) noexcept nogil:
+    """Rows r0 .. r0 + nb of the forward pass over the first N rows of b
+    (A_0 = X, dense or CSR): Z_l = A_{l-1} W_l + b_l, A_l = f(Z_l); the
+    output layer stays raw."""
     cdef int l, L = s.n_layers
     cdef floating* z
+    cdef Py_ssize_t at
     for l in range(L):
-        z = Z + N * s.h_off[l]
-        input_forward(s, l, b, A, N, theta, <floating>0.0, z)
+        at = N * s.h_off[l] + r0 * s.sizes[l + 1]
+        z = Z + at
+        if l == 0:
+            first_forward(s, b, r0, nb, theta, <floating>0.0, z)
+        else:
+            forward_linear(s, l, theta, A + N * s.h_off[l - 1] + r0 * s.sizes[l],
+                           nb, <floating>0.0, z)
         if l < L - 1:
             # Bias and activation fused: one pass over the block.
-            act_forward(s.act, z, A + N * s.h_off[l], theta + s.b_off[l], N,
-                        s.sizes[l + 1])
+            act_forward(s.act, z, A + at, theta + s.b_off[l], nb, s.sizes[l + 1])
         else:
-            act_forward(IDENTITY, z, z, theta + s.b_off[l], N, s.sizes[l + 1])
+            act_forward(IDENTITY, z, z, theta + s.b_off[l], nb, s.sizes[l + 1])
+
+
+cdef void forward(const NetSpec* s, const floating* theta, const Batch* b,
+                  Py_ssize_t N, floating* Z, floating* A) noexcept nogil:
+    """The forward pass over the first N rows of b (see forward_rows)."""
+    forward_rows(s, theta, b, N, 0, N, Z, A)
 
 
 cdef void backward(const NetSpec* s, const floating* theta, const Batch* b,
@@ -142,19 +208,165 @@ cdef double add_l2(const NetSpec* s, const floating* theta, double coef,
     return 0.5 * coef * reg
 
 
+cdef inline double block_loss(const NetSpec* s, const Batch* b,
+                              const floating* Z, floating* D, Py_ssize_t r0,
+                              Py_ssize_t nb) noexcept nogil:
+    """sum_i w_i l_i over rows r0 .. r0 + nb; D (N, n_L) gets their output
+    deltas (w_i / W) dl_i/dz_i."""
+    cdef Py_ssize_t nL = s.sizes[s.n_layers]
+    cdef const floating* sw = <const floating*>b.sw
+    return loss_grad_rows(s.loss, Z + b.N * s.h_off[s.n_layers - 1] + r0 * nL,
+                          <const floating*>b.Y + r0 * nL,
+                          NULL if sw == NULL else sw + r0, nb, nL,
+                          1.0 / b.sw_sum, D + r0 * nL)
+
+
 cdef double loss_value(const NetSpec* s, const Batch* b, const floating* Z,
                        floating* D) noexcept nogil:
     """sum_i w_i l_i of the batch whose forward cache is Z; D (N, n_L) gets
     the output deltas (w_i / W) dl_i/dz_i.
 
-    The one place a loss value comes from (objective, gradient, LM trial
-    steps): the same rows give the same bits whether or not the gradient
-    is wanted.
+    The one reduction a loss value comes from (objective, gradient, LM
+    trial steps): partial sums over the row blocks of ``row_blocks``, added
+    in block order, as the blocked kernels add them whatever their team.
     """
-    cdef Py_ssize_t N = b.N
-    return loss_grad_rows(s.loss, Z + N * s.h_off[s.n_layers - 1],
-                          <const floating*>b.Y, <const floating*>b.sw, N,
-                          s.sizes[s.n_layers], 1.0 / b.sw_sum, D)
+    cdef Py_ssize_t N = b.N, B = row_blocks(s, N), j, r0
+    cdef double total = 0.0
+    for j in range(B):
+        r0 = block_start(N, B, j)
+        total += block_loss(s, b, Z, D, r0, block_start(N, B, j + 1) - r0)
+    return total
+
+
+# --------------------------------------------------------- blocked kernels
+cdef Pass make_pass(const NetSpec* s, const Batch* b, floating* ws,
+                    const FirstLayout* lay) noexcept nogil:
+    """The blocked kernels' view of a first-order workspace (the work
+    region holds the hidden deltas)."""
+    cdef Pass p
+    p.b = b
+    p.Z = ws + lay.Z.off
+    p.A = ws + lay.A.off
+    p.D = ws + lay.D.off
+    p.H = ws + lay.work.off
+    p.N = b.N
+    return p
+
+
+cdef double rows_pass(const NetSpec* s, const Batch* b, const floating* theta,
+                      const Pass* p, Py_ssize_t r0, Py_ssize_t nb,
+                      bint deltas) noexcept nogil:
+    """Forward, loss and (with deltas) every layer's deltas for rows r0 ..
+    r0 + nb; returns their sum_i w_i l_i."""
+    cdef int l, L = s.n_layers
+    cdef Py_ssize_t N = p.N, nin, at
+    cdef floating* Z = <floating*>p.Z
+    cdef floating* A = <floating*>p.A
+    cdef floating* H = <floating*>p.H
+    cdef const floating* src
+    cdef floating* dst
+    forward_rows(s, theta, p.b, N, r0, nb, Z, A)
+    cdef double loss = block_loss(s, b, Z, <floating*>p.D, r0, nb)
+    if not deltas:
+        return loss
+    for l in range(L - 1, 0, -1):
+        nin = s.sizes[l]
+        if l == L - 1:
+            src = <const floating*>p.D + r0 * s.sizes[L]
+        else:
+            src = H + N * s.h_off[l] + r0 * s.sizes[l + 1]
+        at = N * s.h_off[l - 1] + r0 * nin
+        dst = H + at
+        backward_linear(s, l, theta, src, nb, <floating>0.0, dst)
+        act_backward(s.act, Z + at, A + at, dst, nb, nin, 1)
+    return loss
+
+
+cdef inline void task_range(const NetSpec* s, Py_ssize_t t, int* l,
+                            Py_ssize_t* p0, Py_ssize_t* p1) noexcept nogil:
+    l[0] = <int>s.tasks[3 * t]
+    p0[0] = s.tasks[3 * t + 1]
+    p1[0] = s.tasks[3 * t + 2]
+
+
+cdef double task_sq(const NetSpec* s, Py_ssize_t t,
+                    const floating* theta) noexcept nogil:
+    """sum of squares of task t's weights (rows p0 .. p1 of W_l)."""
+    cdef int l
+    cdef Py_ssize_t p0, p1, nout
+    task_range(s, t, &l, &p0, &p1)
+    nout = s.sizes[l + 1]
+    cdef const floating* w = theta + s.w_off[l] + p0 * nout
+    return _dot(<int>((p1 - p0) * nout), w, 1, w, 1)
+
+
+cdef void grad_task(const NetSpec* s, const Pass* p, Py_ssize_t t,
+                    const floating* theta, double l2, floating* grad) noexcept nogil:
+    """Task t's part of the gradient: rows p0 .. p1 of W_l's block, a_in[:,
+    p0:p1]^T delta_l over all N rows (+ l2 W), and b_l's column sums when
+    p1 = n_{l-1} (a_in = X, dense or CSR, for the first layer)."""
+    cdef int l, L = s.n_layers
+    cdef Py_ssize_t p0, p1, N = p.N
+    task_range(s, t, &l, &p0, &p1)
+    cdef Py_ssize_t nin = s.sizes[l], nout = s.sizes[l + 1]
+    cdef Py_ssize_t off = s.w_off[l] + p0 * nout
+    cdef const floating* d
+    if l == L - 1:
+        d = <const floating*>p.D
+    else:
+        d = <const floating*>p.H + N * s.h_off[l]
+    if l == 0:
+        first_grad_rows(s, p.b, N, d, p0, p1, grad)
+    else:
+        _gemm(Trans, NoTrans, <int>(p1 - p0), <int>nout, <int>N, <floating>1.0,
+              <const floating*>p.A + N * s.h_off[l - 1] + p0, <int>nin, d,
+              <int>nout, <floating>0.0, grad + off, <int>nout)
+    if l2 != 0.0:
+        _axpy(<int>((p1 - p0) * nout), <floating>l2, theta + off, 1, grad + off, 1)
+    if p1 == nin:
+        col_sums(d, N, nout, grad + s.b_off[l], False)
+
+
+cdef double work_flops(const NetSpec* s, Py_ssize_t N, double k) noexcept nogil:
+    """k times the flops of one forward pass over N rows (a kernel's size
+    class for the thread teams)."""
+    cdef int l
+    cdef double f = 0.0
+    for l in range(s.n_layers):
+        f += 2.0 * N * s.sizes[l] * s.sizes[l + 1]
+    return f * k
+
+
+cdef double batch_flops(const NetSpec* s, Py_ssize_t N, bint grad) noexcept nogil:
+    """Flops of a loss (and gradient: three passes) over N rows."""
+    return work_flops(s, N, 3.0 if grad else 1.0)
+
+
+cdef double blocked_loss_grad(const NetSpec* s, const Batch* b,
+                              const floating* theta, const Pass* p,
+                              floating* grad) noexcept nogil:
+    """Objective and (if grad is not NULL) its gradient on a team: row
+    blocks, then gradient tasks (see row_blocks)."""
+    cdef Py_ssize_t N = b.N, B = row_blocks(s, N), j, t, r0
+    cdef double parts[MAX_BLOCKS]
+    cdef double sq[MAX_TASKS]
+    cdef double loss = 0.0, reg = 0.0, coef = b.alpha / b.sw_sum
+    cdef Team team
+    team_open(&team, LOSS_GRAD, batch_flops(s, N, grad != NULL), max(B, s.n_tasks))
+    for j in prange(B, num_threads=team.n, schedule="dynamic"):
+        r0 = block_start(N, B, j)
+        parts[j] = rows_pass(s, b, theta, p, r0, block_start(N, B, j + 1) - r0,
+                             grad != NULL)
+    for t in prange(s.n_tasks, num_threads=team.n, schedule="dynamic"):
+        sq[t] = task_sq(s, t, theta) if coef != 0.0 else 0.0
+        if grad != NULL:
+            grad_task(s, p, t, theta, coef, grad)
+    team_close(&team)
+    for j in range(B):
+        loss += parts[j]
+    for t in range(s.n_tasks):
+        reg += sq[t]
+    return loss / b.sw_sum + 0.5 * coef * reg
 
 
 cdef double loss_grad_kernel(const NetSpec* s, const Batch* b,
@@ -165,15 +377,8 @@ cdef double loss_grad_kernel(const NetSpec* s, const Batch* b,
 
     ws laid out by first_layout for at least b.N rows and k = 1.
     """
-    cdef floating* Z = ws + lay.Z.off
-    cdef floating* A = ws + lay.A.off
-    cdef floating* D = ws + lay.D.off
-    cdef double loss
-    forward(s, theta, b, b.N, Z, A)
-    loss = loss_value(s, b, Z, D)
-    if grad != NULL:
-        backward(s, theta, b, b.N, Z, A, D, 1, ws + lay.work.off, GRAD, grad)
-    return loss / b.sw_sum + add_l2(s, theta, b.alpha / b.sw_sum, grad)
+    cdef Pass p = make_pass(s, b, ws, lay)
+    return blocked_loss_grad(s, b, theta, &p, grad)
 
 
 # -------------------------------------------------------------- workspaces
@@ -185,7 +390,9 @@ cdef Py_ssize_t first_layout(const NetSpec* s, Py_ssize_t N, Py_ssize_t k,
     at = put(&lay.Z, at, N * s.width)
     at = put(&lay.A, at, N * s.width)
     at = put(&lay.D, at, k * N * s.sizes[s.n_layers])
-    return put(&lay.work, at, 2 * k * N * s.max_hidden)
+    # Two ping-pong delta buffers (backward), or every hidden layer's
+    # deltas (the blocked kernels' H).
+    return put(&lay.work, at, k * N * max(2 * s.max_hidden, s.width - s.sizes[s.n_layers]))
 
 
 cdef class Workspace:
@@ -232,7 +439,7 @@ cdef class Workspace:
             return self
         self.size = self._layout(n_rows, k)
         if self.size > self.capacity:
-            self._buffer = np.empty(self.size, self.dtype)
+            self._buffer = _aligned(self.size, self.dtype)
             self.capacity = self.size
             self.base = <char*><size_t>self._buffer.ctypes.data
         self.n_rows = n_rows
@@ -264,6 +471,16 @@ cdef class Workspace:
         """The region `name` as a 1-D view of the buffer."""
         off, n = self.layout[name]
         return self._buffer[off:off + n]
+
+
+def _aligned(Py_ssize_t n, dtype):
+    """n entries starting on a 64-byte boundary: every workspace (one per
+    thread and family) then has the same alignment, and BLAS kernels,
+    whose rounding can depend on it, give the same bits in all of them."""
+    cdef Py_ssize_t item = np.dtype(dtype).itemsize, pad = 64 // item
+    raw = np.empty(n + pad, dtype)
+    cdef Py_ssize_t shift = ((-raw.ctypes.data) % 64) // item
+    return raw[shift:shift + n]
 
 
 def _flatten(dict regions, str prefix, dict out):
@@ -340,22 +557,38 @@ def loss_grad(NetPlan plan, const floating[::1] theta, X,
 
 def raw_output(NetPlan plan, const floating[::1] theta, X,
                floating[:, ::1] out, bint link, FirstOrderWorkspace ws):
-    """out = z_L (raw) or link(z_L), shape (N, n_L); X dense or CSR rows."""
+    """out = z_L (raw) or link(z_L), shape (N, n_L); X dense or CSR rows;
+    row blocks on a team."""
     cdef NetSpec* s = &plan.spec
-    cdef Py_ssize_t N = X.shape[0], nL = s.sizes[s.n_layers], i
+    cdef Py_ssize_t N = X.shape[0], B = row_blocks(s, N), j
     ws.check(N, 0, sizeof(floating))
     cdef Batch b = make_batch(<const floating*>NULL, <const floating*>NULL,
                               <const floating*>NULL, N, 1.0, 0.0)
     set_input(&b, X, sizeof(floating))
     cdef floating* Z = <floating*>ws.base + ws.lay.Z.off
-    cdef floating* zL = Z + N * s.h_off[s.n_layers - 1]
+    cdef floating* A = <floating*>ws.base + ws.lay.A.off
+    cdef Team team
     with nogil:
-        forward(s, &theta[0], &b, N, Z, <floating*>ws.base + ws.lay.A.off)
-        if link:
-            link_rows(s.loss, zL, &out[0, 0], N, nL)
-        else:
-            for i in range(N * nL):
-                (&out[0, 0])[i] = zL[i]
+        team_open(&team, PREDICT, work_flops(s, N, 1.0), B)
+        for j in prange(B, num_threads=team.n, schedule="dynamic"):
+            _output_rows(s, &theta[0], &b, N, block_start(N, B, j),
+                         block_start(N, B, j + 1) - block_start(N, B, j), link,
+                         Z, A, &out[0, 0])
+        team_close(&team)
+
+
+cdef void _output_rows(const NetSpec* s, const floating* theta, const Batch* b,
+                       Py_ssize_t N, Py_ssize_t r0, Py_ssize_t nb, bint link,
+                       floating* Z, floating* A, floating* out) noexcept nogil:
+    """Rows r0 .. r0 + nb of raw_output."""
+    cdef Py_ssize_t nL = s.sizes[s.n_layers], i
+    cdef floating* zL = Z + N * s.h_off[s.n_layers - 1] + r0 * nL
+    forward_rows(s, theta, b, N, r0, nb, Z, A)
+    if link:
+        link_rows(s.loss, zL, out + r0 * nL, nb, nL)
+    else:
+        for i in range(nb * nL):
+            out[r0 * nL + i] = zL[i]
 
 
 def per_sample_grads(NetPlan plan, const floating[::1] theta, X,
@@ -370,12 +603,15 @@ def per_sample_grads(NetPlan plan, const floating[::1] theta, X,
     cdef Batch b = make_batch(<const floating*>NULL, &Y[0, 0],
                               <const floating*>NULL, N, 1.0, 0.0)
     set_input(&b, X, sizeof(floating))
+    cdef Team team
     with nogil:
+        blas_open(&team, PER_SAMPLE_GRADS, work_flops(&plan.spec, N, 3))
         forward(s, &theta[0], &b, N, w + ws.lay.Z.off, w + ws.lay.A.off)
         loss_value(s, &b, w + ws.lay.Z.off, w + ws.lay.D.off)
         backward(s, &theta[0], &b, N, w + ws.lay.Z.off, w + ws.lay.A.off,
                  w + ws.lay.D.off, 1, w + ws.lay.work.off, PER_SAMPLE,
                  &out[0, 0])
+        team_close(&team)
 
 
 def jacobian(NetPlan plan, const floating[::1] theta, X, floating[:, ::1] out,
@@ -394,8 +630,11 @@ def jacobian(NetPlan plan, const floating[::1] theta, X, floating[:, ::1] out,
     cdef Batch b = make_batch(<const floating*>NULL, <const floating*>NULL,
                               <const floating*>NULL, N, 1.0, 0.0)
     set_input(&b, X, sizeof(floating))
+    cdef Team team
     with nogil:
+        blas_open(&team, JACOBIAN, work_flops(&plan.spec, N, 1 + 2 * nL))
         forward(s, &theta[0], &b, N, w + ws.lay.Z.off, w + ws.lay.A.off)
         backward(s, &theta[0], &b, N, w + ws.lay.Z.off, w + ws.lay.A.off,
                  w + ws.lay.D.off, nL, w + ws.lay.work.off, PER_SAMPLE,
                  &out[0, 0])
+        team_close(&team)

@@ -215,16 +215,29 @@ class Problem:
         return out
 
     # ------------------------------------------------------------ sub-problems
-    def subsample(self, idx):
-        """The problem of rows ``idx`` (sorted int array), normalized by their
-        own weight and keeping this problem's regularizer coefficient."""
+    def subsample(self, idx, own_regularizer=False):
+        """The problem of rows ``idx`` (an int array, in the order of the
+        sums), normalized by their own weight ``W_b``.
+
+        The regularizer coefficient stays this problem's ``alpha / W``
+        (curvature mini-batches of the full objective), or with
+        ``own_regularizer`` becomes ``alpha / W_b``: the mini-batch objective
+        of scikit-learn's stochastic solvers. Rows of zero total weight give
+        this problem (its curvature stands for theirs), or with
+        ``own_regularizer`` a ValueError (their objective is 0 / 0).
+        """
         X, Y = self.X[idx], None if self.Y is None else self.Y[idx]
         sw = None if self.sw is None else self.sw[idx]
         own = float(len(idx)) if sw is None else float(sw.sum(dtype=np.float64))
         if not own > 0:
+            if own_regularizer:
+                raise ValueError(f"a mini-batch of {len(idx)} rows has zero total sample "
+                                 "weight: its objective is undefined")
             return self
+        # None: the default alpha / W_b, computed as for the rows' own problem.
+        reg_coef = None if own_regularizer else self.reg_coef
         return Problem(self.net, X, Y, sw, max_rows=self.max_rows, weight_sum=own,
-                       reg_coef=self.reg_coef, validate=False)
+                       reg_coef=reg_coef, validate=False)
 
     def rows(self, c):
         """The problem of the contiguous rows ``c`` (a slice), with this

@@ -12,10 +12,14 @@ from libc.math cimport sqrt, sqrtf, pow, isfinite
 from libc.string cimport memcpy
 from libc.stdint cimport int32_t, int64_t
 
+from cython.parallel cimport prange
 from cbackprop._network cimport (NetPlan, NetSpec, Batch, Region, FirstLayout,
-                                 Workspace, make_batch, sub_batch, put,
-                                 first_layout, add_l2, loss_grad_kernel,
-                                 set_input, csr_index)
+                                 Workspace, Pass, make_batch, make_pass, sub_batch,
+                                 put, first_layout, row_blocks, block_start,
+                                 rows_pass, task_sq, grad_task, batch_flops,
+                                 set_input, csr_index, MAX_BLOCKS, MAX_TASKS)
+from cbackprop._threads cimport (Team, team_open, team_close, blas_open,
+                                 LOSS_GRAD, EPOCH, PREDICT)
 
 cdef struct Optim:
     bint adam
@@ -67,31 +71,38 @@ cdef void _adam_range(const Optim* o, floating lr, floating* theta,
             theta[j] += -lr * m[j] / (sqrt(v[j]) + eps)
 
 
-cdef void _update(const NetSpec* s, Optim* o, floating* theta,
-                  const floating* g, floating* s1, floating* s2,
-                  double l2) noexcept nogil:
-    """One step on the objective whose gradient is g plus the L2 penalty's
-    l2 W (weights only): the penalty term is added in the update's own
-    pass over the parameters instead of a separate axpy pass."""
-    cdef int l
-    cdef Py_ssize_t nw
-    cdef floating lr = 0
+cdef double _step_size(Optim* o) noexcept nogil:
+    """Adam: count the step and return its learning rate with the bias
+    corrections folded in (0 for SGD)."""
+    if not o.adam:
+        return 0
+    o.t += 1
+    return o.lr * sqrt(1 - pow(o.beta2, o.t)) / (1 - pow(o.beta1, o.t))
+
+
+cdef void _update_task(const NetSpec* s, const Optim* o, floating lr,
+                       Py_ssize_t t, floating* theta, const floating* g,
+                       floating* s1, floating* s2, double l2) noexcept nogil:
+    """One step on gradient task t's parameters (rows p0 .. p1 of W_l, and
+    b_l with the last rows) of the objective whose gradient is g plus the
+    L2 penalty's l2 W: the penalty is added in the update's own pass."""
+    cdef int l = <int>s.tasks[3 * t]
+    cdef Py_ssize_t p0 = s.tasks[3 * t + 1], p1 = s.tasks[3 * t + 2]
+    cdef Py_ssize_t nout = s.sizes[l + 1]
+    _update_range(o, lr, theta, g, s1, s2, s.w_off[l] + p0 * nout,
+                  (p1 - p0) * nout, <floating>l2)
+    if p1 == s.sizes[l]:
+        _update_range(o, lr, theta, g, s1, s2, s.b_off[l], nout, 0)
+
+
+cdef inline void _update_range(const Optim* o, floating lr, floating* theta,
+                               const floating* g, floating* s1, floating* s2,
+                               Py_ssize_t off, Py_ssize_t n,
+                               floating l2) noexcept nogil:
     if o.adam:
-        # The bias corrections folded into the step size.
-        o.t += 1
-        lr = <floating>(o.lr * sqrt(1 - pow(o.beta2, o.t)) / (1 - pow(o.beta1, o.t)))
-    for l in range(s.n_layers):
-        nw = s.sizes[l] * s.sizes[l + 1]
-        if o.adam:
-            _adam_range(o, lr, theta + s.w_off[l], g + s.w_off[l], s1 + s.w_off[l],
-                        s2 + s.w_off[l], nw, <floating>l2)
-            _adam_range(o, lr, theta + s.b_off[l], g + s.b_off[l], s1 + s.b_off[l],
-                        s2 + s.b_off[l], s.sizes[l + 1], 0)
-        else:
-            _sgd_range(o, theta + s.w_off[l], g + s.w_off[l], s1 + s.w_off[l],
-                       nw, <floating>l2)
-            _sgd_range(o, theta + s.b_off[l], g + s.b_off[l], s1 + s.b_off[l],
-                       s.sizes[l + 1], 0)
+        _adam_range(o, lr, theta + off, g + off, s1 + off, s2 + off, n, l2)
+    else:
+        _sgd_range(o, theta + off, g + off, s1 + off, n, l2)
 
 
 cdef void _gather_rows(const floating* src, const Py_ssize_t* idx,
@@ -194,65 +205,113 @@ cdef class EpochWorkspace(Workspace):
         return self.lay
 
 
+cdef void _batch_rows(const NetSpec* s, const Batch* data, const Schedule* sc,
+                      Py_ssize_t start, Py_ssize_t r0, Py_ssize_t nb,
+                      floating* Xb, floating* Yb) noexcept nogil:
+    """Rows r0 .. r0 + nb of the batch starting at `start`: gathered into
+    Xb, Yb in the epoch's order, and 0/1 labels made floating."""
+    cdef Py_ssize_t n0 = s.sizes[0], nL = s.sizes[s.n_layers]
+    cdef const Py_ssize_t* order = sc.order
+    if order != NULL:
+        if data.X != NULL:
+            _gather_rows(<const floating*>data.X, order + start + r0, nb, n0, Xb + r0 * n0)
+        if sc.Y8 == NULL:
+            _gather_rows(<const floating*>data.Y, order + start + r0, nb, nL, Yb + r0 * nL)
+    if sc.Y8 != NULL:
+        # Class labels stay 0/1 bytes (an eighth of float64 targets)
+        # and become floating rows batch by batch.
+        _label_rows(sc.Y8, order + start + r0 if order != NULL else NULL, start + r0,
+                    nb, nL, Yb + r0 * nL)
+
+
+cdef Batch _batch(const NetSpec* s, const Batch* data, const Schedule* sc,
+                  Py_ssize_t start, Py_ssize_t nb, floating* w,
+                  const EpochLayout* lay) noexcept nogil:
+    """The batch of rows start .. start + nb (sample weights gathered, their
+    sum W; alpha 0: the penalty's gradient is added by the update)."""
+    cdef Py_ssize_t n0 = s.sizes[0], nL = s.sizes[s.n_layers], i
+    cdef const floating* sw = <const floating*>data.sw
+    cdef floating* swb = w + lay.swb.off
+    cdef const floating* xp = w + lay.Xb.off
+    cdef const floating* yp = w + lay.Yb.off
+    cdef const floating* wp = NULL
+    cdef double wsum = nb
+    if data.X == NULL:
+        xp = NULL
+    elif sc.order == NULL:
+        xp = <const floating*>data.X + start * n0
+    if sc.order == NULL and sc.Y8 == NULL:
+        yp = <const floating*>data.Y + start * nL
+    if sw != NULL:
+        if sc.order != NULL:
+            _gather_rows(sw, sc.order + start, nb, 1, swb)
+            wp = swb
+        else:
+            wp = sw + start
+        wsum = 0.0
+        for i in range(nb):
+            wsum += wp[i]
+    cdef Batch mb = make_batch(xp, yp, wp, nb, wsum, 0.0)
+    if data.X == NULL:
+        # CSR rows are gathered here, before the row blocks: a block's
+        # offsets depend on the rows before it.
+        _csr_batch(s, data, <const floating*>data.Xdata,
+                   sc.order + start if sc.order != NULL else NULL, start, nb,
+                   &sc.csr, &mb)
+    return mb
+
+
+cdef double _train_batch(const NetSpec* s, const Batch* data, const Schedule* sc,
+                         Optim* o, Py_ssize_t start, Py_ssize_t nb,
+                         floating* theta, floating* s1, floating* s2,
+                         floating* w, const EpochLayout* lay) noexcept nogil:
+    """One update on the batch at `start` on a team (row blocks: gather,
+    forward, loss, deltas; gradient tasks: gradient and update of their
+    parameters); returns the batch objective before the update (NaN or
+    inf: no update)."""
+    cdef Batch mb = _batch(s, data, sc, start, nb, w, lay)
+    cdef Pass p = make_pass(s, &mb, w, &lay.first)
+    cdef floating* grad = w + lay.grad.off
+    cdef Py_ssize_t B = row_blocks(s, nb), j, t, r0
+    cdef double parts[MAX_BLOCKS]
+    cdef double sq[MAX_TASKS]
+    cdef double loss = 0.0, reg = 0.0, l2 = data.alpha / mb.sw_sum
+    cdef floating lr
+    cdef Team team
+    team_open(&team, EPOCH, batch_flops(s, nb, True), max(B, s.n_tasks))
+    for j in prange(B, num_threads=team.n, schedule="dynamic"):
+        r0 = block_start(nb, B, j)
+        _batch_rows(s, data, sc, start, r0, block_start(nb, B, j + 1) - r0,
+                    w + lay.Xb.off, w + lay.Yb.off)
+        parts[j] = rows_pass(s, &mb, theta, &p, r0, block_start(nb, B, j + 1) - r0, True)
+    for j in range(B):
+        loss += parts[j]
+    if not isfinite(loss):
+        team_close(&team)
+        return loss
+    lr = <floating>_step_size(o)
+    for t in prange(s.n_tasks, num_threads=team.n, schedule="dynamic"):
+        sq[t] = task_sq(s, t, theta) if l2 != 0.0 else 0.0
+        grad_task(s, &p, t, theta, 0.0, grad)
+        _update_task(s, o, lr, t, theta, grad, s1, s2, l2)
+    team_close(&team)
+    for t in range(s.n_tasks):
+        reg += sq[t]
+    return loss / mb.sw_sum + 0.5 * l2 * reg
+
+
 cdef double _epoch(const NetSpec* s, const Batch* data, const Schedule* sc,
                    Optim* o, floating* theta, floating* s1, floating* s2,
                    floating* w, const EpochLayout* lay) noexcept nogil:
     """Sum over batches of batch objective * batch size; NaN on divergence."""
-    cdef Py_ssize_t n0 = s.sizes[0], nL = s.sizes[s.n_layers]
-    cdef Py_ssize_t start, nb, i, N = data.N, batch = sc.batch
-    cdef const floating* X = <const floating*>data.X
-    cdef const floating* Y = <const floating*>data.Y
-    cdef const floating* sw = <const floating*>data.sw
-    cdef const Py_ssize_t* order = sc.order
-    cdef floating* Xb = w + lay.Xb.off
-    cdef floating* Yb = w + lay.Yb.off
-    cdef floating* swb = w + lay.swb.off
-    cdef floating* grad = w + lay.grad.off
-    cdef const floating* xp
-    cdef const floating* yp
-    cdef const floating* wp
-    cdef double wsum, loss, total = 0.0
-    cdef Batch mb
-    start = 0
+    cdef Py_ssize_t start = 0, nb, N = data.N
+    cdef double loss, total = 0.0
     while start < N:
-        nb = batch if start + batch <= N else N - start
-        if order != NULL:
-            if X != NULL:
-                _gather_rows(X, order + start, nb, n0, Xb)
-            if sc.Y8 == NULL:
-                _gather_rows(Y, order + start, nb, nL, Yb)
-            if sw != NULL:
-                _gather_rows(sw, order + start, nb, 1, swb)
-            xp = Xb
-            yp = Yb
-            wp = swb if sw != NULL else NULL
-        else:
-            xp = X + start * n0 if X != NULL else NULL
-            yp = Y + start * nL if sc.Y8 == NULL else Yb  # (Y is NULL with Y8)
-            wp = sw + start if sw != NULL else NULL
-        if sc.Y8 != NULL:
-            # Class labels stay 0/1 bytes (an eighth of float64 targets)
-            # and become floating rows batch by batch.
-            _label_rows(sc.Y8, order + start if order != NULL else NULL, start,
-                        nb, nL, Yb)
-        wsum = nb
-        if wp != NULL:
-            wsum = 0.0
-            for i in range(nb):
-                wsum += wp[i]
-        # The data term's gradient; the penalty's value here, its gradient
-        # in _update.
-        mb = make_batch(xp, yp, wp, nb, wsum, 0.0)
-        if X == NULL:
-            _csr_batch(s, data, <const floating*>data.Xdata,
-                       order + start if order != NULL else NULL, start, nb,
-                       &sc.csr, &mb)
-        loss = loss_grad_kernel(s, &mb, theta, w, &lay.first, grad)
-        loss += add_l2(s, theta, data.alpha / wsum, <floating*>NULL)
+        nb = sc.batch if start + sc.batch <= N else N - start
+        loss = _train_batch(s, data, sc, o, start, nb, theta, s1, s2, w, lay)
         if not isfinite(loss):
             return loss
         total += loss * nb
-        _update(s, o, theta, grad, s1, s2, data.alpha / wsum)
         start += nb
     return total
 

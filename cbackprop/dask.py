@@ -5,9 +5,10 @@ of :class:`cbackprop.MLPClassifier` / :class:`cbackprop.MLPRegressor` plus
 ``client`` (a ``distributed.Client``; None: the default client), and fit on
 row-chunked dask arrays or dataframes whose rows never come to the client:
 
-* the full-batch solvers ('lbfgs', 'lm', 'hessian-free', 'newton') run on the
-  client over a :class:`cbackprop._dask_problem.DaskProblem`: each loss,
-  gradient, curvature product or Levenberg-Marquardt accumulation is one task
+* the full-batch solvers ('lbfgs', 'lm', 'hessian-free', 'newton', and
+  'kfac' with the default batch_size='auto') run on the client over a
+  :class:`cbackprop._dask_problem.DaskProblem`: each loss, gradient,
+  curvature product, K-FAC factor estimate or Levenberg-Marquardt accumulation is one task
   per worker, each worker summing the cbackprop kernels over its own rows in
   chunk order, the client summing the workers in order. The fitted weights are
   the local estimator's on the same data, to rounding, for any chunking and
@@ -27,6 +28,7 @@ Needs the optional dependencies ``pip install "cbackprop[dask]"``.
 """
 import copy
 import inspect
+import warnings
 
 import numpy as np
 from sklearn.base import _fit_context
@@ -135,10 +137,12 @@ class _DaskMLP:
         Parameters
         ----------
         X : dask array or dataframe of shape (n_samples, n_features)
-            Chunked along the rows only.
+            Chunked along the rows only; a dataframe's partitions are its row
+            chunks (their lengths are computed on the cluster) and its string
+            column names become ``feature_names_in_``.
         y : dask array, dataframe or series of shape (n_samples,) or (n_samples, n_outputs)
-            With X's row chunks.
-        sample_weight : dask array of shape (n_samples,), optional
+            With X's row chunks (a column of X's dataframe has them).
+        sample_weight : dask array or series of shape (n_samples,), optional
             With X's row chunks.
 
         Returns
@@ -205,6 +209,9 @@ class _DaskMLP:
 
     def _check_features(self, X, reset):
         """X as float32 or float64; n_features_in_ (and feature_names_in_) set or checked."""
+        if X.dtype.kind not in "biuf":
+            raise ValueError(f"X must hold numbers (bool, integer or float), got dtype "
+                             f"{X.dtype}: encode the non-numeric columns first")
         if X.dtype not in (np.float32, np.float64):
             X = X.astype(np.float64)
         if reset:
@@ -256,8 +263,29 @@ class _DaskMLP:
             return self._fit_blocks(client, X, y, sample_weight, passes=1, incremental=True)
 
     # ------------------------------------------------------------ predict
+    def _check_feature_names(self, X):
+        """scikit-learn's feature-name checks at prediction: names of a
+        dataframe X against feature_names_in_ (set when fitted on one)."""
+        names = getattr(X, "columns", None)
+        if names is not None and not all(isinstance(n, str) for n in names):
+            names = None
+        fitted = getattr(self, "feature_names_in_", None)
+        what = type(self).__name__
+        if fitted is None:
+            if names is not None:
+                warnings.warn(f"X has feature names, but {what} was fitted without feature "
+                              "names", UserWarning, stacklevel=4)
+        elif names is None:
+            warnings.warn(f"X does not have valid feature names, but {what} was fitted with "
+                          "feature names", UserWarning, stacklevel=4)
+        elif list(names) != list(fitted):
+            raise ValueError("The feature names should match those that were passed during "
+                             f"fit: fitted with {list(fitted)}, got {list(names)}")
+
     def _blockwise(self, X, method, dtype, out_cols):
-        """``method`` of the local model on each row block of X: a dask array."""
+        """``method`` of the local model on each row block of X (a dask array
+        or dataframe): a dask array."""
+        self._check_feature_names(X)
         X = as_row_chunked(X)[0]
         if X.shape[1] != self.n_features_in_:
             raise ValueError(f"X has {X.shape[1]} features, but {type(self).__name__} is "
@@ -274,7 +302,9 @@ class _DaskMLP:
                             chunks=(X.chunks[0], (out_cols,)), meta=np.empty((0, 0), dtype))
 
     def _score_inputs(self, X, y, sample_weight):
-        X, y, sample_weight = as_row_chunked(X, y, sample_weight)
+        """X as given (prediction checks its feature names and converts it),
+        y and sample_weight as dask arrays with X's row chunks, the client."""
+        _, y, sample_weight = as_row_chunked(X, y, sample_weight)
         return X, y, sample_weight, get_client(self.client)
 
 
@@ -308,7 +338,9 @@ class DaskMLPClassifier(_DaskMLP, MLPClassifier):
                             chunks=(y.chunks[0], (n_out,)))
 
     def predict(self, X):
-        """Class labels, block by block: a dask array of shape (n_samples,)."""
+        """Class labels, block by block: a dask array of shape (n_samples,).
+        X: a dask array or dataframe (its column names checked against
+        feature_names_in_ as scikit-learn does)."""
         return self._blockwise(X, "predict", self.classes_.dtype, None)
 
     def predict_proba(self, X):
@@ -347,7 +379,9 @@ class DaskMLPRegressor(_DaskMLP, MLPRegressor):
 
     def predict(self, X):
         """Predicted targets, block by block: a dask array of shape
-        (n_samples,) or (n_samples, n_outputs)."""
+        (n_samples,) or (n_samples, n_outputs). X: a dask array or dataframe
+        (its column names checked against feature_names_in_ as scikit-learn
+        does)."""
         cols = None if self.n_outputs_ == 1 else self.n_outputs_
         return self._blockwise(X, "predict", self.network_.dtype, cols)
 

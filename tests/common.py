@@ -53,6 +53,9 @@ DTYPES = [pytest.param(d, id=np.dtype(d).name) for d in FLOATS]
 # The architectures ``[n_0, ..., n_L]`` of the reference grids, by name.
 ARCHS = {"nohidden": (4, 3), "hidden1": (4, 5, 3), "hidden2": (3, 4, 5, 2)}
 HIDDEN_ARCHS = {name: sizes for name, sizes in ARCHS.items() if len(sizes) > 2}
+# Deeper than the grids: terms that span three and four layers (the exact Hessian's
+# cross terms and residual factors), checked against exact twins only.
+DEEP_ARCHS = {"hidden3": (3, 4, 3, 4, 2), "hidden4": (2, 3, 4, 3, 5, 2)}
 
 
 def dtype_id(dtype):

@@ -451,6 +451,62 @@ def hessian_from_per_sample(sizes, Hs, sample_weight=None, alpha=0.0):
     return np.einsum("i,ipq->pq", c, Hs) + np.diag((alpha / W) * weight_mask(sizes))
 
 
+def hessian_backprop(sizes, act, loss_name, theta, X, y, sample_weight=None, alpha=0.0):
+    """Exact Hessian (P, P) by Hessian backpropagation, no finite differences.
+
+    Dense per-sample matrices in plain einsum, from this module's forward pass and
+    closed-form derivatives. With ``B_ml = dz_m / dz_l`` (``B_mm = I``,
+    ``dz_{l+1} / dz_l = W_{l+1}^T diag(f'(z_l))``), the z-Hessians
+    ``Hz_L = c_i H_i`` and ``Hz_l = B^T Hz_{l+1} B + diag(e_l f''(z_l))`` (``e_l``
+    the weighted ``dL / da_l``), the block of layers l <= m, rows ``(p, q)`` of
+    ``[W_l; b_l]`` and columns ``(p', q')`` of ``[W_m; b_m]``, is
+
+        sum_i a~_l[p] a~_m[p'] (B_ml^T Hz_m)[q, q']
+          + [l < m, p' a weight row] sum_i a~_l[p] (d a_{m-1}[p'] / dz_l[q]) delta_m[q']
+
+    (``a~ = [a, 1]``, ``delta_m`` the weighted ``dL / dz_m``), plus ``alpha / W`` on the
+    weight entries of the diagonal.
+    """
+    theta = np.asarray(theta, dtype=np.float64)
+    zs, acts = forward(sizes, act, theta, X)
+    y = as_2d_y(y, sizes[-1])
+    c, W = sample_coefficients(sample_weight, zs[-1].shape[0])
+    coefs, _ = unpack(sizes, theta)
+    L = len(coefs)
+    d1 = [activation(act, z)[1] for z in zs[:-1]]
+    d2 = [activation(act, z)[2] for z in zs[:-1]]
+    delta = [None] * L
+    Hz = [None] * L
+    delta[L - 1] = c[:, None] * loss_grad_out(loss_name, zs[-1], y)
+    Hz[L - 1] = c[:, None, None] * loss_hessian_out(loss_name, zs[-1], y)
+    for l in range(L - 2, -1, -1):
+        e = delta[l + 1] @ coefs[l + 1].T
+        delta[l] = e * d1[l]
+        step = coefs[l + 1].T[None] * d1[l][:, None, :]          # dz_{l+1} / dz_l
+        Hz[l] = np.einsum("iql,iqr,irk->ilk", step, Hz[l + 1], step)
+        Hz[l] += np.einsum("il,lk->ilk", e * d2[l], np.eye(sizes[l + 1]))
+    # B[m][l] = dz_m / dz_l, (N, n_m, n_l) for l <= m
+    B = [[None] * L for _ in range(L)]
+    for m in range(L):
+        B[m][m] = np.broadcast_to(np.eye(sizes[m + 1]), (len(c),) + (sizes[m + 1],) * 2)
+        for l in range(m - 1, -1, -1):
+            B[m][l] = np.einsum("imq,ql,il->iml", B[m][l + 1], coefs[l + 1].T, d1[l])
+    ins = [np.hstack([a, np.ones((a.shape[0], 1))]) for a in acts[:L]]
+    H = np.zeros((n_params(sizes),) * 2)
+    sl = layer_slices(sizes)
+    for l in range(L):
+        for m in range(l, L):
+            K = np.einsum("iml,imk->ilk", B[m][l], Hz[m])
+            blk = np.einsum("ip,iP,iqQ->pqPQ", ins[l], ins[m], K)
+            if l < m:
+                Ja = d1[m - 1][:, :, None] * B[m - 1][l]              # d a_{m-1} / dz_l
+                blk[:, :, :-1, :] += np.einsum("ip,iPq,iQ->pqPQ", ins[l], Ja, delta[m])
+            n_l, n_m = ins[l].shape[1] * sizes[l + 1], ins[m].shape[1] * sizes[m + 1]
+            H[sl[l], sl[m]] = blk.reshape(n_l, n_m)
+            H[sl[m], sl[l]] = blk.reshape(n_l, n_m).T
+    return H + np.diag((alpha / W) * weight_mask(sizes))
+
+
 def layer_slices(sizes):
     """One slice of theta per layer, covering ``W_l`` then ``b_l``."""
     out, pos = [], 0

@@ -136,6 +136,19 @@ def test_reference_per_sample_hessians(act, loss, arch):
 
 @pytest.mark.parametrize("arch", ARCHS)
 @pytest.mark.parametrize("loss", ref.LOSSES)
+@pytest.mark.parametrize("act", ref.ACTIVATIONS)
+def test_reference_hessian_backprop(act, loss, arch):
+    """The exact twin (Hessian backpropagation) equals the differences of the
+    reference's per-sample gradients."""
+    sizes = ARCHS[arch]
+    theta, X, y, sw = _data(arch, act, loss)
+    H = ref.hessian_from_per_sample(sizes, _per_sample_hessians(arch, act, loss), sw, 0.3)
+    assert_close(ref.hessian_backprop(sizes, act, loss, theta, X, y, sw, 0.3), H,
+                 np.float64, "fd")
+
+
+@pytest.mark.parametrize("arch", ARCHS)
+@pytest.mark.parametrize("loss", ref.LOSSES)
 def test_reference_kfac_single_sample(loss, arch):
     sizes = ARCHS[arch]
     theta, X, y, _ = _data(arch, "softplus", loss)
@@ -360,23 +373,76 @@ def test_products_bad_V(cb, method):
                     f(theta, X, y, np.arange(P, dtype=float), sample_weight=sw))
 
 
+def _few_rows(net, hessian, monkeypatch):
+    """Dense kernels' blocks of at most 4 rows (6 rows: blocks of 4 and 2, or 3
+    and 3): the workspace budget shrunk until dense_block_rows gives that."""
+    from cbackprop import _assembly, _curvature
+    itemsize = np.dtype(net.dtype).itemsize
+    budget = 1 << 24
+    while _curvature.dense_block_rows(net._plan, budget, itemsize, hessian) > 4:
+        budget = budget * 7 // 8
+    assert 1 <= _curvature.dense_block_rows(net._plan, budget, itemsize, hessian) < 6
+    monkeypatch.setattr(_assembly, "DENSE_BLOCK_BYTES", budget)
+
+
+TWIN_ARCHS = dict(ARCHS, **common.DEEP_ARCHS)
+
+
+def _twin_case(cb, act, loss, arch, dtype):
+    """(net, theta, X, y, sw, H): a weighted, regularized problem of TWIN_ARCHS
+    (float32 values) and its exact float64 Hessian (reference.hessian_backprop)."""
+    sizes = TWIN_ARCHS[arch]
+    data = ref.make_problem(sizes, loss, n=N, weighted=True,
+                            seed=common.seed("twin", arch, act, loss))
+    theta, X, y, sw = (a.astype(np.float32).astype(np.float64) for a in data)
+    H = ref.hessian_backprop(sizes, act, loss, theta, X, y, sw, 0.3)
+    net = cb.Network(list(sizes), activation=act, loss=loss, alpha=0.3, dtype=dtype)
+    return (net,) + tuple(a.astype(dtype) for a in (theta, X, y, sw)) + (H,)
+
+
+@pytest.mark.parametrize("dtype", DTYPES)
+@pytest.mark.parametrize("arch", TWIN_ARCHS)
+@pytest.mark.parametrize("loss", ref.LOSSES)
+@pytest.mark.parametrize("act", ref.ACTIVATIONS)
+def test_hessian_against_backprop_twin(cb, act, loss, arch, dtype):
+    """hessian and block_hessian (one nogil kernel) against the exact NumPy twin
+    of Hessian backpropagation, deeper networks included (cross terms and
+    residual factors over up to four layers)."""
+    net, theta, X, y, sw, H = _twin_case(cb, act, loss, arch, dtype)
+    out = net.hessian(theta, X, y, sample_weight=sw)
+    assert out.shape == H.shape and out.dtype == dtype
+    assert_close(out, H, dtype, "reference", err_msg="hessian")
+    assert_array_equal(out, out.T)
+    for l, (B, R) in enumerate(zip(net.block_hessian(theta, X, y, sample_weight=sw),
+                                   ref.diagonal_blocks(TWIN_ARCHS[arch], H))):
+        assert_close(B, R, dtype, "reference", err_msg=f"block_hessian[{l}]",
+                     scale=np.abs(H).max())
+
+
+@pytest.mark.parametrize("dtype", DTYPES)
+@pytest.mark.parametrize("arch", ["hidden1", "hidden2", *common.DEEP_ARCHS])
+def test_hessian_by_blocks_of_rows(cb, arch, dtype, monkeypatch):
+    """The dense Hessian accumulated over blocks of a few rows (the last one
+    shorter): the exact twin, the regularizer added once; the same matrix as
+    in one block to rounding."""
+    net, theta, X, y, sw, H = _twin_case(cb, "mish", "log_loss", arch, dtype)
+    whole = net.hessian(theta, X, y, sample_weight=sw)
+    _few_rows(net, True, monkeypatch)
+    out = net.hessian(theta, X, y, sample_weight=sw)
+    assert_close(out, H, dtype, "reference", err_msg="hessian by blocks")
+    assert_close(out, whole, dtype, "rounding", err_msg="blocks vs one block")
+
+
 @pytest.mark.parametrize("dtype", DTYPES)
 @pytest.mark.parametrize("arch", ["hidden1", "hidden2"])
 def test_dense_ggn_by_blocks_of_rows(cb, arch, dtype, monkeypatch):
     """ggn, efisher, block_ggn and block_hessian accumulated over blocks of a few rows
     (the last one shorter): the reference, the regularizer added once."""
-    from cbackprop import _assembly, _curvature
     net, theta, X, y, sw = _case(cb, "tanh", "log_loss", True, 0.3, arch, dtype)
     expected = _expected(arch, "tanh", "log_loss", True, 0.3)
-    itemsize = np.dtype(dtype).itemsize
 
     def few_rows(hessian):
-        # a workspace budget of at most 4 rows (blocks of 4 and 2, or 3 and 3)
-        budget = 1 << 24
-        while _curvature.dense_block_rows(net._plan, budget, itemsize, hessian) > 4:
-            budget = budget * 7 // 8
-        assert 1 <= _curvature.dense_block_rows(net._plan, budget, itemsize, hessian) < 6
-        monkeypatch.setattr(_assembly, "DENSE_BLOCK_BYTES", budget)
+        _few_rows(net, hessian, monkeypatch)
 
     few_rows(False)
     for kind in ("ggn", "efisher"):

@@ -14,6 +14,7 @@ import warnings
 
 import numpy as np
 import pytest
+from sklearn.exceptions import ConvergenceWarning
 
 pytest.importorskip("dask.array")
 distributed = pytest.importorskip("distributed")
@@ -128,6 +129,10 @@ SOLVER_CASES = {
                                                 curvature_batch_size=20,
                                                 preconditioner="diag_ggn", random_state=0)),
     "newton": ("newton", dict(max_iter=4)),
+    "kfac": ("kfac", dict(max_iter=6)),
+    "kfac-empirical": ("kfac", dict(max_iter=5, curvature="empirical", inverse_every=2)),
+    "kfac-fixed-rate": ("kfac", dict(max_iter=5, learning_rate=0.5, momentum=0.3,
+                                     kl_clip=0.1)),
 }
 
 
@@ -158,7 +163,7 @@ def test_quasi_hessian(client):
 
 
 # ---------------------------------------------------------------- estimators
-FULL_BATCH = ["lbfgs", "lm", "hessian-free", "newton"]
+FULL_BATCH = ["lbfgs", "lm", "hessian-free", "newton", "kfac"]
 
 
 def _fit_pair(kind, solver, chunks, weighted, **kw):
@@ -285,6 +290,107 @@ def test_client_is_shared_by_clones_and_never_pickled(client):
     assert pickle.loads(pickle.dumps(est)).client is None
 
 
+# ---------------------------------------------------------------- dataframes
+FEATURES = [f"f{j}" for j in range(SIZES[0])]
+
+
+@pytest.fixture(scope="module")
+def dd():
+    """dask.dataframe (skips without pandas, or the dataframe extra of dask)."""
+    pytest.importorskip("pandas")
+    return pytest.importorskip("dask.dataframe")
+
+
+def frames(dd, kind, outputs=1):
+    """(pandas X, y, sample_weight; the same as dask collections in partitions
+    of 23 rows): X a dataframe with named columns, y a series of labels or
+    targets (a two-column dataframe with outputs=2), the weights a series."""
+    import pandas as pd
+    X, labels, y_reg, sw = data()
+    df = pd.DataFrame(X, columns=FEATURES)
+    if kind == "classifier":
+        df["y"] = np.array(["ant", "bee", "cat"], dtype=object)[labels]
+    else:
+        df["y"] = y_reg
+        if outputs == 2:
+            df["y2"] = np.sin(y_reg)
+    df["w"] = sw
+    ddf = dd.from_pandas(df, chunksize=23)
+    targets = ["y"] if outputs == 1 else ["y", "y2"]
+    pick = (lambda f: (f[FEATURES], f["y"] if outputs == 1 else f[targets], f["w"]))
+    return pick(df), pick(ddf)
+
+
+DATAFRAME_CASES = [("classifier", "lm", 1), ("classifier", "lbfgs", 1), ("regressor", "lm", 1),
+                   ("regressor", "newton", 2)]
+
+
+@pytest.mark.parametrize("kind,solver,outputs", DATAFRAME_CASES,
+                         ids=[f"{k}-{s}-{o}out" for k, s, o in DATAFRAME_CASES])
+def test_dataframe_fit_equals_local(client, dd, kind, solver, outputs):
+    (X, y, sw), (dX, dy, dsw) = frames(dd, kind, outputs)
+    assert dX.npartitions == 3
+    params = dict(hidden_layer_sizes=(3,), activation="tanh", solver=solver, max_iter=4,
+                  alpha=0.3, random_state=0)
+    local_cls, dask_cls = ((MLPClassifier, DaskMLPClassifier) if kind == "classifier"
+                           else (MLPRegressor, DaskMLPRegressor))
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")   # max_iter is small on purpose
+        local = local_cls(**params).fit(X, y, sample_weight=sw)
+        remote = dask_cls(**params).fit(dX, dy, sample_weight=dsw)
+    assert close(local.theta_, remote.theta_) and close(remote.loss_, local.loss_)
+    assert remote.n_iter_ == local.n_iter_
+    np.testing.assert_array_equal(remote.feature_names_in_, FEATURES)
+    pred = remote.predict(dX)
+    assert isinstance(pred, da.Array) and pred.shape == local.predict(X).shape
+    if kind == "classifier":
+        np.testing.assert_array_equal(remote.classes_, ["ant", "bee", "cat"])
+        np.testing.assert_array_equal(pred.compute(), local.predict(X))
+        assert close(remote.predict_proba(dX).compute(), local.predict_proba(X))
+    else:
+        assert close(pred.compute(), local.predict(X))
+    assert remote.score(dX, dy, dsw) == pytest.approx(local.score(X, y, sw), rel=1e-10)
+
+
+@pytest.mark.parametrize("solver", ["sgd", "adam"])
+def test_dataframe_stochastic_equals_arrays(client, dd, solver):
+    """The blocks of a dataframe are its partitions: the same passes as over
+    dask arrays with those row chunks."""
+    (X, y, sw), (dX, dy, dsw) = frames(dd, "regressor")
+    params = dict(hidden_layer_sizes=(3,), solver=solver, max_iter=2, random_state=0,
+                  learning_rate_init=0.01)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        on_frames = DaskMLPRegressor(**params).fit(dX, dy, sample_weight=dsw)
+        on_arrays = DaskMLPRegressor(**params).fit(
+            *chunked((23, 23, 14), X.to_numpy(), y.to_numpy(), sw.to_numpy()))
+    np.testing.assert_array_equal(on_frames.theta_, on_arrays.theta_)
+
+
+def test_dataframe_feature_names_and_dtypes(client, dd):
+    (X, y, _), (dX, dy, _) = frames(dd, "regressor")
+    est = DaskMLPRegressor(hidden_layer_sizes=(2,), solver="lbfgs", max_iter=2, random_state=0)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", category=ConvergenceWarning)
+        est.fit(dX, dy)
+        est_arrays = DaskMLPRegressor(**est.get_params()).fit(
+            *chunked((23, 23, 14), X.to_numpy(), y.to_numpy()))
+    renamed = dX.rename(columns={"f0": "g0"})
+    with pytest.raises(ValueError, match="feature names should match"):
+        est.predict(renamed)
+    with pytest.warns(UserWarning, match="does not have valid feature names"):
+        est.predict(dX.to_dask_array(lengths=True))
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")     # the names match: no warning
+        est.predict(dX)
+    assert not hasattr(est_arrays, "feature_names_in_")
+    with pytest.warns(UserWarning, match="X has feature names"):
+        est_arrays.predict(dX)
+    text = dX.assign(f1=dX["f1"].astype(str))
+    with pytest.raises(ValueError, match="X must hold numbers"):
+        est.fit(text, dy)
+
+
 # ---------------------------------------------------------------- the data stay put
 def _on_worker_only(block):
     """A block that can only be computed on a worker (the client's process fails)."""
@@ -340,6 +446,12 @@ def test_bad_input(client, monkeypatch):
         est.fit(chunked(20, X)[0], chunked(20, labels)[0], chunked(15, sw)[0])
     with pytest.raises(TypeError, match="X must be a dask array"):
         est.fit(X, labels)
+    with pytest.raises(ValueError, match="kfac on mini-batches"):
+        DaskMLPClassifier(solver="kfac", batch_size=10).fit(*chunked(20, X, labels))
+    net = cbackprop.Network([4, 2, 5], "tanh", "log_loss")
+    Y5 = np.eye(5)[labels]
+    with pytest.raises(ValueError, match="Monte-Carlo factors"):   # 'auto' above 4 outputs
+        optimize.kfac(net, net.init_params(0), *chunked(20, X, Y5))
     with pytest.raises(ValueError, match="early_stopping"):
         DaskMLPClassifier(early_stopping=True).fit(*chunked(20, X, labels))
     bad = X.copy()

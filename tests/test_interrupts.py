@@ -2,8 +2,14 @@
 
 The interrupt is simulated by raising KeyboardInterrupt where a real one would
 surface: inside the objective (a signal arrives while Python code runs), after a
-few evaluations or iterations.
+few evaluations or iterations. A real SIGINT, sent from a timer thread, checks
+that long nogil kernels (Levenberg-Marquardt's accumulation, the dense
+Kronecker-sum matrices) stop within a block of rows.
 """
+import contextlib
+import signal
+import threading
+import time
 import warnings
 
 import numpy as np
@@ -13,7 +19,7 @@ from sklearn.datasets import load_digits
 import cbackprop as cb
 from cbackprop import _problem
 
-SOLVERS = ["lbfgs", "lm", "hessian-free", "newton", "adam", "sgd"]
+SOLVERS = ["lbfgs", "lm", "hessian-free", "newton", "kfac", "adam", "sgd"]
 
 
 def _digits(n=120):
@@ -94,3 +100,91 @@ def test_interrupt_stochastic(solver, interrupt_at_record):
     with warnings.catch_warnings():
         warnings.simplefilter("error")
         clf.predict(X)
+
+
+# ---------------------------------------------------------------- real signals
+# One LM iteration on these rows (20-90-1, P = 1981) takes about 1.5 s on a
+# quiet core: the signal, sent after SIGNAL_DELAY, lands in the first
+# accumulation; a block of rows takes well under 0.1 s.
+SIGNAL_DELAY = 0.3
+LATENCY = 1.0
+
+
+@pytest.fixture(scope="module")
+def long_problem():
+    rng = np.random.default_rng(0)
+    X = rng.standard_normal((30000, 20))
+    return X, np.tanh(X[:, :3].sum(axis=1)) + 0.1 * rng.standard_normal(30000)
+
+
+@contextlib.contextmanager
+def sigint_after(delay=SIGNAL_DELAY):
+    """Send SIGINT to the main thread ``delay`` seconds after entering, from a
+    timer thread; yields a dict whose "sent" is then the time it was sent.
+    Python's default handling (KeyboardInterrupt) applies inside the block;
+    a signal handled after it is ignored, so that a late one cannot end the
+    session."""
+    state = {"armed": True, "sent": None}
+
+    def handler(signum, frame):
+        if state["armed"]:
+            raise KeyboardInterrupt
+
+    def send():
+        state["sent"] = time.perf_counter()
+        signal.pthread_kill(threading.main_thread().ident, signal.SIGINT)
+
+    previous = signal.signal(signal.SIGINT, handler)
+    timer = threading.Timer(delay, send)
+    timer.start()
+    try:
+        yield state
+    finally:
+        timer.cancel()
+        timer.join()
+        state["armed"] = False
+        signal.signal(signal.SIGINT, previous)  # runs the pending handlers first
+
+
+def _latency(state):
+    assert state["sent"] is not None, "the signal was not sent"
+    return time.perf_counter() - state["sent"]
+
+
+def test_sigint_inside_lm_accumulation(long_problem):
+    X, y = long_problem
+    reg = cb.MLPRegressor(hidden_layer_sizes=(90,), activation="tanh", solver="lm",
+                          max_iter=20, random_state=0)
+    with pytest.warns(UserWarning, match="Training interrupted by user"), \
+            sigint_after() as state:
+        reg.fit(X, y)
+    assert _latency(state) < LATENCY
+    # Interrupted in the first accumulation: the starting weights, rated.
+    assert reg.n_iter_ == 0 and reg.loss_curve_ == []
+    start = reg.network_.init_params(np.random.RandomState(0))
+    np.testing.assert_array_equal(reg.theta_, start)
+    assert reg.loss_ == reg.network_.loss(reg.theta_, X, y)
+    assert reg.predict(X[:5]).shape == (5,)
+
+
+@pytest.mark.parametrize("method", ["ggn", "block_hessian", "hessian"])
+def test_sigint_inside_dense_curvature(method, long_problem):
+    X, y = long_problem
+    net = cb.Network([20, 90, 1], activation="tanh")
+    theta = net.init_params(0)
+    with pytest.raises(KeyboardInterrupt), sigint_after() as state:
+        getattr(net, method)(theta, X, y)
+    assert _latency(state) < LATENCY
+
+
+def test_lm_function_interrupted_keeps_theta0(long_problem):
+    """The exception leaves cbackprop.optimize.levenberg_marquardt; theta0 is
+    untouched (the loop works on a copy)."""
+    X, y = long_problem
+    net = cb.Network([20, 90, 1], activation="tanh")
+    theta0 = net.init_params(0)
+    kept = theta0.copy()
+    with pytest.raises(KeyboardInterrupt), sigint_after() as state:
+        cb.optimize.levenberg_marquardt(net, theta0, X, y, max_iter=20)
+    assert _latency(state) < LATENCY
+    np.testing.assert_array_equal(theta0, kept)

@@ -48,3 +48,17 @@ def test_study_absent_one_line_error(main, monkeypatch, capsys):
     assert main(["study"]) == 2
     err = capsys.readouterr().err
     assert err.count("\n") == 1 and "cbackprop._study" in err
+
+
+@pytest.mark.filterwarnings("ignore::sklearn.exceptions.ConvergenceWarning")  # max_iter=2
+def test_second_order_section_lists_the_solvers(cb, capsys):
+    """Section 2 of the tour fits 'newton' and names the other second-order solvers."""
+    import numpy as np
+    from cbackprop.__main__ import _second_order
+    rng = np.random.default_rng(0)
+    X = rng.standard_normal((40, 4))
+    y = (X[:, 0] > 0).astype(int)
+    _second_order((X[:30], X[30:], y[:30], y[30:]), max_iter=2)
+    out = capsys.readouterr().out
+    for solver in ("'newton'", "'lm'", "'hessian-free'", "'kfac'"):
+        assert solver in out, solver

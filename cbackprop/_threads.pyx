@@ -1,0 +1,269 @@
+"""Thread teams: how many threads a kernel call uses, and single-threaded BLAS
+inside them.
+
+The blocked kernels split a batch into row blocks and a gradient into
+parameter ranges (``_network.pyx``) and run the pieces on an OpenMP team,
+each thread calling BLAS single-threaded: small GEMMs split by hand scale
+where BLAS's own threading of the same GEMMs does not (its threads wake up
+for every call, and two BLAS pools of one process spin against each other).
+
+A call may use ``min(omp_get_max_threads(), BLAS threads, parts)``
+threads, so thread counts follow ``OMP_NUM_THREADS``,
+``OPENBLAS_NUM_THREADS`` and threadpoolctl's ``threadpool_limits`` over
+either pool; below ``MIN_PARALLEL_FLOPS`` it runs on the caller alone. The
+pieces do not depend on the team size, so results are the same bits at
+every thread count, and the team size is free to follow what measures best:
+
+A team needs every member scheduled at each of its barriers; when other
+processes keep cores busy, a member waits for a time slice (milliseconds)
+at every barrier and a team of two runs slower than one thread. So the
+team size is measured, not assumed: per size class of calls (log2 of their
+flops), exponential averages of the rate (flops per second of wall time)
+with and without a team decide, and every ``PROBE``-th call of a class runs
+the other way to follow changes in load. On an idle machine the team wins
+and 1 call in ``PROBE`` runs alone; on a busy one the caller runs alone and
+1 in ``PROBE`` tries the team.
+
+Inside every kernel call BLAS runs single-threaded: team members call it
+side by side, and a kernel that is not blocked runs on the caller alone
+(at the sizes of these kernels BLAS's own threads made calls up to 1.15x
+slower, and OpenBLAS's rounding depends on its thread count: a fixed thread
+setting must give the same bits whoever else is running). OpenBLAS's thread
+count is process-wide (``openblas_set_num_threads_local`` is global in the
+pthreads builds SciPy ships), so, as scikit-learn's ``threadpool_limits``
+around its OpenMP loops does, the first kernel call to enter sets the
+OpenBLAS that SciPy's ``cython_blas`` calls (found once, through
+threadpoolctl) to one thread and the last to leave restores the user's
+count; concurrent calls share the section under a lock. With another BLAS
+every call runs on the caller alone and BLAS threads as it does.
+"""
+import os
+
+from posix.time cimport clock_gettime, timespec, CLOCK_MONOTONIC
+
+cdef extern from "_omp.h":
+    int omp_get_max_threads() noexcept nogil
+
+from cpython.pythread cimport (PyThread_type_lock, PyThread_allocate_lock,
+                               PyThread_acquire_lock, PyThread_release_lock)
+
+ctypedef void (*set_fn)(int) noexcept nogil
+ctypedef int (*get_fn)() noexcept nogil
+
+# Below this many flops per call a team costs more (waking threads, one more
+# barrier) than the second thread saves.
+cdef double MIN_PARALLEL_FLOPS = 1.5e6
+
+cdef enum:
+    PROBE = 16
+    BUCKETS = 64
+
+# Benign races: concurrent callers may interleave updates of a class's
+# averages (8-byte stores); the averages only choose team sizes.
+cdef double _rate[N_SITES][BUCKETS][2]  # [site][class][0: alone, 1: team] flops / s
+cdef unsigned int _calls[N_SITES][BUCKETS]
+cdef int _policy = 0                      # 0: measured, 1: always team, 2: always alone
+
+cdef set_fn _set_threads = NULL
+cdef get_fn _get_threads = NULL
+cdef bint _configured = False
+# The single-threaded BLAS section: callers inside it, and the user's count.
+cdef PyThread_type_lock _lock = PyThread_allocate_lock()
+cdef int _inside = 0
+cdef int _user_threads = 1
+
+
+def _scipy_openblas():
+    """threadpoolctl's controller of the OpenBLAS that SciPy's BLAS calls, or None."""
+    try:
+        import scipy.linalg  # noqa: F401  (loads SciPy's BLAS)
+        from threadpoolctl import ThreadpoolController
+    except ImportError:
+        return None
+    libs = [c for c in ThreadpoolController().lib_controllers
+            if c.internal_api == "openblas"]
+    import scipy
+    site = os.path.dirname(os.path.dirname(os.path.realpath(scipy.__file__)))
+    own = [c for c in libs if os.path.realpath(c.filepath).startswith(
+        os.path.join(site, "scipy"))]
+    if own:
+        return own[0]
+    return libs[0] if len(libs) == 1 else None
+
+
+def _symbol(dynlib, names):
+    import ctypes
+    for name in names:
+        fn = getattr(dynlib, name, None)
+        if fn is not None:
+            return ctypes.cast(fn, ctypes.c_void_p).value
+    return None
+
+
+def _configure():
+    """Find OpenBLAS's thread controls (once per process)."""
+    global _set_threads, _get_threads, _configured
+    _configured = True
+    lib = _scipy_openblas()
+    if lib is None:
+        return
+    pre = getattr(lib, "_symbol_prefix", "")
+    post = getattr(lib, "_symbol_suffix", "")
+    setter = _symbol(lib.dynlib, [f"{pre}openblas_set_num_threads{post}",
+                                  "openblas_set_num_threads"])
+    get = _symbol(lib.dynlib, [f"{pre}openblas_get_num_threads{post}",
+                               "openblas_get_num_threads"])
+    if setter is not None and get is not None:
+        _set_threads = <set_fn><size_t>setter
+        _get_threads = <get_fn><size_t>get
+
+
+def max_threads():
+    """Threads a large call of the blocked kernels may use now (>= 1)."""
+    if not _configured:
+        _configure()
+    if _set_threads == NULL:
+        return 1
+    cdef int blas = _enter()
+    _leave()
+    return max(1, min(omp_get_max_threads(), blas))
+
+
+cdef inline double _now() noexcept nogil:
+    cdef timespec ts
+    clock_gettime(CLOCK_MONOTONIC, &ts)
+    return ts.tv_sec + 1e-9 * ts.tv_nsec
+
+
+cdef inline bint _use_team(int site, int b) noexcept nogil:
+    """Team or alone for the next call of class b at site (see the module
+    notes)."""
+    cdef double alone = _rate[site][b][0], team = _rate[site][b][1]
+    if _policy != 0:
+        return _policy == 1
+    _calls[site][b] += 1
+    if team == 0.0:
+        return True
+    if alone == 0.0:
+        return False
+    return (team > alone) != (_calls[site][b] % PROBE == 0)
+
+
+cdef inline int _bucket(double flops) noexcept nogil:
+    cdef int b = 0
+    while flops >= 2.0 and b < BUCKETS - 1:
+        flops *= 0.5
+        b += 1
+    return b
+
+
+cdef int _enter() noexcept nogil:
+    """Enter the single-threaded BLAS section; returns the user's BLAS
+    thread count."""
+    cdef int user
+    PyThread_acquire_lock(_lock, 1)
+    if _inside == 0:
+        _user_threads_set(_get_threads())
+        _set_threads(1)
+    _inside_add(1)
+    user = _user_threads
+    PyThread_release_lock(_lock)
+    return user
+
+
+cdef void _leave() noexcept nogil:
+    PyThread_acquire_lock(_lock, 1)
+    _inside_add(-1)
+    if _inside == 0:
+        _set_threads(_user_threads)
+    PyThread_release_lock(_lock)
+
+
+cdef inline void _inside_add(int d) noexcept nogil:
+    global _inside
+    _inside += d
+
+
+cdef inline void _user_threads_set(int n) noexcept nogil:
+    global _user_threads
+    _user_threads = n
+
+
+cdef void team_open(Team* team, Site site, double flops,
+                    Py_ssize_t max_parts) noexcept nogil:
+    """Size the team of a call of `flops` at `site` split into at most
+    `max_parts` pieces, and enter the single-threaded BLAS section until
+    team_close."""
+    cdef int n
+    if not _configured:
+        with gil:
+            _configure()
+    team.n = 1
+    team.bucket = -1
+    team.site = site
+    if _set_threads == NULL:
+        return
+    n = min(omp_get_max_threads(), _enter(), <int>min(max_parts, 1 << 20))
+    if flops < MIN_PARALLEL_FLOPS or n < 2:
+        return
+    team.bucket = _bucket(flops)
+    team.flops = flops
+    if _use_team(site, team.bucket):
+        team.n = n
+    team.start = _now()
+
+
+cdef void blas_open(Team* team, Site site, double flops) noexcept nogil:
+    """For a kernel that is not blocked: run it on the caller alone with
+    single-threaded BLAS (see the module notes) until team_close."""
+    team_open(team, site, 0.0, 1)
+
+
+cdef inline void _record(double* avg, double rate) noexcept nogil:
+    avg[0] = rate if avg[0] == 0.0 else avg[0] + 0.25 * (rate - avg[0])
+
+
+cdef void team_close(Team* team) noexcept nogil:
+    cdef double dt, rate
+    if _set_threads == NULL:
+        return
+    if team.bucket >= 0:
+        dt = _now() - team.start
+        if dt > 0.0:
+            rate = team.flops / dt
+            _record(&_rate[team.site][team.bucket][1 if team.n > 1 else 0], rate)
+    _leave()
+
+
+def rates():
+    """{(site, size class): (rate alone, rate as a team)} measured so far,
+    flops/s (Site names the sites)."""
+    cdef int i, b
+    out = {}
+    for i in range(<int>N_SITES):
+        for b in range(BUCKETS):
+            if _rate[i][b][0] or _rate[i][b][1]:
+                out[(Site(i).name, b)] = (_rate[i][b][0], _rate[i][b][1])
+    return out
+
+
+def reset():
+    """Forget the measurements (benchmarks: start every case alike)."""
+    cdef int i, b
+    for i in range(<int>N_SITES):
+        for b in range(BUCKETS):
+            _rate[i][b][0] = _rate[i][b][1] = 0.0
+            _calls[i][b] = 0
+
+
+def set_policy(policy):
+    """'measured' (default), 'team' (always a team when one is allowed) or
+    'alone' (never): tests and benchmarks compare the two; results are the
+    same bits under all three."""
+    global _policy
+    codes = {"measured": 0, "team": 1, "alone": 2}
+    if policy not in codes:
+        raise ValueError(f"policy must be one of {sorted(codes)}, got {policy!r}")
+    previous = [k for k, v in codes.items() if v == _policy][0]
+    _policy = codes[policy]
+    return previous

@@ -1,0 +1,214 @@
+"""Thread teams: the same bits at every thread count, the ecosystem's thread
+controls honoured, concurrent callers safe.
+
+The blocked kernels cut batches into row blocks and gradients into
+parameter ranges by the machine's processor count, never by a call's
+threads, so every result here is compared for exact equality across thread
+counts and team policies; kernels that leave the threading to BLAS are
+compared to rounding.
+"""
+import os
+import subprocess
+import sys
+import threading
+
+import numpy as np
+import pytest
+from threadpoolctl import threadpool_limits
+
+import cbackprop as cb
+from cbackprop import _threads
+
+from common import DTYPES, assert_close, seed
+
+# Large enough for a team (MIN_PARALLEL_FLOPS) and two row blocks.
+SIZES = (20, 64, 32, 5)
+N = 600
+LOSSES = ["log_loss", "squared_error", "binary_log_loss", "poisson"]
+SETTINGS = [pytest.param(1, "measured", id="1thread"),
+            pytest.param(2, "team", id="2threads-team"),
+            pytest.param(2, "alone", id="2threads-alone"),
+            pytest.param(2, "measured", id="2threads-measured")]
+
+
+@pytest.fixture
+def policy():
+    previous = _threads.set_policy("measured")
+    yield _threads.set_policy
+    _threads.set_policy(previous)
+
+
+def _problem(loss, dtype, n=N):
+    rng = np.random.default_rng(seed("threads", loss))
+    X = rng.standard_normal((n, SIZES[0])).astype(dtype)
+    if loss == "log_loss":
+        Y = np.eye(SIZES[-1], dtype=dtype)[rng.integers(0, SIZES[-1], n)]
+    elif loss == "binary_log_loss":
+        Y = (rng.random((n, SIZES[-1])) < 0.5).astype(dtype)
+    else:
+        Y = rng.random((n, SIZES[-1])).astype(dtype)
+    sw = rng.random(n).astype(dtype) + 0.5
+    net = cb.Network(SIZES, activation="tanh", loss=loss, alpha=1e-3, dtype=dtype)
+    return net, net.init_params(seed("threads-theta")).astype(dtype), X, Y, sw
+
+
+def _at(threads, policy_name, fn):
+    previous = _threads.set_policy(policy_name)
+    try:
+        with threadpool_limits(threads):
+            return fn()
+    finally:
+        _threads.set_policy(previous)
+
+
+def _first_order(net, theta, X, Y, sw):
+    f, g = net.loss_grad(theta, X, Y, sample_weight=sw)
+    return (np.array([f, net.loss(theta, X, Y, sample_weight=sw)]), g,
+            net.predict(theta, X), net.raw_output(theta, X))
+
+
+@pytest.mark.parametrize("dtype", DTYPES)
+@pytest.mark.parametrize("loss", LOSSES)
+@pytest.mark.parametrize("threads, policy_name", SETTINGS)
+def test_first_order_same_bits_at_every_thread_count(loss, dtype, threads, policy_name):
+    net, theta, X, Y, sw = _problem(loss, dtype)
+    expected = _at(1, "alone", lambda: _first_order(net, theta, X, Y, sw))
+    actual = _at(threads, policy_name, lambda: _first_order(net, theta, X, Y, sw))
+    for a, e in zip(actual, expected):
+        np.testing.assert_array_equal(a, e)
+
+
+def test_loss_equals_loss_grad_value_bitwise_on_a_team():
+    net, theta, X, Y, sw = _problem("log_loss", np.float32)
+    f, _ = _at(2, "team", lambda: net.loss_grad(theta, X, Y, sample_weight=sw))
+    assert f == _at(2, "team", lambda: net.loss(theta, X, Y, sample_weight=sw))
+
+
+@pytest.mark.parametrize("dtype", DTYPES)
+@pytest.mark.parametrize("method", ["hvp", "ggn_vp", "efisher_vp"])
+def test_products_agree_across_thread_counts(method, dtype):
+    net, theta, X, Y, sw = _problem("log_loss", dtype)
+    V = np.random.default_rng(seed("threads-V")).standard_normal((3, net.n_params)).astype(dtype)
+
+    def run():
+        return getattr(net, method)(theta, X, Y, V.T, sample_weight=sw)
+    expected = _at(1, "alone", run)
+    for threads, policy_name in [(2, "team"), (2, "alone")]:
+        assert_close(_at(threads, policy_name, run), expected, dtype, "rounding")
+
+
+ESTIMATORS = [
+    pytest.param(dict(solver="adam", max_iter=8), id="adam"),
+    pytest.param(dict(solver="sgd", max_iter=8, momentum=0.9, nesterovs_momentum=True), id="sgd"),
+    pytest.param(dict(solver="lbfgs", max_iter=15), id="lbfgs"),
+]
+
+
+@pytest.mark.filterwarnings("ignore::sklearn.exceptions.ConvergenceWarning")
+@pytest.mark.parametrize("params", ESTIMATORS)
+@pytest.mark.parametrize("threads, policy_name", SETTINGS)
+def test_fit_same_bits_at_every_thread_count(params, threads, policy_name):
+    rng = np.random.default_rng(seed("threads-fit"))
+    X = rng.standard_normal((700, 30))
+    y = (X[:, :3].sum(axis=1) > 0).astype(int) + (X[:, 3] > 1)
+
+    def fit():
+        clf = cb.MLPClassifier((64, 32), batch_size=256, random_state=0, **params).fit(X, y)
+        curve = [np.array(getattr(clf, "loss_curve_", [clf.loss_]))]
+        return clf.coefs_ + clf.intercepts_ + curve, clf.predict_proba(X)
+    (e_params, e_proba) = _at(1, "alone", fit)
+    (a_params, a_proba) = _at(threads, policy_name, fit)
+    for a, e in zip(a_params, e_params):
+        np.testing.assert_array_equal(a, e)
+    np.testing.assert_array_equal(a_proba, e_proba)
+
+
+def test_a_team_runs_when_allowed():
+    if _threads.max_threads() < 2 and os.cpu_count() >= 2:
+        with threadpool_limits(2):
+            assert _threads.max_threads() == 2
+    net, theta, X, Y, sw = _problem("log_loss", np.float64)
+    _threads.reset()
+    _at(2, "team", lambda: net.loss_grad(theta, X, Y))
+    rates = _threads.rates()
+    if os.cpu_count() >= 2:
+        assert any(site == "LOSS_GRAD" and team > 0 for (site, _), (_, team) in rates.items())
+
+
+def test_threadpool_limits_bound_the_team():
+    with threadpool_limits(1):
+        assert _threads.max_threads() == 1
+    with threadpool_limits(1, user_api="openmp"):
+        assert _threads.max_threads() == 1
+    with threadpool_limits(1, user_api="blas"):
+        assert _threads.max_threads() == 1
+
+
+@pytest.mark.parametrize("var", ["OMP_NUM_THREADS", "OPENBLAS_NUM_THREADS"])
+def test_environment_bounds_the_team(var):
+    env = {k: v for k, v in os.environ.items()
+           if k not in ("OMP_NUM_THREADS", "OPENBLAS_NUM_THREADS")}
+    env[var] = "1"
+    code = "from cbackprop import _threads; print(_threads.max_threads())"
+    out = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True,
+                         text=True, check=True).stdout
+    assert out.strip() == "1"
+
+
+def test_set_policy_rejects_unknown_names():
+    with pytest.raises(ValueError, match="policy must be one of"):
+        _threads.set_policy("fast")
+
+
+def test_the_callers_blas_threads_are_restored():
+    from threadpoolctl import ThreadpoolController
+    net, theta, X, Y, sw = _problem("log_loss", np.float64)
+    with threadpool_limits(2):
+        before = [c.num_threads for c in ThreadpoolController().lib_controllers]
+        _at(2, "team", lambda: net.loss_grad(theta, X, Y))
+        after = [c.num_threads for c in ThreadpoolController().lib_controllers]
+    assert before == after
+
+
+def test_concurrent_callers_get_serial_results(policy):
+    net, theta, X, Y, sw = _problem("log_loss", np.float64)
+    V = np.random.default_rng(seed("threads-V")).standard_normal((net.n_params, 2))
+    rng = np.random.default_rng(seed("threads-concurrent"))
+    Xc = rng.standard_normal((300, 20))
+    yc = (Xc[:, 0] > 0).astype(int)
+
+    def work():
+        clf = cb.MLPClassifier((32,), max_iter=5, random_state=0, batch_size=100).fit(Xc, yc)
+        return (net.loss_grad(theta, X, Y)[1], net.hvp(theta, X, Y, V),
+                net.predict(theta, X), clf.coefs_[0])
+    with threadpool_limits(2):
+        expected = work()
+        results = [None] * 4
+
+        def run(i):
+            results[i] = work()
+        threads = [threading.Thread(target=run, args=(i,)) for i in range(4)]
+        for t in threads:
+            t.start()
+        for t in threads:
+            t.join()
+    for got in results:
+        for a, e in zip(got, expected):
+            np.testing.assert_array_equal(a, e)
+
+
+@pytest.mark.filterwarnings("ignore::sklearn.exceptions.ConvergenceWarning")
+@pytest.mark.parametrize("solver", ["adam", "lbfgs"])
+def test_sparse_fit_same_bits_at_every_thread_count(solver):
+    import scipy.sparse as sp
+    X = sp.random(700, 300, density=0.05, format="csr", random_state=seed("threads-csr"))
+    y = np.asarray(X[:, :50].sum(axis=1)).ravel() > np.median(np.asarray(X[:, :50].sum(axis=1)))
+
+    def fit():
+        clf = cb.MLPClassifier((64,), solver=solver, max_iter=6, batch_size=128,
+                               random_state=0).fit(X, y)
+        return clf.coefs_ + clf.intercepts_ + [clf.predict_proba(X)]
+    expected = _at(1, "alone", fit)
+    for threads, policy_name in [(2, "team"), (2, "alone")]:
+        for a, e in zip(_at(threads, policy_name, fit), expected):
+            np.testing.assert_array_equal(a, e)
