@@ -107,6 +107,49 @@ def limit_threads(n=None):
     return threadpool_limits(limits=n)
 
 
+# The thread counts every engine, curvature and estimator benchmark runs at
+# (an asv parameter; the machine's default is what users run).
+THREAD_COUNTS = [1, 2]
+
+
+def threaded(cls):
+    """Class decorator: add ``threads`` (THREAD_COUNTS) as the last asv
+    parameter of an asv benchmark class.  ``setup`` then runs with
+    ``CBACKPROP_BENCH_THREADS`` set to it, so every ``limit_threads()`` (and
+    torch's thread count) inside follows; the timed methods get the other
+    parameters as before."""
+    import functools
+
+    names = [n for n in vars(cls) if n.startswith(("time_", "peakmem_", "track_"))]
+    base_params = list(getattr(cls, "params", []))
+    if base_params and not isinstance(base_params[0], (list, tuple)):
+        base_params = [base_params]
+    cls.params = base_params + [THREAD_COUNTS]
+    cls.param_names = list(getattr(cls, "param_names", [])) + ["threads"]
+
+    def drop_threads(fn):
+        @functools.wraps(fn)
+        def wrapper(self, *params):
+            return fn(self, *params[:-1])
+        return wrapper
+
+    for hook in ("setup", "teardown"):
+        fn = getattr(cls, hook, None)
+        if fn is not None:
+            inner = drop_threads(fn)
+            if hook == "setup":
+                def setup(self, *params, _inner=inner):
+                    os.environ[THREADS_ENV] = str(params[-1])
+                    return _inner(self, *params)
+                setup = functools.wraps(fn)(setup)
+                cls.setup = setup
+            else:
+                cls.teardown = inner
+    for name in names:
+        setattr(cls, name, drop_threads(getattr(cls, name)))
+    return cls
+
+
 def threadpool_summary():
     """One line per loaded thread pool: api, version, arch, threads, library."""
     from threadpoolctl import threadpool_info

@@ -5,9 +5,9 @@ cbackprop side by side with torch.func and BackPACK (DiagGGNExact, DiagHessian,
 KFLR as the exact "kfac", KFAC as "kfac_mc") in the same run, each skipped when
 not installed. Report quantities in multiples of one gradient
 (``python benchmarks/report.py curvature``). Threads: limited with
-threadpoolctl to ``CBACKPROP_BENCH_THREADS`` (default 1) for both libraries.
+threadpoolctl to the ``threads`` parameter (1 and 2) for every library.
 """
-from ._common import limit_threads
+from ._common import limit_threads, threaded
 from ._curvature_workloads import (backpack_quantities, cbackprop_quantities, net_a,
                                    net_deep, torch_quantities)
 
@@ -20,6 +20,7 @@ QUANTITIES = ["loss_grad", "hvp", "ggn_vp", "hessian", "ggn", "diag_ggn",
               "diag_hessian", "kfac", "top5_eigenvalues"]
 
 
+@threaded
 class NetACurvature:
     """Each curvature quantity of net A, cbackprop vs torch.func."""
 
@@ -49,6 +50,7 @@ class NetACurvature:
         self.fn()
 
 
+@threaded
 class DeepNetDense:
     """Dense and per-layer block curvature of the 10-20-20-3 net (two hidden
     layers), cbackprop alone: the exact Hessian against the GGN of the same

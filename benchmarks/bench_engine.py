@@ -2,8 +2,9 @@
 
 Threads: every benchmark limits all BLAS/OpenMP pools (numpy's and scipy's
 OpenBLAS, sklearn's OpenMP) with threadpoolctl in ``setup`` to
-``CBACKPROP_BENCH_THREADS`` threads (default 1), the same for every
-implementation; compare implementations only at equal thread counts.
+``threads`` threads (an asv parameter, 1 and 2: ``_common.threaded``), the
+same for every implementation; compare implementations only at equal thread
+counts.
 
 The workloads and implementations live in ``benchmarks/_common.py``, shared with
 ``benchmarks/report.py`` (which prints the ratios side by side).
@@ -11,6 +12,7 @@ The workloads and implementations live in ``benchmarks/_common.py``, shared with
 import numpy as np
 
 from ._common import (
+    threaded,
     LOSS_GRAD_LARGE,
     LOSS_GRAD_SMALL,
     GemmPeakWorkload,
@@ -47,6 +49,7 @@ def _build_or_skip(workload, impl):
         return skip
 
 
+@threaded
 class LossGradLarge(_Threaded):
     """784-256-256-10 relu log_loss, batch 256: cbackprop vs numpy vs sklearn vs GEMMs."""
 
@@ -82,6 +85,7 @@ class LossGradLarge(_Threaded):
         self.fns["gemm"]()
 
 
+@threaded
 class LossGradSmall(_Threaded):
     """64-100-10 relu log_loss, batch 200, float64: per-call overhead."""
 
@@ -102,6 +106,7 @@ class LossGradSmall(_Threaded):
         self.fns["numpy"]()
 
 
+@threaded
 class GemmPeak(_Threaded):
     """2048 x 2048 ?gemm through scipy.linalg.blas: the rate to express others against."""
 

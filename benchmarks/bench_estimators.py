@@ -2,11 +2,11 @@
 
 Workloads a-d of workloads.md, each implementation side by side in the same
 run; ``python benchmarks/report.py estimators`` prints the ratios. Threads
-are limited with threadpoolctl to ``CBACKPROP_BENCH_THREADS`` (default 1).
+are limited with threadpoolctl to the ``threads`` parameter (1 and 2).
 """
 import numpy as np
 
-from ._common import limit_threads
+from ._common import limit_threads, threaded
 from ._estimator_workloads import (predict_workload, torch_epoch_b, workload_a, workload_b,
                                    workload_c, workload_d)
 
@@ -22,6 +22,7 @@ class _Bench:
         self._limits.restore_original_limits()
 
 
+@threaded
 class DigitsAdam(_Bench):
     """Workload a: 200 epochs of adam on load_digits; and their GEMMs alone."""
 
@@ -37,6 +38,7 @@ class DigitsAdam(_Bench):
         self.fns[library]()
 
 
+@threaded
 class LargeAdam(_Bench):
     """Workload b: 2 epochs of adam on 20000 x 784, (256, 256); and the GEMMs
     of one epoch alone (divide the fit time by 2 epochs to compare)."""
@@ -57,6 +59,7 @@ class LargeAdam(_Bench):
             self.fns[impl]()
 
 
+@threaded
 class TorchLoopB(_Bench):
     """Workload b's reference loop in PyTorch (CPU, same layers, Adam, batch
     256): one epoch, to set beside LargeAdam's per-epoch time. Skipped
@@ -78,6 +81,7 @@ class TorchLoopB(_Bench):
         self.fns["torch"]()
 
 
+@threaded
 class LbfgsEvaluation(_Bench):
     """Workload c: one loss-and-gradient evaluation on all 20000 rows; and its
     GEMMs alone."""
@@ -93,6 +97,7 @@ class LbfgsEvaluation(_Bench):
         self.fns[library]()
 
 
+@threaded
 class RegressionAdam(_Bench):
     """Workload d: MLPRegressor (64, 64), 50 epochs of adam."""
 
@@ -108,6 +113,7 @@ class RegressionAdam(_Bench):
         self.fns[library]()
 
 
+@threaded
 class PredictThroughput(_Bench):
     """predict_proba on 20000 rows, (256, 256)."""
 

@@ -34,10 +34,12 @@ import numpy as np
 try:  # python -m benchmarks.report
     from . import _common as C
     from . import _report_sections as RS
+    from . import _thread_report as TR
 except ImportError:  # python benchmarks/report.py: import the benchmarks package
     sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
     from benchmarks import _common as C
     from benchmarks import _report_sections as RS
+    from benchmarks import _thread_report as TR
 
 
 # --------------------------------------------------------------------------
@@ -229,6 +231,7 @@ SECTIONS = {
     "estimators": lambda opts: RS.section_estimators(opts, measure_interleaved),
     "curvature": lambda opts: RS.section_curvature(opts, measure_interleaved),
     "solvers": lambda opts: RS.section_solvers(opts),
+    "threads": TR.section_threads,
     "sparse": lambda opts: RS.section_sparse(opts),
 }
 
