@@ -144,14 +144,13 @@ def _backprop(net, theta, top, fprime):
     return deltas[::-1]
 
 
-def _input_factor(a, c):
-    """``sum_i c_i [a_i, 1][a_i, 1]^T`` ((n_in + 1) square, the 1 last)."""
-    n_in = a.shape[1]
-    F = np.empty((n_in + 1, n_in + 1))
-    F[:n_in, :n_in] = _gram(a, np.sqrt(c)[:, None])
-    F[n_in, :n_in] = F[:n_in, n_in] = c @ a
-    F[n_in, n_in] = c.sum()
-    return F
+def _input_factor(a, root, scale):
+    """``sum_i c_i [a_i, 1][a_i, 1]^T`` ((n_in + 1) square, the 1 last):
+    the Gram matrix of the augmented rows (see :func:`_gram`)."""
+    aug = np.empty((a.shape[0], a.shape[1] + 1))
+    aug[:, :-1] = a
+    aug[:, -1] = 1.0
+    return _gram(aug, root, scale)
 
 
 def kfac_factors(net, theta, X, y, sample_weight=None, *, curvature="exact",
@@ -191,16 +190,22 @@ def _batch_factors(net, theta, X, Y, sw, sw_sum, curvature, rng):
 
 def _factors_of(inputs, deltas, sw, sw_sum):
     """[(A_l, G_l)] from the layer inputs and the deltas, weights w_i / W."""
-    N = inputs[0].shape[0]
-    c = (np.ones(N) if sw is None else sw.astype(np.float64)) / sw_sum
-    root = np.sqrt(c)[:, None]
-    return [(_input_factor(a, c), _gram(d, root)) for a, d in zip(inputs, deltas)]
+    # Unit weights: c_i = 1 / W for all rows, applied once to the Gram matrix.
+    root = None if sw is None else np.sqrt(sw.astype(np.float64) / sw_sum)[:, None]
+    scale = 1.0 / sw_sum if sw is None else 1.0
+    return [(_input_factor(a, root, scale), _gram(d, root, scale))
+            for a, d in zip(inputs, deltas)]
 
 
-def _gram(d, root):
-    """``sum_i c_i d_i d_i^T`` from the rows d_i and sqrt(c_i), in float64."""
-    b = np.multiply(d, root, dtype=np.float64)
-    return b.T @ b
+def _gram(d, root, scale):
+    """``scale sum_i c_i d_i d_i^T`` from the rows d_i and ``root`` (N, 1)
+    the sqrt(c_i) (None: c_i = 1), in float64 (one symmetric rank-N update)."""
+    b = np.asarray(d, dtype=np.float64) if root is None else np.multiply(
+        d, root, dtype=np.float64)
+    F = b.T @ b
+    if scale != 1.0:
+        F *= scale
+    return F
 
 
 # ------------------------------------------------- damped inverse, model
