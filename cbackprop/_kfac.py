@@ -337,7 +337,7 @@ class _BatchState:
     def __init__(self, net, n_rows):
         self.net, self.plan = net, net._plan
         self.ws = _curvature.GgnVpWorkspace(net._plan, n_rows, self.K, net.dtype)
-        self.rows = (None, None, None, 1.0)
+        self.batch = None
 
     @staticmethod
     def fits(net, n_rows):
@@ -345,25 +345,26 @@ class _BatchState:
         (larger batches go through the chunked data loop)."""
         return (6 + 3 * _BatchState.K) * net._plan.width * n_rows <= CHUNK_ENTRIES
 
-    def load(self, theta, X, Y, sw, grad=None):
-        """Objective at theta on rows (X, Y, sw); its gradient into grad."""
-        W = float(X.shape[0]) if sw is None else float(sw.sum(dtype=np.float64))
-        self.rows = (X, Y, sw, W)
-        return _curvature.batch_state(self.plan, theta, X, Y, sw, W, self.net.alpha,
-                                      grad, self.ws)
+    def load(self, theta, batch, grad=None):
+        """Objective at theta of ``batch`` (the :class:`Problem` of its rows,
+        whose normalizer and regularizer are used); its gradient into grad."""
+        self.batch = b = batch
+        return _curvature.batch_state(self.plan, theta, b.X, b.Y, b.sw, b.weight_sum,
+                                      b.alpha, grad, self.ws)
 
     def quadratic(self, theta, V):
         """``V G V^T`` (k, k) float64 for V (k, P) in the network's dtype: the
         R-forward pass and the loss Hessian, no backward pass."""
-        X, Y, sw, W = self.rows
+        b = self.batch
         out = np.empty((V.shape[0], V.shape[0]))
-        _curvature.state_ggn_quadratic(self.plan, theta, X, Y, sw, W, self.net.alpha,
-                                       V, out, self.ws)
+        _curvature.state_ggn_quadratic(self.plan, theta, b.X, b.Y, b.sw, b.weight_sum,
+                                       b.alpha, V, out, self.ws)
         return out
 
     def mc_factors(self, theta, rng):
         """:func:`kfac_factors` with curvature 'mc' from the loaded state."""
-        net, (X, _, sw, W) = self.net, self.rows
+        net, b = self.net, self.batch
+        X, sw, W = b.X, b.sw, b.weight_sum
         N, L, lay = X.shape[0], net.n_layers, net.layout
         Z, A = self.ws.array("Z"), self.ws.array("A")
         z = lay.layer(Z, L - 1, N)[0]
@@ -635,13 +636,13 @@ class _Run:
         if self.state is None:
             return pb.loss_grad(theta, g), g
         self.state_at = pb if theta is self.theta else None
-        return self.state.load(theta, pb.X, pb.Y, pb.sw, g), g
+        return self.state.load(theta, pb, g), g
 
     def _state_for(self, pb):
         """The batch state at (theta, pb), reloaded (uncounted) after it moved
         to a rejected trial point; None without a state."""
         if self.state is not None and self.state_at is not pb:
-            self.state.load(self.theta, pb.X, pb.Y, pb.sw)
+            self.state.load(self.theta, pb)
             self.state_at = pb
         return self.state
 
@@ -665,7 +666,7 @@ class _Run:
             pb = self._next_problem()
             state = None
             if self.state is not None and self.curv.kind == "mc":
-                self.state.load(self.theta, pb.X, pb.Y, pb.sw)
+                self.state.load(self.theta, pb)
                 self.state_at, state = pb, self.state
             self.curv.update(self.theta, pb.X, pb.Y, pb.sw, state)
         self.batches.restart()

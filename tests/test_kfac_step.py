@@ -30,7 +30,7 @@ def prepared(cb, loss, arch, dtype=np.float64, n=9, weighted=True, alpha=0.3):
 def loaded(net, theta, p):
     state = kf._BatchState(net, p.n_rows)
     g = np.empty(net.n_params, net.dtype)
-    f = state.load(theta, p.X, p.Y, p.sw, g)
+    f = state.load(theta, p, g)
     return state, f, g
 
 
@@ -43,7 +43,24 @@ def test_batch_state_is_the_loss_and_gradient(cb, loss, arch, dtype):
     f_ref, g_ref = net.loss_grad(theta, p.X, p.Y, p.sw)
     assert_close(f, f_ref, dtype, "rounding")
     assert_close(g, g_ref, dtype, "rounding")
-    assert kf._BatchState(net, p.n_rows).load(theta, p.X, p.Y, p.sw) == f
+    assert kf._BatchState(net, p.n_rows).load(theta, p) == f
+
+
+@pytest.mark.parametrize("loss", ref.LOSSES)
+def test_batch_state_of_a_subsample_keeps_its_regularizer(cb, loss):
+    """A batch is any prepared problem: a subsample (its own normalizer, the
+    full data's regularizer coefficient) gives its own loss, gradient and
+    quadratic form."""
+    net, theta, p = prepared(cb, loss, "hidden1", n=12)
+    sub = p.subsample(np.array([0, 2, 3, 7, 11]))
+    state = kf._BatchState(net, sub.n_rows)
+    g, g_ref = np.empty(net.n_params), np.empty(net.n_params)
+    assert_close(state.load(theta, sub, g), sub.loss_grad(theta, g_ref), np.float64,
+                 "rounding")
+    assert_close(g, g_ref, np.float64, "rounding")
+    V = np.random.default_rng(seed(loss)).standard_normal((2, net.n_params))
+    GV = sub.product("ggn_vp", theta, V, np.empty_like(V))
+    assert_close(state.quadratic(theta, V), V @ GV.T, np.float64, "rounding")
 
 
 @pytest.mark.parametrize("weighted", [False, True], ids=["unit", "weighted"])
