@@ -32,7 +32,7 @@ from setuptools.command.build_ext import build_ext
 HERE = Path(__file__).parent
 PKG = HERE / "cbackprop"
 MODULES = ["_blas", "_threads", "_activations", "_losses", "_network", "_train", "_curvature",
-           "_lm", "_interrupt"]
+           "_lm", "_interrupt", "_lbfgs"]
 # What a build depends on besides the sources: when any of it changes, every
 # module is regenerated and recompiled.
 STAMP = HERE / "build" / "cbackprop-build-stamp.json"

@@ -26,8 +26,9 @@ from cbackprop._threads cimport (Team, blas_open, team_close, HVP, GGN_VP,
                                  EFISHER_VP, STATE, FACTORS, HESSIAN,
                                  DIAG_HESSIAN, DENSE_GGN)
 from cbackprop._network cimport (work_flops, NetPlan, NetSpec, Batch, Region, Workspace,
-                                 make_batch, sub_batch, put, forward, backward,
-                                 loss_value, layer_input, forward_linear,
+                                 FirstLayout, make_batch, sub_batch, put, forward,
+                                 backward, loss_value, loss_grad_kernel,
+                                 layer_input, forward_linear,
                                  backward_linear, backward_step, layer_grad,
                                  input_forward, input_grad, set_input,
                                  csr_index, GRAD, NO_REDUCE)
@@ -1395,3 +1396,127 @@ def dense_ggn(NetPlan plan, const floating[::1] theta, X,
                              <floating*>ws.base, &ws.lay)
         finally:
             team_close(&team)
+
+
+# ------------------------------------------------ one batch, one forward pass
+# K-FAC's step needs, on one batch at one theta, the objective and gradient,
+# the layer inputs and f' (its Kronecker factors), a backward pass of sampled
+# output deltas and the GGN's quadratic form on a few directions: these entry
+# points share the forward cache of a GgnVpWorkspace instead of redoing the
+# forward pass per quantity.
+# batch_state fills it; the other two read it and are valid only for the
+# theta and rows batch_state was last called with on that workspace.
+cdef inline void _ggn_quadratic_from_state(const NetSpec* s, const Batch* b,
+                                           const floating* theta,
+                                           const floating* V, Py_ssize_t k,
+                                           double* out, floating* w,
+                                           const GgnVpLayout* lay) noexcept nogil:
+    """out (k, k) = V G V^T = (J V)^T H_loss (J V) + coef V_W . V_W, with the
+    forward cache of the batch at theta in w: the R-forward pass and the
+    loss Hessian only (no backward pass), accumulated in double."""
+    cdef int l, L = s.n_layers
+    cdef Py_ssize_t N = b.N, nL = s.sizes[L], hid = N * s.h_off[L - 1]
+    cdef Py_ssize_t n = N * nL, P = s.n_params, r, q, j
+    cdef floating* RZ = w + lay.RZ.off
+    cdef const floating* JV = RZ + k * hid
+    cdef const floating* HJV = w + lay.RD.off
+    cdef const floating* vr
+    cdef const floating* vq
+    cdef double acc, reg, coef = b.alpha / b.sw_sum
+    r_forward(s, theta, b, N, w + lay.A.off, w + lay.F1.off,
+              V, k, RZ, w + lay.RA.off)
+    hess_prod_rows(s.loss, w + lay.Z.off + hid, <const floating*>b.Y,
+                   <const floating*>b.sw, N, nL, 1.0 / b.sw_sum, JV,
+                   w + lay.RD.off, k)
+    for r in range(k):
+        for q in range(r, k):
+            acc = 0.0
+            for j in range(n):
+                acc += <double>JV[r * n + j] * HJV[q * n + j]
+            reg = 0.0
+            if coef != 0.0:
+                vr = V + r * P
+                vq = V + q * P
+                for l in range(L):
+                    for j in range(s.w_off[l], s.w_off[l] + s.sizes[l] * s.sizes[l + 1]):
+                        reg += <double>vr[j] * vq[j]
+            out[r * k + q] = out[q * k + r] = acc + coef * reg
+
+
+def batch_state(NetPlan plan, const floating[::1] theta, const floating[:, ::1] X,
+                const floating[:, ::1] Y, const floating[::1] sw, double sw_sum,
+                double alpha, floating[::1] grad, GgnVpWorkspace ws):
+    """Objective (and its gradient into grad unless None), as
+    ``_network.loss_grad``, leaving Z, A, F1, F2 of the rows in ws."""
+    cdef const NetSpec* s = &plan.spec
+    cdef Py_ssize_t N = X.shape[0], hid = N * s.h_off[s.n_layers - 1]
+    ws.check(N, 1, sizeof(floating))
+    cdef floating* w = <floating*>ws.base
+    cdef floating* g = NULL if grad is None else &grad[0]
+    cdef Batch b = make_batch(&X[0, 0], &Y[0, 0], _opt(sw), N, sw_sum, alpha)
+    # The first-order kernel's regions inside this workspace: Z, A as they
+    # are, the output deltas in RD and the backward buffers in work.
+    cdef FirstLayout fl
+    fl.Z = ws.lay.Z
+    fl.A = ws.lay.A
+    fl.D = ws.lay.RD
+    fl.work = ws.lay.work
+    cdef double out
+    cdef Team team
+    with nogil:
+        blas_open(&team, STATE, work_flops(s, N, 2))
+        out = loss_grad_kernel(s, &b, &theta[0], w, &fl, g)
+        if hid > 0:
+            act_derivs(s.act, w + ws.lay.Z.off, w + ws.lay.A.off,
+                       w + ws.lay.F1.off, w + ws.lay.F2.off, hid)
+        team_close(&team)
+    return out
+
+
+def state_backprop(NetPlan plan, const floating[::1] theta,
+                   const floating[:, ::1] X, const floating[:, ::1] D,
+                   GgnVpWorkspace ws):
+    """Backpropagate output deltas D (N, n_L) through batch_state's cache.
+
+    Returns a view of N * width entries (in ws's RZ region): the hidden
+    layers' (N, n_l) deltas at N * h_off[l]; the output block is not
+    written (D is the output layer's).
+    """
+    cdef const NetSpec* s = &plan.spec
+    cdef Py_ssize_t N = X.shape[0]
+    ws.check(N, 1, sizeof(floating))
+    if D.shape[0] != N or D.shape[1] != s.sizes[s.n_layers]:
+        raise ValueError(f"D must have shape ({N}, {s.sizes[s.n_layers]}), got "
+                         f"({D.shape[0]}, {D.shape[1]})")
+    cdef floating* w = <floating*>ws.base
+    cdef Batch b = make_batch(&X[0, 0], <const floating*>NULL, <const floating*>NULL,
+                              N, 1.0, 0.0)
+    cdef Team team
+    with nogil:
+        blas_open(&team, FACTORS, work_flops(s, N, D.shape[1]))
+        backward(s, &theta[0], &b, N, w + ws.lay.Z.off, w + ws.lay.A.off,
+                 &D[0, 0], 1, w + ws.lay.RZ.off, NO_REDUCE, <floating*>NULL)
+        team_close(&team)
+    return ws.array("RZ")[:N * s.width]
+
+
+def state_ggn_quadratic(NetPlan plan, const floating[::1] theta,
+                        const floating[:, ::1] X, const floating[:, ::1] Y,
+                        const floating[::1] sw, double sw_sum, double alpha,
+                        const floating[:, ::1] V, double[:, ::1] out,
+                        GgnVpWorkspace ws):
+    """out (k, k) = V G V^T for V (k, P), from batch_state's cache: the
+    quadratic form of the GGN on span(V) without the products G V."""
+    cdef Py_ssize_t k = V.shape[0]
+    ws.check(X.shape[0], k, sizeof(floating))
+    if out.shape[0] != k or out.shape[1] != k:
+        raise ValueError(f"out must have shape ({k}, {k}), got "
+                         f"({out.shape[0]}, {out.shape[1]})")
+    cdef Batch b = make_batch(&X[0, 0], &Y[0, 0], _opt(sw), X.shape[0], sw_sum,
+                              alpha)
+    cdef Team team
+    with nogil:
+        blas_open(&team, GGN_VP, work_flops(&plan.spec, X.shape[0], k))
+        _ggn_quadratic_from_state(&plan.spec, &b, &theta[0], &V[0, 0], k,
+                                  &out[0, 0], <floating*>ws.base, &ws.lay)
+        team_close(&team)

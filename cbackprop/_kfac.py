@@ -35,7 +35,8 @@ paper leaves a choice):
 4. The proposal ``Delta = -F^{-1} g`` and the previous update ``delta0``
    combined as ``alpha Delta + mu delta0`` with the coefficients minimizing
    the exact quadratic model ``g.d + d^T (G + damping I) d / 2`` (a 2 x 2
-   system on GGN-vector products; section 7), or with a fixed learning rate
+   system whose matrix ``V^T G V = (J V)^T H (J V)`` needs the R-forward
+   pass and the loss Hessian only, no backward pass; section 7), or with a fixed learning rate
    and momentum, the proposal scaled by ``min(1, sqrt(kl_clip /
    (lr^2 |g.Delta|)))`` (KL clipping: Ba, Grosse and Martens 2017; the
    ``norm_constraint`` of kfac-jax and tensorflow/kfac).
@@ -50,8 +51,19 @@ A step whose update or loss is not finite is rejected: the parameters stay,
 the momentum is dropped and the damping grows tenfold (as LM's ``mu_inc``);
 status -3 once it exceeds ``max_damping``.
 
-The network's internals are used in one place only,
-:func:`_forward_state`, for the 'mc' and 'empirical' factors.
+What a step computes on a batch that fits one kernel call
+(:class:`_BatchState`): one forward and backward pass for the loss and
+gradient, whose forward cache (Z, A, f') the step keeps; from it, without
+another forward pass, the 'mc' factors (one backward pass of the sampled
+output deltas) and the 2 x 2 system (one R-forward pass of the two
+directions). The damped inverse applies two GEMMs per side and layer on
+preallocated buffers, its damped eigenvalue products kept until the damping
+or the decomposition changes. Batches larger than one kernel call take the
+prepared problem's chunked data loop instead; the results agree to rounding.
+
+The network's internals are used in :func:`_forward_state` (the 'empirical'
+factors and :func:`kfac_factors`) and :class:`_BatchState` (the kernels'
+shared forward cache).
 """
 import math
 
@@ -60,8 +72,8 @@ from scipy.optimize import OptimizeResult
 from scipy.special import expit
 from sklearn.utils import check_random_state
 
-from cbackprop import _assembly
-from cbackprop._problem import Problem, first_order_state, sum_over_parts
+from cbackprop import _assembly, _curvature
+from cbackprop._problem import CHUNK_ENTRIES, Problem, first_order_state, sum_over_parts
 from cbackprop._sparse import CSRRows
 from cbackprop._validation import check_theta
 from cbackprop.optimize import (TERMINATION_MESSAGES, _call, _check_callback, _check_int,
@@ -133,21 +145,23 @@ def _backprop(net, theta, top, fprime):
     return deltas[::-1]
 
 
-def _input_factor(a, c):
-    """``sum_i c_i [a_i, 1][a_i, 1]^T`` ((n_in + 1) square, the 1 last); a
-    dense or CSR rows (the sparse Gram X^T diag(c) X, densified at the end)."""
-    n_in = a.shape[1]
-    F = np.empty((n_in + 1, n_in + 1))
+def _input_factor(a, root, scale):
+    """``sum_i c_i [a_i, 1][a_i, 1]^T`` ((n_in + 1) square, the 1 last):
+    the Gram matrix of the augmented rows (see :func:`_gram`); a dense or
+    CSR rows (the sparse Gram X^T diag(c) X, densified at the end)."""
     if isinstance(a, CSRRows):
+        n_in = a.shape[1]
+        c = np.ones(a.shape[0]) if root is None else np.square(root[:, 0], dtype=np.float64)
         Xs = a.tocsr().astype(np.float64)
+        F = np.empty((n_in + 1, n_in + 1))
         F[:n_in, :n_in] = (Xs.T @ Xs.multiply(c[:, None]).tocsr()).toarray()
         F[n_in, :n_in] = F[:n_in, n_in] = Xs.T @ c
         F[n_in, n_in] = c.sum()
-        return F
-    F[:n_in, :n_in] = _gram(a, np.sqrt(c)[:, None])
-    F[n_in, :n_in] = F[:n_in, n_in] = c @ a
-    F[n_in, n_in] = c.sum()
-    return F
+        return F * scale if scale != 1.0 else F
+    aug = np.empty((a.shape[0], a.shape[1] + 1))
+    aug[:, :-1] = a
+    aug[:, -1] = 1.0
+    return _gram(aug, root, scale)
 
 
 def kfac_factors(net, theta, X, y, sample_weight=None, *, curvature="exact",
@@ -179,19 +193,31 @@ def _batch_factors(problem, theta, curvature, rng):
     if curvature == "exact":
         return [(A.astype(np.float64), G.astype(np.float64))
                 for A, G in _assembly.kfac(problem, theta)]
-    c = (np.ones(X.shape[0]) if sw is None else sw.astype(np.float64)) / problem.weight_sum
     inputs, deltas, fprime, z = _forward_state(net, theta, X, problem.Y)
     if curvature == "mc":
         top = _sample_output_deltas(net.loss_name, z, rng)
         deltas = _backprop(net, theta.astype(np.float64), top, fprime)
-    root = np.sqrt(c)[:, None]
-    return [(_input_factor(a, c), _gram(d, root)) for a, d in zip(inputs, deltas)]
+    return _factors_of(inputs, deltas, sw, problem.weight_sum)
 
 
-def _gram(d, root):
-    """``sum_i c_i d_i d_i^T`` from the rows d_i and sqrt(c_i), in float64."""
-    b = np.multiply(d, root, dtype=np.float64)
-    return b.T @ b
+def _factors_of(inputs, deltas, sw, sw_sum):
+    """[(A_l, G_l)] from the layer inputs and the deltas, weights w_i / W."""
+    # Unit weights: c_i = 1 / W for all rows, applied once to the Gram matrix.
+    root = None if sw is None else np.sqrt(sw.astype(np.float64) / sw_sum)[:, None]
+    scale = 1.0 / sw_sum if sw is None else 1.0
+    return [(_input_factor(a, root, scale), _gram(d, root, scale))
+            for a, d in zip(inputs, deltas)]
+
+
+def _gram(d, root, scale):
+    """``scale sum_i c_i d_i d_i^T`` from the rows d_i and ``root`` (N, 1)
+    the sqrt(c_i) (None: c_i = 1), in float64 (one symmetric rank-N update)."""
+    b = np.asarray(d, dtype=np.float64) if root is None else np.multiply(
+        d, root, dtype=np.float64)
+    F = b.T @ b
+    if scale != 1.0:
+        F *= scale
+    return F
 
 
 # ------------------------------------------------- damped inverse, model
@@ -206,13 +232,26 @@ class _Eigen:
         np.maximum(self.sG, 0.0, out=self.sG)
         tA, tG = self.sA.mean(), self.sG.mean()
         self.pi = math.sqrt(tA / tG) if tA > 0 and tG > 0 else 1.0
+        # Steps reuse one decomposition, and the damping changes only every
+        # few of them: the damped eigenvalue products are kept per gamma.
+        self._gamma, self._den = None, None
+        n, m = len(self.sA), len(self.sG)
+        self._T, self._U = np.empty((n, m)), np.empty((n, m))
 
-    def solve(self, M, gamma):
-        """``(A + pi r I)^{-1} M (G + r / pi I)^{-1}``, ``r = sqrt(gamma)``."""
-        r = math.sqrt(gamma)
-        T = self.UA.T @ M @ self.UG
-        T /= np.outer(self.sA + self.pi * r, self.sG + r / self.pi)
-        return self.UA @ T @ self.UG.T
+    def solve(self, M, gamma, out=None):
+        """``(A + pi r I)^{-1} M (G + r / pi I)^{-1}``, ``r = sqrt(gamma)``.
+
+        M and out (n_in + 1, n_out) float64; out may be M."""
+        if gamma != self._gamma:
+            r = math.sqrt(gamma)
+            self._den = np.outer(self.sA + self.pi * r, self.sG + r / self.pi)
+            self._gamma = gamma
+        T, U = self._T, self._U
+        np.matmul(self.UA.T, M, out=U)
+        np.matmul(U, self.UG, out=T)
+        T /= self._den
+        np.matmul(self.UA, T, out=U)
+        return np.matmul(U, self.UG.T, out=np.empty_like(M) if out is None else out)
 
 
 def damped_inverse_apply(net, factors, v, damping):
@@ -234,12 +273,16 @@ def damped_inverse_apply(net, factors, v, damping):
     return _precondition(net, [_Eigen(A, G) for A, G in factors], v, damping)
 
 
-def _precondition(net, eigens, v, gamma):
-    out = np.empty(net.n_params)
+def _precondition(net, eigens, v, gamma, out=None):
+    """The damped inverse of every layer applied to v (P,), float64; into
+    out (P,) float64 when given (out may be v)."""
+    v = np.asarray(v, dtype=np.float64)
+    out = np.empty(net.n_params) if out is None else out
     start = 0
     for (n_in, n_out), eig in zip(zip(net.layer_sizes[:-1], net.layer_sizes[1:]), eigens):
         stop = start + (n_in + 1) * n_out
-        out[start:stop] = eig.solve(v[start:stop].reshape(n_in + 1, n_out), gamma).ravel()
+        shape = (n_in + 1, n_out)
+        eig.solve(v[start:stop].reshape(shape), gamma, out=out[start:stop].reshape(shape))
         start = stop
     return out
 
@@ -285,6 +328,64 @@ def _next_damping(damping, rho, decay, lo, hi):
     elif rho < 0.25:
         damping /= decay
     return min(max(damping, lo), hi)
+
+
+# ------------------------------------------------------ one batch's state
+class _BatchState:
+    """One batch at one theta: the objective, its gradient, the 'mc' factors
+    and the GGN quadratic form of the step's 2 x 2 system from ONE forward
+    pass.
+
+    ``load`` runs the forward and backward pass of the gradient and keeps the
+    forward cache (Z, A, f') in a workspace owned by the run; ``mc_factors``
+    and ``quadratic`` read it, so they are valid for the theta and rows of the
+    last ``load`` only. Arrays arrive validated (the solver's prepared
+    problem): nothing is checked per call.
+    """
+
+    # Products of at most two vectors (Delta and the previous update).
+    K = 2
+
+    def __init__(self, net, n_rows):
+        self.net, self.plan = net, net._plan
+        self.ws = _curvature.GgnVpWorkspace(net._plan, n_rows, self.K, net.dtype)
+        self.batch = None
+
+    @staticmethod
+    def fits(net, n_rows):
+        """Whether one batch's state fits the kernels' memory budget
+        (larger batches go through the chunked data loop)."""
+        return (6 + 3 * _BatchState.K) * net._plan.width * n_rows <= CHUNK_ENTRIES
+
+    def load(self, theta, batch, grad=None):
+        """Objective at theta of ``batch`` (the :class:`Problem` of its rows,
+        whose normalizer and regularizer are used); its gradient into grad."""
+        self.batch = b = batch
+        return _curvature.batch_state(self.plan, theta, b.X, b.Y, b.sw, b.weight_sum,
+                                      b.alpha, grad, self.ws)
+
+    def quadratic(self, theta, V):
+        """``V G V^T`` (k, k) float64 for V (k, P) in the network's dtype: the
+        R-forward pass and the loss Hessian, no backward pass."""
+        b = self.batch
+        out = np.empty((V.shape[0], V.shape[0]))
+        _curvature.state_ggn_quadratic(self.plan, theta, b.X, b.Y, b.sw, b.weight_sum,
+                                       b.alpha, V, out, self.ws)
+        return out
+
+    def mc_factors(self, theta, rng):
+        """:func:`kfac_factors` with curvature 'mc' from the loaded state."""
+        net, b = self.net, self.batch
+        X, sw, W = b.X, b.sw, b.weight_sum
+        N, L, lay = X.shape[0], net.n_layers, net.layout
+        Z, A = self.ws.array("Z"), self.ws.array("A")
+        z = lay.layer(Z, L - 1, N)[0]
+        top = np.ascontiguousarray(_sample_output_deltas(net.loss_name, z, rng),
+                                   dtype=net.dtype)
+        store = _curvature.state_backprop(self.plan, theta, X, top, self.ws)
+        inputs = [X] + [lay.layer(A, l, N)[0] for l in range(L - 1)]
+        deltas = [lay.layer(store, l, N)[0] for l in range(L - 1)] + [top]
+        return _factors_of(inputs, deltas, sw, W)
 
 
 # ---------------------------------------------------------------- batches
@@ -396,28 +497,37 @@ class _Curvature:
         self.every, self.rng = inverse_every, rng
         self.factors, self.count, self.eigens = None, 0, None
 
-    def update(self, theta, batch):
-        # A sum over the rows: on a cluster, each worker's parts (normalized
-        # by the global W) summed; in memory, one call.
-        new = sum_over_parts(batch, _batch_factors, theta, self.kind, self.rng)
+    def update(self, theta, batch, state=None):
+        """Average in the factors of a batch (its :class:`Problem`, or a
+        cluster problem); ``state``, when given, is the batch's
+        :class:`_BatchState` at theta (the 'mc' factors share its forward
+        pass)."""
+        if state is not None and self.kind == "mc":
+            new = state.mc_factors(theta, self.rng)
+        else:
+            # A sum over the rows: on a cluster, each worker's parts
+            # (normalized by the global W) summed; in memory, one call.
+            new = sum_over_parts(batch, _batch_factors, theta, self.kind, self.rng)
         self.count += 1
         w = min(1.0 - 1.0 / self.count, self.decay)
         if self.factors is None:
             self.factors = new
             return
-        for (A, G), (An, Gn) in zip(self.factors, new):
-            A *= w
-            A += (1.0 - w) * An
-            G *= w
-            G += (1.0 - w) * Gn
+        for F, Fn in zip(self.factors, new):
+            for M, Mn in zip(F, Fn):       # M = w M + (1 - w) Mn, in place
+                M *= w
+                Mn *= 1.0 - w
+                M += Mn
 
     def refresh(self, step):
         """Eigendecompose at the first ``every`` steps, then every ``every``."""
         if self.eigens is None or step < self.every or step % self.every == 0:
             self.eigens = [_Eigen(A, G) for A, G in self.factors]
 
-    def direction(self, g, gamma):
-        return -_precondition(self.net, self.eigens, g.astype(np.float64), gamma)
+    def direction(self, g, gamma, out):
+        """out (P,) float64 = -(damped K-FAC inverse) g."""
+        _precondition(self.net, self.eigens, g, gamma, out=out)
+        return np.negative(out, out=out)
 
 
 def kfac(net, theta0, X, y, sample_weight=None, *, max_iter=100, batch_size=None,
@@ -429,9 +539,10 @@ def kfac(net, theta0, X, y, sample_weight=None, *, max_iter=100, batch_size=None
 
     See the module docstring for the algorithm. Each step costs a loss and
     gradient on the batch, one factor estimate (C backward passes for
-    'exact', one for 'mc' and 'empirical'), a GGN-vector product with two
-    vectors (adaptive coefficients) and, every ``inverse_every`` steps, one
-    symmetric eigendecomposition per factor.
+    'exact', one for 'mc' sharing the gradient's forward pass, a forward
+    and backward pass for 'empirical'), an R-forward pass of two vectors
+    (the adaptive coefficients' 2 x 2 system) and, every ``inverse_every``
+    steps, one symmetric eigendecomposition per factor.
 
     Parameters
     ----------
@@ -522,35 +633,88 @@ def kfac(net, theta0, X, y, sample_weight=None, *, max_iter=100, batch_size=None
 
 
 class _Run:
-    """The state of one kfac() call; ``loop`` returns the status."""
+    """The state of one kfac() call; ``loop`` returns the status.
+
+    A batch travels as the :class:`Problem` of its rows (validated once, by
+    kfac); with ``state`` (a :class:`_BatchState`, when a batch fits one
+    kernel call) its gradient, 'mc' factors and GGN products share one
+    forward pass, else each goes through the problem's chunked data loop.
+    Cluster data (the full batch of a :class:`DaskProblem`) have no state:
+    their factors, gradients and GGN products are sums of per-worker results.
+    """
 
     def __init__(self, net, theta, batches, o, rng):
         self.net, self.theta, self.batches, self.o = net, theta, batches, o
         self.curv = _Curvature(net, o["curvature"], o["ema_decay"], o["inverse_every"], rng)
         self.damping = o["damping"]
         self.prev = np.zeros(net.n_params)          # the previous update, float64
+        self.proposal = np.empty(net.n_params)      # -F^{-1} g, float64
         self.nit = self.nfev = self.njev = self.nhev = self.rejected = 0
         self.full = batches.full
         burnin = o["burnin"]
         if burnin is None:
             burnin = 0 if self.full and o["curvature"] != "mc" else 10
         self.burnin = burnin
+        # Cluster data stay on the workers: their batch (the full one) goes
+        # through the problem's per-worker sums, as a too large batch does;
+        # CSR rows take the problem's kernels too (the state's are dense).
+        in_memory = (isinstance(batches.problem, Problem)
+                     and not isinstance(batches.problem.X, CSRRows))
+        self.state = _BatchState(net, batches.size) if in_memory and _BatchState.fits(
+            net, batches.size) else None
+        self.state_at = None        # the batch whose state at self.theta is loaded
 
-    def _batch(self):
-        """The next batch, its loss and gradient at theta."""
-        batch = self.batches.next()
+    def _next_problem(self):
+        """The next batch's problem (prepared by :class:`_Batches`)."""
+        return self.batches.next()
+
+    def _loss_grad(self, theta, pb):
+        """(f, g) of batch pb at theta (self.theta or a trial point)."""
         g = np.empty(self.net.n_params, self.net.dtype)
-        f = batch.loss_grad(self.theta, g)
         self.nfev += 1
         self.njev += 1
-        return batch, f, g
+        if self.state is None:
+            return pb.loss_grad(theta, g), g
+        self.state_at = pb if theta is self.theta else None
+        return self.state.load(theta, pb, g), g
+
+    def _state_for(self, pb):
+        """The batch state at (theta, pb), reloaded (uncounted) after it moved
+        to a rejected trial point; None without a state."""
+        if self.state is not None and self.state_at is not pb:
+            self.state.load(self.theta, pb)
+            self.state_at = pb
+        return self.state
+
+    def _batch(self):
+        pb = self._next_problem()
+        return (pb,) + self._loss_grad(self.theta, pb)
+
+    def _quadratic(self, pb, V):
+        """``V G V^T`` (k, k) float64 for V (k, P) float64, G the GGN of batch
+        pb at theta (k GGN-vector products' worth)."""
+        Vk = V.astype(self.net.dtype)
+        self.nhev += V.shape[0]
+        state = self._state_for(pb)
+        if state is not None:
+            return state.quadratic(self.theta, Vk)
+        GV = pb.product("ggn_vp", self.theta, Vk, np.empty_like(Vk))
+        return V @ GV.astype(np.float64).T
+
+    def _burnin(self):
+        for _ in range(self.burnin):
+            pb = self._next_problem()
+            state = None
+            if self.state is not None and self.curv.kind == "mc":
+                self.state.load(self.theta, pb)
+                self.state_at, state = pb, self.state
+            self.curv.update(self.theta, pb, state)
+        self.batches.restart()
 
     def loop(self):
         o = self.o
-        for _ in range(self.burnin):
-            self.curv.update(self.theta, self.batches.next())
-        self.batches.restart()
-        batch, f, g = self._batch()
+        self._burnin()
+        pb, f, g = self._batch()
         if not math.isfinite(f):
             raise ValueError(f"the loss at theta0 is not finite ({f})")
         while True:
@@ -558,7 +722,7 @@ class _Run:
                 return 1
             if self.nit >= o["max_iter"]:
                 return 0
-            f_new, g_new, accepted, info = self._step(batch, f, g)
+            f_new, g_new, accepted, info = self._step(pb, f, g)
             self.nit += 1
             if self.full:
                 f_old = f
@@ -575,52 +739,51 @@ class _Run:
             if self.full and accepted and f_old >= f and _stalled(f_old, f, o["ftol"]):
                 return 2
             if not self.full:
-                batch, f, g = self._next_minibatch()
+                pb, f, g = self._next_minibatch()
 
     def _next_minibatch(self):
         """The next batch's loss; a non-finite one undoes the last step."""
-        batch, f, g = self._batch()
+        pb, f, g = self._batch()
         if not math.isfinite(f) and np.any(self.prev):
             self.theta -= self.prev.astype(self.theta.dtype)
             self._reject()
-            f = batch.loss_grad(self.theta, g)
-            self.nfev += 1
-            self.njev += 1
-        return batch, f, g
+            f, g = self._loss_grad(self.theta, pb)
+        return pb, f, g
 
     def _reject(self):
         self.prev[:] = 0.0
         self.rejected += 1
         self.damping *= REJECT_FACTOR
 
-    def _step(self, batch, f, g):
+    def _step(self, pb, f, g):
         """One K-FAC step on the batch: (f_new, g_new, accepted, info)."""
         o = self.o
-        self.curv.update(self.theta, batch)
+        state = self._state_for(pb)
+        self.curv.update(self.theta, pb, state)
         self.curv.refresh(self.nit)
-        delta, lr, mom, change = self._update(batch, g)
-        info = {"learning_rate": lr, "momentum": mom, "rows": batch.n_rows}
+        delta, lr, mom, change = self._update(pb, g)
+        info = {"learning_rate": lr, "momentum": mom, "rows": pb.n_rows}
         if not np.isfinite(delta).all():
             self._reject()
             return None, None, False, info
         adapt = (self.nit + 1) % o["damping_every"] == 0
         trial = self.theta + delta.astype(self.theta.dtype)
         f_new = g_new = None
+        if adapt and change is None:
+            # G at theta, before a full-batch trial moves the state.
+            change = self._model_change(pb, g, delta)
         if self.full:
-            g_new = np.empty_like(g)
-            f_new = batch.loss_grad(trial, g_new)
-            self.nfev += 1
-            self.njev += 1
+            f_new, g_new = self._loss_grad(trial, pb)
         elif adapt:
-            f_new = batch.loss(trial)
+            f_new = pb.loss(trial)
             self.nfev += 1
         if f_new is not None and not math.isfinite(f_new):
             self._reject()
             return None, None, False, info
-        if adapt and change is None:
-            change = self._model_change(batch, g, delta)
         self.theta[:] = trial
         self.prev[:] = delta
+        if self.full:
+            self.state_at = pb      # the trial's state is the new theta's
         if adapt:
             rho = (f_new - f) / change if change < 0 else -math.inf
             self.damping = _next_damping(self.damping, rho,
@@ -628,13 +791,12 @@ class _Run:
                                          o["min_damping"], o["max_damping"])
         return f_new, g_new, True, info
 
-    def _update(self, batch, g):
+    def _update(self, pb, g):
         """(delta, learning rate, momentum, undamped model change or None)."""
         o = self.o
-        # The factored damping: lambda plus the batch's regularizer alpha / W_b.
-        D = self.curv.direction(g, self.damping + batch.reg_coef)
+        D = self.curv.direction(g, self.damping + pb.reg_coef, self.proposal)
         if o["learning_rate"] is None:
-            return self._adaptive(batch, g, D)
+            return self._adaptive(pb, g, D)
         lr = o["learning_rate"]
         if o["kl_clip"] is not None:
             q = abs(float(g.astype(np.float64) @ D))
@@ -642,29 +804,20 @@ class _Run:
                 lr *= min(1.0, math.sqrt(o["kl_clip"] / (lr * lr * q)))
         return lr * D + o["momentum"] * self.prev, lr, o["momentum"], None
 
-    def _ggn(self, batch, V):
-        """The batch's GGN (regularizer included) times V (P, k): (P, k)
-        C-contiguous float64, one product with k vectors."""
-        Vk = np.ascontiguousarray(V.T, dtype=self.net.dtype)
-        self.nhev += Vk.shape[0]
-        out = batch.product("ggn_vp", self.theta, Vk, np.empty_like(Vk))
-        return np.ascontiguousarray(out.T, dtype=np.float64)
-
-    def _adaptive(self, batch, g, D):
+    def _adaptive(self, pb, g, D):
         """Learning rate and momentum from the exact quadratic model."""
         if not np.isfinite(D).all():
-            return D, math.nan, math.nan, None
-        V = np.stack([D, self.prev], axis=1) if np.any(self.prev) else D[:, None]
-        GV = self._ggn(batch, V)
-        coef, change = quadratic_coefficients(V.T @ GV, V.T @ V,
-                                              V.T @ g.astype(np.float64), self.damping)
+            return D.copy(), math.nan, math.nan, None
+        V = np.stack([D, self.prev]) if np.any(self.prev) else D[None, :]
+        coef, change = quadratic_coefficients(self._quadratic(pb, V), V @ V.T,
+                                              V @ g.astype(np.float64), self.damping)
         mom = float(coef[1]) if len(coef) > 1 else 0.0
-        return V @ coef, float(coef[0]), mom, change
+        return coef @ V, float(coef[0]), mom, change
 
-    def _model_change(self, batch, g, delta):
+    def _model_change(self, pb, g, delta):
         """``g.d + d^T G d / 2`` for a fixed-rate step (one GGN product)."""
-        Gd = self._ggn(batch, delta[:, None])[:, 0]
-        return float(g.astype(np.float64) @ delta + 0.5 * delta @ Gd)
+        dGd = self._quadratic(pb, delta[None, :])[0, 0]
+        return float(g.astype(np.float64) @ delta + 0.5 * dGd)
 
 
 # ------------------------------------------------------------ estimators

@@ -29,6 +29,7 @@ scikit-learn's own Glorot draws), on one BLAS thread (threadpoolctl).
 
 Solvers: cbackprop's adam (``MLPClassifier`` / ``MLPRegressor``), lbfgs (scipy's
 L-BFGS-B on ``Network.loss_grad``, the estimator's optimizer and options),
+lbfgs-c (the compiled ``cbackprop.optimize.lbfgs``, recorded per iteration),
 lm, hessian-free, newton and kfac (:mod:`cbackprop.optimize` and
 :mod:`cbackprop._kfac` on the Network), and scikit-learn's adam and lbfgs. A
 run records (wall time, training loss) after every iteration: an epoch for
@@ -51,8 +52,8 @@ from scipy.optimize import minimize
 from cbackprop import _kfac, optimize
 from cbackprop.network import Network
 
-SOLVERS = ("cb-adam", "cb-lbfgs", "cb-lm", "cb-hessian-free", "cb-newton", "cb-kfac",
-           "sk-adam", "sk-lbfgs")
+SOLVERS = ("cb-adam", "cb-lbfgs", "cb-lbfgs-c", "cb-lm", "cb-hessian-free", "cb-newton",
+           "cb-kfac", "sk-adam", "sk-lbfgs")
 LM_MAX_PARAMS = 3000     # LM's P x P matrix and cubic solve: skipped above
 FIG_WIDTH, FIG_ROW_HEIGHT, FIG_DPI, FIG_COLS = 12.0, 3.6, 100, 3
 
@@ -291,6 +292,9 @@ def run(solver, problem, seed, budget=None, clock="wall"):
         go = lambda: est.fit(X, targets)
     elif solver == "cb-lbfgs":
         go = lambda: _run_lbfgs_cb(net, theta0, X, Y, trace)
+    elif solver == "cb-lbfgs-c":
+        go = lambda: optimize.lbfgs(net, theta0, X, Y, gtol=0.0, ftol=0.0, max_iter=10 ** 6,
+                                    callback=lambda r: trace.record(r.fun))
     else:
         go = lambda: _run_second_order(solver, problem, net, theta0, X, Y, trace, seed)
     with warnings.catch_warnings():

@@ -1,6 +1,6 @@
 """Second-order training of a :class:`cbackprop.Network`.
 
-Three full-batch optimizers over the flat parameter vector, each a pure
+Full-batch optimizers over the flat parameter vector, each a pure
 function of ``theta0`` (never modified) returning a
 :class:`scipy.optimize.OptimizeResult`:
 
@@ -14,6 +14,8 @@ function of ``theta0`` (never modified) returning a
   (matrix-free), damping adapted by the reduction ratio.
 * :func:`newton`: trust-region Newton with exact Hessian-vector products
   through :func:`scipy.optimize.minimize` ('trust-krylov' or 'trust-ncg').
+* :func:`lbfgs`: L-BFGS with a strong-Wolfe line search, the whole loop
+  compiled around the first-order kernel (in-memory data).
 
 Conventions (scipy.optimize's): ``callback(intermediate_result)`` is called
 after every iteration with an OptimizeResult holding at least ``x`` and
@@ -44,7 +46,7 @@ from cbackprop._assembly import check_dense, diag_efisher, diag_ggn
 from cbackprop._problem import Problem, make_problem, sum_over_parts
 from cbackprop._validation import check_theta
 
-__all__ = ["levenberg_marquardt", "hessian_free", "newton", "kfac", "quasi_hessian",
+__all__ = ["levenberg_marquardt", "hessian_free", "newton", "kfac", "lbfgs", "quasi_hessian",
            "lm_iteration_cost", "SlowIterationWarning", "TERMINATION_MESSAGES"]
 
 TERMINATION_MESSAGES = {
@@ -897,5 +899,6 @@ def _newton_status(res, counts, last, hessp, dtype):
     return status
 
 
-# K-FAC lives in its own module and uses the helpers above.
+# K-FAC and the compiled L-BFGS live in their own modules and use the helpers above.
 from cbackprop._kfac import kfac  # noqa: E402
+from cbackprop._quasi_newton import lbfgs  # noqa: E402

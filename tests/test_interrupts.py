@@ -17,7 +17,7 @@ import pytest
 from sklearn.datasets import load_digits
 
 import cbackprop as cb
-from cbackprop import _problem
+from cbackprop import _kfac, _problem
 
 SOLVERS = ["lbfgs", "lm", "hessian-free", "newton", "kfac", "adam", "sgd"]
 
@@ -29,17 +29,30 @@ def _digits(n=120):
 
 @pytest.fixture
 def interrupt_after(monkeypatch):
-    """Make the n-th loss-and-gradient evaluation raise KeyboardInterrupt."""
+    """Make the n-th loss-and-gradient evaluation raise KeyboardInterrupt:
+    of a prepared problem, or of K-FAC's batch state (its fused kernel; the
+    loads without a gradient, for the factors of the burn-in or after a
+    rejected trial, are not evaluations of the objective)."""
     def arm(n):
-        real = _problem.Problem.loss_grad
         calls = [0]
 
-        def loss_grad(self, theta, out=None):
+        def count():
             calls[0] += 1
             if calls[0] == n:
                 raise KeyboardInterrupt
-            return real(self, theta, out)
+
+        real_problem, real_state = _problem.Problem.loss_grad, _kfac._BatchState.load
+
+        def loss_grad(self, theta, out=None):
+            count()
+            return real_problem(self, theta, out)
+
+        def load(self, theta, batch, grad=None):
+            if grad is not None:
+                count()
+            return real_state(self, theta, batch, grad)
         monkeypatch.setattr(_problem.Problem, "loss_grad", loss_grad)
+        monkeypatch.setattr(_kfac._BatchState, "load", load)
         return calls
     return arm
 
