@@ -15,10 +15,19 @@ its gradient and exact curvature. The package namespace holds
   on first use, so that ``import cbackprop`` never imports dask.
 """
 import importlib
+import os
 
-from cbackprop import curvature, optimize
-from cbackprop.estimators import MLPClassifier, MLPRegressor
-from cbackprop.network import Network
+# The thread teams' workers wait between two of a batch's parallel phases
+# (microseconds apart) by spinning; GNU OpenMP's default spin lasts about a
+# hundred times longer after every call, time a busy machine's other
+# processes (and this process's own threads) need. A shorter spin, unless the
+# user chose a wait policy: read when the OpenMP runtime loads, below.
+if "OMP_WAIT_POLICY" not in os.environ and "GOMP_SPINCOUNT" not in os.environ:
+    os.environ["GOMP_SPINCOUNT"] = "10000"
+
+from cbackprop import curvature, optimize  # noqa: E402
+from cbackprop.estimators import MLPClassifier, MLPRegressor  # noqa: E402
+from cbackprop.network import Network  # noqa: E402
 
 __all__ = ["Network", "MLPClassifier", "MLPRegressor", "curvature", "optimize"]
 __version__ = "0.1.0"

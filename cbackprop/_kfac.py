@@ -76,6 +76,7 @@ from cbackprop import _assembly, _curvature
 from cbackprop._problem import CHUNK_ENTRIES, Problem, first_order_state, sum_over_parts
 from cbackprop._sparse import CSRRows
 from cbackprop._validation import check_theta
+from cbackprop._threads import blas_section
 from cbackprop.optimize import (TERMINATION_MESSAGES, _call, _check_callback, _check_int,
                                 _check_real, _gradient_converged, _prepare, _result,
                                 _stalled)
@@ -530,6 +531,7 @@ class _Curvature:
         return np.negative(out, out=out)
 
 
+@blas_section
 def kfac(net, theta0, X, y, sample_weight=None, *, max_iter=100, batch_size=None,
          curvature="auto", learning_rate=None, momentum=None, kl_clip=None,
          damping=1.0, min_damping=1e-8, max_damping=1e10, damping_decay=0.9,

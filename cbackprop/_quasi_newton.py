@@ -11,6 +11,7 @@ from scipy.optimize import OptimizeResult
 
 from cbackprop import _lbfgs, _network
 from cbackprop._problem import Problem
+from cbackprop._threads import blas_section
 from cbackprop.optimize import (TERMINATION_MESSAGES, _call, _check_callback, _check_int,
                                 _check_real, _prepare, _result)
 
@@ -23,6 +24,7 @@ assert {int(v) for v in _lbfgs.LbfgsStatus.__members__.values()} <= set(TERMINAT
 FTOL = 1e7 * np.finfo(np.float64).eps
 
 
+@blas_section
 def lbfgs(net, theta0, X, y, sample_weight=None, *, m=10, gtol=1e-5, ftol=FTOL,
           max_iter=15000, max_ls=20, c1=1e-4, c2=0.9, callback=None):
     """Minimize the network's objective by L-BFGS with a strong-Wolfe search.

@@ -34,6 +34,7 @@ from scipy.sparse.linalg import LinearOperator, aslinearoperator, eigsh
 
 from cbackprop._problem import make_problem
 from cbackprop._validation import check_theta
+from cbackprop._threads import blas_section
 
 __all__ = ["CurvatureOperator", "HessianOperator", "GGNOperator", "EFisherOperator",
            "eigenvalues", "trace", "spectral_density", "stochastic_lanczos_quadrature"]
@@ -341,6 +342,7 @@ _ORDER = {  # sort key per `which`: the most wanted eigenvalue first
 }
 
 
+@blas_section
 def eigenvalues(op, k=6, which="LA", *, random_state=None, return_eigenvectors=True,
                 **eigsh_kwargs):
     """k extreme eigenpairs of a symmetric operator by ARPACK (``eigsh``).
@@ -407,6 +409,7 @@ def eigenvalues(op, k=6, which="LA", *, random_state=None, return_eigenvectors=T
 # ======================================================================================
 # trace
 # ======================================================================================
+@blas_section
 def trace(op, n_matvecs=30, method="hutch++", random_state=None, block_size=None):
     """Stochastic estimate of the trace of a symmetric operator.
 
@@ -533,6 +536,7 @@ def _ritz(alphas, betas):
     return nodes, vectors[0] ** 2
 
 
+@blas_section
 def stochastic_lanczos_quadrature(op, n_probes=10, n_iter=30, random_state=None,
                                   block_size=None):
     """Nodes and weights of the stochastic Lanczos quadrature of a symmetric operator.
@@ -588,6 +592,7 @@ def _default_sigma(nodes):
     return 0.01 * span if span > 0 else 0.01
 
 
+@blas_section
 def spectral_density(op, n_probes=10, n_iter=30, grid=512, sigma=None, random_state=None,
                      block_size=None):
     """Smoothed eigenvalue density by stochastic Lanczos quadrature.

@@ -19,6 +19,7 @@ from sklearn.utils.multiclass import _check_partial_fit_first_call, type_of_targ
 from sklearn.utils.validation import check_array, check_is_fitted, column_or_1d, validate_data
 
 from cbackprop._estimator_base import ACCEPT_SPARSE, BaseMLP, _parameter_constraints
+from cbackprop._threads import blas_section
 
 __all__ = ["MLPClassifier", "MLPRegressor"]
 
@@ -293,6 +294,7 @@ class MLPClassifier(ClassifierMixin, BaseMLP):
         return X, y
 
     @_fit_context(prefer_skip_nested_validation=True)
+    @blas_section
     def fit(self, X, y, sample_weight=None):
         """Fit the model to X and the class labels y.
 
@@ -313,6 +315,7 @@ class MLPClassifier(ClassifierMixin, BaseMLP):
 
     @available_if(lambda est: est._check_solver())
     @_fit_context(prefer_skip_nested_validation=True)
+    @blas_section
     def partial_fit(self, X, y, sample_weight=None, classes=None):
         """One epoch of 'sgd' or 'adam' over X, y.
 
@@ -343,6 +346,7 @@ class MLPClassifier(ClassifierMixin, BaseMLP):
             y_pred = y_pred.ravel()
         return self._label_binarizer.inverse_transform(y_pred)
 
+    @blas_section
     def predict(self, X):
         """Predicted class labels (or label indicator rows for multilabel).
 
@@ -360,6 +364,7 @@ class MLPClassifier(ClassifierMixin, BaseMLP):
     def _score(self, X, y, sample_weight=None):
         return self._score_with_function(X, y, sample_weight, accuracy_score)
 
+    @blas_section
     def predict_proba(self, X):
         """Class probabilities, columns ordered as ``classes_``.
 
@@ -378,6 +383,7 @@ class MLPClassifier(ClassifierMixin, BaseMLP):
             return np.stack([1 - p, p], axis=1)
         return y_pred
 
+    @blas_section
     def predict_log_proba(self, X):
         """Logarithm of :meth:`predict_proba`.
 
@@ -465,6 +471,7 @@ class MLPRegressor(RegressorMixin, BaseMLP):
         return X, y
 
     @_fit_context(prefer_skip_nested_validation=True)
+    @blas_section
     def fit(self, X, y, sample_weight=None):
         """Fit the model to X and the targets y.
 
@@ -485,6 +492,7 @@ class MLPRegressor(RegressorMixin, BaseMLP):
 
     @available_if(lambda est: est._check_solver())
     @_fit_context(prefer_skip_nested_validation=True)
+    @blas_section
     def partial_fit(self, X, y, sample_weight=None):
         """One epoch of 'sgd' or 'adam' over X, y.
 
@@ -506,6 +514,7 @@ class MLPRegressor(RegressorMixin, BaseMLP):
             return y_pred.ravel()
         return y_pred
 
+    @blas_section
     def predict(self, X):
         """Predicted targets (after the exp link for ``loss='poisson'``).
 

@@ -24,6 +24,7 @@ from cbackprop._problem import Problem, check_block
 from cbackprop._activations import Activation
 from cbackprop._losses import Loss
 from cbackprop._validation import check_float_dtype, check_option, check_theta
+from cbackprop._threads import blas_section
 
 __all__ = ["Network", "ACTIVATIONS", "LOSSES"]
 
@@ -206,6 +207,7 @@ class Network:
         return out
 
     # -------------------------------------------------------- first order
+    @blas_section
     def predict(self, theta, X):
         """Outputs after the link: identity, exp, softmax or logistic.
 
@@ -231,6 +233,7 @@ class Network:
         problem.raw_output(theta, out, True)
         return out[:, 0] if self.n_outputs == 1 else out
 
+    @blas_section
     def raw_output(self, theta, X):
         """Raw predictions z_L (before the link).
 
@@ -247,6 +250,7 @@ class Network:
         out = np.empty((problem.n_rows, self.n_outputs), self.dtype)
         return problem.raw_output(theta, out, False)
 
+    @blas_section
     def loss(self, theta, X, y, sample_weight=None):
         """Objective ``sum_i w_i l_i / W + alpha / (2 W) sum_l ||W_l||_F^2``.
 
@@ -269,6 +273,7 @@ class Network:
         theta = self._theta(theta)
         return self._problem(X, y, sample_weight).loss(theta)
 
+    @blas_section
     def loss_grad(self, theta, X, y, sample_weight=None, *, out=None):
         """Objective and its gradient in one forward and one backward pass.
 
@@ -304,6 +309,7 @@ class Network:
         grad = self._check_out(out, (self.n_params,))
         return problem.loss_grad(theta, grad), grad
 
+    @blas_section
     def per_sample_grads(self, theta, X, y, sample_weight=None):
         """Gradients of the raw per-sample losses l_i.
 
@@ -327,6 +333,7 @@ class Network:
                                   self._workspace(p.n_rows))
         return out
 
+    @blas_section
     def jacobian(self, theta, X):
         """Jacobian of the raw outputs z_L with respect to theta.
 
@@ -353,6 +360,7 @@ class Network:
         out = problem.product(kind, theta, Vk, np.empty_like(Vk))
         return out[0] if vec else np.ascontiguousarray(out.T)
 
+    @blas_section
     def hvp(self, theta, X, y, V, sample_weight=None):
         """Exact Hessian-vector products by Pearlmutter's R-operator.
 
@@ -384,6 +392,7 @@ class Network:
         """
         return self._product("hvp", theta, X, y, V, sample_weight)
 
+    @blas_section
     def ggn_vp(self, theta, X, y, V, sample_weight=None):
         """Generalized Gauss-Newton products ``J^T H_loss J V`` (+ alpha / W).
 
@@ -391,6 +400,7 @@ class Network:
         """
         return self._product("ggn_vp", theta, X, y, V, sample_weight)
 
+    @blas_section
     def efisher_vp(self, theta, X, y, V, sample_weight=None):
         """Empirical Fisher products ``sum_i c_i g_i (g_i . V)`` (+ alpha / W).
 
@@ -404,6 +414,7 @@ class Network:
         theta = self._theta(theta)
         return quantity(self._problem(X, y, sample_weight), theta, **kw)
 
+    @blas_section
     def hessian(self, theta, X, y, sample_weight=None, *, max_bytes=None):
         """Dense exact Hessian by Hessian backpropagation.
 
@@ -424,6 +435,7 @@ class Network:
         return self._assemble(_assembly.hessian, theta, X, y, sample_weight,
                               max_bytes=max_bytes)
 
+    @blas_section
     def ggn(self, theta, X, y, sample_weight=None, *, max_bytes=None):
         """Dense generalized Gauss-Newton matrix ``sum_i c_i J_i^T H_i J_i``.
 
@@ -432,6 +444,7 @@ class Network:
         return self._assemble(_assembly.ggn, theta, X, y, sample_weight,
                               max_bytes=max_bytes)
 
+    @blas_section
     def efisher(self, theta, X, y, sample_weight=None, *, max_bytes=None):
         """Dense empirical Fisher ``sum_i c_i g_i g_i^T`` (+ alpha / W).
 
@@ -440,6 +453,7 @@ class Network:
         return self._assemble(_assembly.efisher, theta, X, y, sample_weight,
                               max_bytes=max_bytes)
 
+    @blas_section
     def diag_hessian(self, theta, X, y, sample_weight=None):
         """Exact Hessian diagonal.
 
@@ -457,6 +471,7 @@ class Network:
         """
         return self._assemble(_assembly.diag_hessian, theta, X, y, sample_weight)
 
+    @blas_section
     def diag_ggn(self, theta, X, y, sample_weight=None):
         """Exact GGN diagonal (squared inputs times squared loss factors).
 
@@ -464,6 +479,7 @@ class Network:
         """
         return self._assemble(_assembly.diag_ggn, theta, X, y, sample_weight)
 
+    @blas_section
     def diag_efisher(self, theta, X, y, sample_weight=None):
         """Empirical Fisher diagonal ``sum_i c_i g_i^2`` (+ alpha / W).
 
@@ -471,6 +487,7 @@ class Network:
         """
         return self._assemble(_assembly.diag_efisher, theta, X, y, sample_weight)
 
+    @blas_section
     def diag_ggn_mc(self, theta, X, y, sample_weight=None, mc_samples=1,
                     random_state=None):
         """Monte-Carlo GGN diagonal: the loss factor times Gaussian vectors.
@@ -496,6 +513,7 @@ class Network:
                               mc_samples=int(mc_samples),
                               rs=check_random_state(random_state))
 
+    @blas_section
     def block_hessian(self, theta, X, y, sample_weight=None):
         """Exact per-layer Hessian blocks.
 
@@ -512,10 +530,12 @@ class Network:
         """
         return self._assemble(_assembly.block_hessian, theta, X, y, sample_weight)
 
+    @blas_section
     def block_ggn(self, theta, X, y, sample_weight=None):
         """Exact per-layer GGN blocks (list of (P_l, P_l), as :meth:`block_hessian`)."""
         return self._assemble(_assembly.block_ggn, theta, X, y, sample_weight)
 
+    @blas_section
     def kfac(self, theta, X, y, sample_weight=None):
         """Kronecker factors of the GGN's layer blocks.
 

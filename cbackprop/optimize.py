@@ -45,6 +45,7 @@ from cbackprop import _lm
 from cbackprop._assembly import check_dense, diag_efisher, diag_ggn
 from cbackprop._problem import Problem, make_problem, sum_over_parts
 from cbackprop._validation import check_theta
+from cbackprop._threads import blas_section
 
 __all__ = ["levenberg_marquardt", "hessian_free", "newton", "kfac", "lbfgs", "quasi_hessian",
            "lm_iteration_cost", "SlowIterationWarning", "TERMINATION_MESSAGES"]
@@ -254,6 +255,7 @@ def lm_iteration_cost(net, n_rows, accumulation="auto"):
     return seconds, P * P * np.dtype(net.dtype).itemsize
 
 
+@blas_section
 def quasi_hessian(net, theta, X, y, sample_weight=None, *, block_size=None,
                   accumulation="auto"):
     """Objective, gradient and GGN accumulated block of rows by block of rows.
@@ -304,6 +306,7 @@ def _accumulate(problem, theta, block_size, kron):
     return f, g, np.triu(G)
 
 
+@blas_section
 def levenberg_marquardt(net, theta0, X, y, sample_weight=None, *, mu=1e-3, mu_dec=0.1,
                         mu_inc=10.0, mu_max=1e10, max_iter=100, ftol=1e-12, gtol=1e-10,
                         block_size=None, accumulation="auto", max_bytes=None, callback=None):
@@ -587,6 +590,7 @@ def _truncated_cg(curv, b, lam, x0, M, max_iter, tol):
     return kept, products
 
 
+@blas_section
 def hessian_free(net, theta0, X, y, sample_weight=None, *, max_iter=100, damping=1.0,
                  damping_max=1e10, cg_max_iter=250, cg_tol=5e-4, cg_decay=0.95,
                  preconditioner=None, curvature_batch_size=None, ftol=1e-12, gtol=1e-10,
@@ -756,6 +760,7 @@ def hessian_free(net, theta0, X, y, sample_weight=None, *, max_iter=100, damping
 _SCIPY_STATUS = {0: 1, 1: 0, 2: -4, 3: -5}
 
 
+@blas_section
 def newton(net, theta0, X, y, sample_weight=None, *, method="trust-krylov", max_iter=100,
            gtol=1e-8, initial_trust_radius=1.0, max_trust_radius=1000.0, eta=0.15,
            callback=None):
