@@ -18,8 +18,12 @@ from cbackprop._network cimport (NetPlan, NetSpec, Batch, Region, FirstLayout,
                                  put, first_layout, row_blocks, block_start,
                                  rows_pass, task_sq, grad_task, batch_flops,
                                  set_input, csr_index, MAX_BLOCKS, MAX_TASKS)
+from cbackprop._interrupt cimport check_interrupt
 from cbackprop._threads cimport (Team, team_open, team_close, blas_open,
                                  LOSS_GRAD, EPOCH, PREDICT)
+
+cdef enum:
+    INTERRUPT_EVERY = 8      # batches between two signal checks
 
 cdef struct Optim:
     bint adam
@@ -302,11 +306,18 @@ cdef double _train_batch(const NetSpec* s, const Batch* data, const Schedule* sc
 
 cdef double _epoch(const NetSpec* s, const Batch* data, const Schedule* sc,
                    Optim* o, floating* theta, floating* s1, floating* s2,
-                   floating* w, const EpochLayout* lay) noexcept nogil:
-    """Sum over batches of batch objective * batch size; NaN on divergence."""
-    cdef Py_ssize_t start = 0, nb, N = data.N
+                   floating* w, const EpochLayout* lay) except? -1 nogil:
+    """Sum over batches of batch objective * batch size; NaN on divergence.
+
+    Pending signals are handled every INTERRUPT_EVERY batches (Ctrl-C
+    within an epoch of seconds; one GIL round trip per check), a
+    KeyboardInterrupt propagating with theta as the last update left it."""
+    cdef Py_ssize_t start = 0, nb, N = data.N, count = 0
     cdef double loss, total = 0.0
     while start < N:
+        count += 1
+        if count % INTERRUPT_EVERY == 0:
+            check_interrupt()
         nb = sc.batch if start + sc.batch <= N else N - start
         loss = _train_batch(s, data, sc, o, start, nb, theta, s1, s2, w, lay)
         if not isfinite(loss):

@@ -201,3 +201,18 @@ def test_lm_function_interrupted_keeps_theta0(long_problem):
         cb.optimize.levenberg_marquardt(net, theta0, X, y, max_iter=20)
     assert _latency(state) < LATENCY
     np.testing.assert_array_equal(theta0, kept)
+
+
+def test_sigint_inside_an_adam_epoch():
+    """One epoch of seconds (a single nogil call): the signal is handled
+    between its batches, and the fitted model is usable."""
+    rng = np.random.default_rng(0)
+    X = rng.standard_normal((60000, 40))
+    y = (X[:, 0] > 0).astype(int)
+    clf = cb.MLPClassifier(hidden_layer_sizes=(512, 512), batch_size=64, max_iter=3,
+                           random_state=0)
+    with pytest.warns(UserWarning, match="Training interrupted by user"), \
+            sigint_after() as state:
+        clf.fit(X, y)
+    assert _latency(state) < LATENCY
+    assert clf.predict(X[:5]).shape == (5,)
