@@ -19,6 +19,11 @@ from cbackprop._network cimport (NetPlan, NetSpec, Batch, FirstLayout,
 from cbackprop._lm cimport _max_abs
 from cbackprop._threads cimport Team, blas_open, team_close, LOSS_GRAD
 
+from posix.time cimport clock_gettime, timespec, CLOCK_MONOTONIC
+from cbackprop._interrupt cimport check_interrupt
+
+cdef double INTERRUPT_SECONDS = 0.1
+
 cpdef enum LbfgsStatus:
     LINE_SEARCH = -6      # no step satisfying the Wolfe conditions was found
     CALLBACK = -2
@@ -259,9 +264,11 @@ def lbfgs_loop(NetPlan plan, double[::1] x, const double[:, ::1] X,
     while True:
         with nogil:
             blas_open(&team, LOSS_GRAD, 0.0)
-            status = _iterate(&ls, &f, &g[0], &S[0, 0], &Yh[0, 0], &rho_a[0], &o,
-                              many)
-            team_close(&team)
+            try:
+                status = _iterate(&ls, &f, &g[0], &S[0, 0], &Yh[0, 0], &rho_a[0],
+                                  &o, many)
+            finally:
+                team_close(&team)
         if status != -100:
             return status, o.nit, o.nfev, f
         if report(o.nit, f):
@@ -270,14 +277,27 @@ def lbfgs_loop(NetPlan plan, double[::1] x, const double[:, ::1] X,
             return o.pending, o.nit, o.nfev, f
 
 
+cdef inline double _now() noexcept nogil:
+    cdef timespec ts
+    clock_gettime(CLOCK_MONOTONIC, &ts)
+    return ts.tv_sec + 1e-9 * ts.tv_nsec
+
+
 cdef int _iterate(Search* ls, double* f, double* g, double* S, double* Yh,
-                  double* rho_a, Options* o, bint many) noexcept nogil:
+                  double* rho_a, Options* o, bint many) except -200 nogil:
     """Iterations until a stop (its status) or, unless ``many``, one
-    iteration done (-100: the caller reports and calls again)."""
+    iteration done (-100: the caller reports and calls again). Pending
+    signals are handled every INTERRUPT_SECONDS (a KeyboardInterrupt
+    propagates; an iteration of a tiny problem is microseconds, so a clock
+    read, not a GIL round trip, per iteration)."""
     cdef Py_ssize_t P = ls.s.n_params, j
     cdef double* x = <double*>ls.x
-    cdef double f_old, step
+    cdef double f_old, step, checked = _now(), now
     while True:
+        now = _now()
+        if now - checked > INTERRUPT_SECONDS:
+            checked = now
+            check_interrupt()
         if _max_abs(g, P) <= o.gtol:
             return GTOL
         if o.nit >= o.max_iter:

@@ -216,3 +216,14 @@ def test_sigint_inside_an_adam_epoch():
         clf.fit(X, y)
     assert _latency(state) < LATENCY
     assert clf.predict(X[:5]).shape == (5,)
+
+
+def test_sigint_inside_the_compiled_lbfgs(long_problem):
+    """The compiled L-BFGS runs its iterations in one nogil call without a
+    callback: the signal is handled between iterations."""
+    X, y = long_problem
+    net = cb.Network([20, 90, 1], activation="tanh")
+    theta0 = net.init_params(0)
+    with pytest.raises(KeyboardInterrupt), sigint_after() as state:
+        cb.optimize.lbfgs(net, theta0, X, y, max_iter=100000, gtol=0.0, ftol=0.0)
+    assert _latency(state) < LATENCY
