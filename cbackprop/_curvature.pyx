@@ -22,10 +22,8 @@ from cbackprop._activations cimport act_derivs
 from cbackprop._losses cimport hess_prod_rows, sqrt_hess_rows
 from libc.stdint cimport int32_t, int64_t
 from cbackprop._interrupt cimport check_interrupt
-from cbackprop._threads cimport (Team, blas_open, team_close, HVP, GGN_VP,
-                                 EFISHER_VP, STATE, FACTORS, HESSIAN,
-                                 DIAG_HESSIAN, DENSE_GGN)
-from cbackprop._network cimport (work_flops, NetPlan, NetSpec, Batch, Region, Workspace,
+from cbackprop._threads cimport (Team, blas_open, team_close)
+from cbackprop._network cimport (NetPlan, NetSpec, Batch, Region, Workspace,
                                  FirstLayout, make_batch, sub_batch, put, forward,
                                  backward, loss_value, loss_grad_kernel,
                                  layer_input, forward_linear,
@@ -154,6 +152,22 @@ cdef inline void _keep_deltas(const NetSpec* s, const Batch* b,
     (backward's NO_REDUCE)."""
     backward(s, theta, b, b.N, Z, A, D, k, store,
              NO_REDUCE, <floating*>NULL)
+
+
+cdef inline void _raw_deltas(const NetSpec* s, const Batch* b,
+                             const floating* theta, floating* Z, floating* A,
+                             floating* store) noexcept nogil:
+    """Forward pass, then every layer's deltas of the raw per-sample losses
+    l_i (unweighted, unscaled) into store (N * width; layer l at N h_off[l]):
+    the empirical Fisher's rows g_i = (a~_i delta_li)_l."""
+    cdef Py_ssize_t N = b.N
+    cdef floating* out = store + N * s.h_off[s.n_layers - 1]
+    cdef Batch raw = b[0]
+    raw.sw = NULL
+    raw.sw_sum = 1.0
+    forward(s, theta, b, N, Z, A)
+    loss_value(s, &raw, Z, out)
+    _keep_deltas(s, b, theta, Z, A, out, 1, store)
 
 
 # ------------------------------------------------------- first-order state
@@ -313,13 +327,7 @@ cdef void efisher_vp_kernel(const NetSpec* s, const Batch* b,
     cdef floating* work = w + lay.work.off
     cdef const floating* d
     cdef double acc
-    cdef Batch raw = b[0]
-    raw.sw = NULL
-    raw.sw_sum = 1.0
-    forward(s, theta, b, N, Z, A)
-    loss_value(s, &raw, Z, DL + N * s.h_off[L - 1])
-    backward(s, theta, b, N, Z, A, DL + N * s.h_off[L - 1], 1, DL, NO_REDUCE,
-             <floating*>NULL)
+    _raw_deltas(s, b, theta, Z, A, DL)
     for r in range(k):
         for i in range(N):
             U[r * N + i] = 0
@@ -994,12 +1002,7 @@ cdef void _fisher_factor(const NetSpec* s, const Batch* b,
     cdef floating* S = w + lay.S.off
     cdef floating* row
     cdef floating r
-    cdef Batch raw = b[0]
-    raw.sw = NULL
-    raw.sw_sum = 1.0
-    forward(s, theta, b, N, Z, A)
-    loss_value(s, &raw, Z, S + N * s.h_off[L - 1])
-    _keep_deltas(s, b, theta, Z, A, S + N * s.h_off[L - 1], 1, S)
+    _raw_deltas(s, b, theta, Z, A, S)
     for l in range(L):
         n = s.sizes[l + 1]
         for i in range(N):
@@ -1241,7 +1244,7 @@ def hvp(NetPlan plan, const floating[::1] theta, X,
     set_input(&b, X, sizeof(floating))
     cdef Team team
     with nogil:
-        blas_open(&team, HVP, work_flops(&plan.spec, b.N, 4 * V.shape[0]))
+        blas_open(&team)
         hvp_kernel(&plan.spec, &b, &theta[0], &V[0, 0], V.shape[0], &out[0, 0],
                    <floating*>ws.base, &ws.lay)
         team_close(&team)
@@ -1258,7 +1261,7 @@ def ggn_vp(NetPlan plan, const floating[::1] theta, X,
     set_input(&b, X, sizeof(floating))
     cdef Team team
     with nogil:
-        blas_open(&team, GGN_VP, work_flops(&plan.spec, b.N, 3 * V.shape[0]))
+        blas_open(&team)
         ggn_vp_kernel(&plan.spec, &b, &theta[0], &V[0, 0], V.shape[0],
                       &out[0, 0], <floating*>ws.base, &ws.lay)
         team_close(&team)
@@ -1276,7 +1279,7 @@ def efisher_vp(NetPlan plan, const floating[::1] theta, X,
     set_input(&b, X, sizeof(floating))
     cdef Team team
     with nogil:
-        blas_open(&team, EFISHER_VP, work_flops(&plan.spec, b.N, 2 * V.shape[0]))
+        blas_open(&team)
         efisher_vp_kernel(&plan.spec, &b, &theta[0], &V[0, 0], V.shape[0],
                           &out[0, 0], <floating*>ws.base, &ws.lay)
         team_close(&team)
@@ -1293,7 +1296,7 @@ def first_order_state(NetPlan plan, const floating[::1] theta, X,
     set_input(&b, X, sizeof(floating))
     cdef Team team
     with nogil:
-        blas_open(&team, STATE, work_flops(&plan.spec, b.N, 2))
+        blas_open(&team)
         first_order(&plan.spec, &b, &theta[0], <floating*>ws.base, &ws.lay)
         team_close(&team)
     return tuple(ws.array(name)[:N * plan.spec.width]
@@ -1313,7 +1316,7 @@ def loss_factors(NetPlan plan, const floating[::1] theta, X,
     set_input(&b, X, sizeof(floating))
     cdef Team team
     with nogil:
-        blas_open(&team, FACTORS, work_flops(&plan.spec, b.N, plan.spec.sizes[plan.spec.n_layers]))
+        blas_open(&team)
         factor_backprop(&plan.spec, &b, &theta[0], <floating*>ws.base, &ws.lay)
         team_close(&team)
     return (ws.array("Z")[:n], ws.array("A")[:n],
@@ -1336,7 +1339,7 @@ def dense_hessian(NetPlan plan, const floating[::1] theta, X,
     set_input(&b, X, sizeof(floating))
     cdef Team team
     with nogil:
-        blas_open(&team, HESSIAN, work_flops(&plan.spec, b.N, plan.spec.n_params))
+        blas_open(&team)
         try:
             hessian_kernel(&plan.spec, &b, &theta[0], diag_only, &G[0], block,
                            <floating*>ws.base, &ws.lay)
@@ -1367,7 +1370,7 @@ def diag_hessian(NetPlan plan, const floating[::1] theta, const floating[:, ::1]
                               0.0)
     cdef Team team
     with nogil:
-        blas_open(&team, DIAG_HESSIAN, work_flops(&plan.spec, b.N, plan.spec.sizes[plan.spec.n_layers]))
+        blas_open(&team)
         diag_hessian_kernel(&plan.spec, &b, &theta[0], &out[0],
                             <floating*>ws.base, &ws.lay)
         team_close(&team)
@@ -1390,7 +1393,7 @@ def dense_ggn(NetPlan plan, const floating[::1] theta, X,
     set_input(&b, X, sizeof(floating))
     cdef Team team
     with nogil:
-        blas_open(&team, DENSE_GGN, work_flops(&plan.spec, b.N, plan.spec.n_params))
+        blas_open(&team)
         try:
             dense_ggn_kernel(s, &b, &theta[0], diag_only, fisher, &G[0], block,
                              <floating*>ws.base, &ws.lay)
@@ -1464,7 +1467,7 @@ def batch_state(NetPlan plan, const floating[::1] theta, const floating[:, ::1] 
     cdef double out
     cdef Team team
     with nogil:
-        blas_open(&team, STATE, work_flops(s, N, 2))
+        blas_open(&team)
         out = loss_grad_kernel(s, &b, &theta[0], w, &fl, g)
         if hid > 0:
             act_derivs(s.act, w + ws.lay.Z.off, w + ws.lay.A.off,
@@ -1493,7 +1496,7 @@ def state_backprop(NetPlan plan, const floating[::1] theta,
                               N, 1.0, 0.0)
     cdef Team team
     with nogil:
-        blas_open(&team, FACTORS, work_flops(s, N, D.shape[1]))
+        blas_open(&team)
         backward(s, &theta[0], &b, N, w + ws.lay.Z.off, w + ws.lay.A.off,
                  &D[0, 0], 1, w + ws.lay.RZ.off, NO_REDUCE, <floating*>NULL)
         team_close(&team)
@@ -1516,7 +1519,7 @@ def state_ggn_quadratic(NetPlan plan, const floating[::1] theta,
                               alpha)
     cdef Team team
     with nogil:
-        blas_open(&team, GGN_VP, work_flops(&plan.spec, X.shape[0], k))
+        blas_open(&team)
         _ggn_quadratic_from_state(&plan.spec, &b, &theta[0], &V[0, 0], k,
                                   &out[0, 0], <floating*>ws.base, &ws.lay)
         team_close(&team)

@@ -17,7 +17,7 @@ from cbackprop._network cimport (NetPlan, NetSpec, Batch, FirstLayout,
                                  FirstOrderWorkspace, make_batch, sub_batch,
                                  loss_grad_kernel)
 from cbackprop._lm cimport _max_abs
-from cbackprop._threads cimport Team, blas_open, team_close, LOSS_GRAD
+from cbackprop._threads cimport Team, blas_open, team_close
 
 from posix.time cimport clock_gettime, timespec, CLOCK_MONOTONIC
 from cbackprop._interrupt cimport check_interrupt
@@ -255,7 +255,7 @@ def lbfgs_loop(NetPlan plan, double[::1] x, const double[:, ::1] X,
     # Single-threaded BLAS while the loop runs (see _threads).
     cdef Team team
     with nogil:
-        blas_open(&team, LOSS_GRAD, 0.0)
+        blas_open(&team)
         f = _fg(&ls, &x[0], &g[0])
         team_close(&team)
     o.nfev += 1
@@ -263,7 +263,7 @@ def lbfgs_loop(NetPlan plan, double[::1] x, const double[:, ::1] X,
         raise ValueError(f"the loss at theta0 is not finite ({f})")
     while True:
         with nogil:
-            blas_open(&team, LOSS_GRAD, 0.0)
+            blas_open(&team)
             try:
                 status = _iterate(&ls, &f, &g[0], &S[0, 0], &Yh[0, 0], &rho_a[0],
                                   &o, many)

@@ -40,8 +40,8 @@ from scipy.linalg.cython_lapack cimport dpotrf, dpotrs, spotrf, spotrs
 
 from cbackprop._blas cimport _syrk, _axpy, blas_int, Trans, Upper
 from cbackprop._losses cimport sqrt_hess_rows
-from cbackprop._threads cimport Team, blas_open, team_close, QUASI_HESSIAN
-from cbackprop._network cimport (work_flops, NetPlan, NetSpec, Batch, Region, Workspace,
+from cbackprop._threads cimport Team, blas_open, team_close
+from cbackprop._network cimport (NetPlan, NetSpec, Batch, Region, Workspace,
                                  make_batch, sub_batch, put, forward, backward,
                                  add_l2, loss_value, input_grad, input_rows,
                                  set_input, GRAD, NO_REDUCE)
@@ -399,7 +399,7 @@ def quasi_hessian(NetPlan plan, const floating[::1] theta, X,
     cdef double f
     cdef Team team
     with nogil:
-        blas_open(&team, QUASI_HESSIAN, work_flops(&plan.spec, b.N, plan.spec.n_params))
+        blas_open(&team)
         try:
             f = accumulate(&plan.spec, &b, &theta[0], &G[0, 0], &g[0], True, False,
                            <floating*>ws.base, &ws.lay)

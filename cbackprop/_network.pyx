@@ -18,8 +18,7 @@ from cbackprop._blas cimport _axpy, _dot
 from cbackprop._activations cimport act_forward, IDENTITY
 from cbackprop._losses cimport loss_grad_rows, link_rows
 from cbackprop._threads cimport (Team, team_open, team_close, blas_open,
-                                 LOSS_GRAD, EPOCH, PREDICT,
-                                 PER_SAMPLE_GRADS, JACOBIAN)
+                                 LOSS_GRAD, EPOCH, PREDICT)
 from cython.parallel cimport prange
 
 
@@ -605,7 +604,7 @@ def per_sample_grads(NetPlan plan, const floating[::1] theta, X,
     set_input(&b, X, sizeof(floating))
     cdef Team team
     with nogil:
-        blas_open(&team, PER_SAMPLE_GRADS, work_flops(&plan.spec, N, 3))
+        blas_open(&team)
         forward(s, &theta[0], &b, N, w + ws.lay.Z.off, w + ws.lay.A.off)
         loss_value(s, &b, w + ws.lay.Z.off, w + ws.lay.D.off)
         backward(s, &theta[0], &b, N, w + ws.lay.Z.off, w + ws.lay.A.off,
@@ -632,7 +631,7 @@ def jacobian(NetPlan plan, const floating[::1] theta, X, floating[:, ::1] out,
     set_input(&b, X, sizeof(floating))
     cdef Team team
     with nogil:
-        blas_open(&team, JACOBIAN, work_flops(&plan.spec, N, 1 + 2 * nL))
+        blas_open(&team)
         forward(s, &theta[0], &b, N, w + ws.lay.Z.off, w + ws.lay.A.off)
         backward(s, &theta[0], &b, N, w + ws.lay.Z.off, w + ws.lay.A.off,
                  w + ws.lay.D.off, nL, w + ws.lay.work.off, PER_SAMPLE,

@@ -213,10 +213,10 @@ cdef void team_open(Team* team, Site site, double flops,
     team.start = _now()
 
 
-cdef void blas_open(Team* team, Site site, double flops) noexcept nogil:
+cdef void blas_open(Team* team) noexcept nogil:
     """For a kernel that is not blocked: run it on the caller alone with
     single-threaded BLAS (see the module notes) until team_close."""
-    team_open(team, site, 0.0, 1)
+    team_open(team, LOSS_GRAD, 0.0, 1)
 
 
 cdef inline void _record(double* avg, double rate) noexcept nogil:
