@@ -16,6 +16,16 @@ from cbackprop._blas cimport _gemm, NoTrans, Trans
 from cbackprop._activations cimport Activation, act_backward, act_backward_sum
 from cbackprop._losses cimport Loss
 
+cdef enum:
+    MAX_BLOCKS = 16
+    MAX_TASKS = 64
+    MAX_CUTS = 5      # 1, 2, 4, 8, 16 row blocks
+
+cdef struct Cut:
+    Py_ssize_t max_blocks        # row blocks of a large batch
+    Py_ssize_t n_tasks           # pieces of a gradient
+    const Py_ssize_t* tasks      # piece t: layer, first and end row of W_l
+
 cdef struct NetSpec:
     int n_layers                 # L weight layers
     const Py_ssize_t* sizes      # L + 1 layer widths, n_0 .. n_L
@@ -25,9 +35,8 @@ cdef struct NetSpec:
     Py_ssize_t width             # sum of n_1 .. n_L: cache holds N * width
     Py_ssize_t max_hidden        # widest hidden layer (1 when there is none)
     Py_ssize_t n_params
-    Py_ssize_t max_blocks        # row blocks of a large batch (blocked kernels)
-    Py_ssize_t n_tasks           # pieces of a gradient (blocked kernels)
-    const Py_ssize_t* tasks      # piece t: layer, first and end row of W_l
+    Cut cuts[MAX_CUTS]           # cuts[k]: how the blocked kernels cut work
+    int n_cuts                   # for a thread limit of up to 2**k threads
     Activation act
     Loss loss
 
@@ -398,21 +407,26 @@ cdef inline void first_grad_rows(const NetSpec* s, const Batch* b,
 
 
 # --------------------------------------------------- blocked kernels (teams)
-# A batch of N rows is cut into row_blocks(s, N) blocks (forward, loss,
-# deltas: row-parallel), a gradient into the plan's tasks (row ranges of one
+# A batch of N rows is cut into row_blocks(c, N) blocks (forward, loss,
+# deltas: row-parallel), a gradient into the cut's tasks (row ranges of one
 # W_l, the last one with b_l: parameter-parallel, each a sum over all N
-# rows). Both are sized by the machine's processor count when the plan is
-# made, never by the threads of a call, so results do not depend on the
-# thread count; as few pieces as the processors need keeps the GEMMs large
-# (one thread pays little for the cut).
-cdef enum:
-    MAX_BLOCKS = 16
-    MAX_TASKS = 64
+# rows). The cut follows the thread limit of the call (threadpoolctl, the
+# OMP / OpenBLAS variables: cut_for), never the team that runs it, which
+# the measured policy chooses: a fixed limit gives the same bits whatever
+# runs, and different limits agree to rounding (one thread keeps whole
+# GEMMs: one block, one task per layer).
+cdef inline const Cut* cut_for(const NetSpec* s, int limit) noexcept nogil:
+    """The cut for a thread limit: pieces for the next power of two of
+    threads, at most the machine's (the processor count)."""
+    cdef int k = 0
+    while (1 << k) < limit and k < s.n_cuts - 1:
+        k += 1
+    return &s.cuts[k]
 
-cdef inline Py_ssize_t row_blocks(const NetSpec* s, Py_ssize_t N) noexcept nogil:
-    """1, 2, 4, ... s.max_blocks blocks of at least 48 rows each."""
+cdef inline Py_ssize_t row_blocks(const Cut* c, Py_ssize_t N) noexcept nogil:
+    """1, 2, 4, ... c.max_blocks blocks of at least 48 rows each."""
     cdef Py_ssize_t B = 1
-    while B < s.max_blocks and N >= 2 * B * 48:
+    while B < c.max_blocks and N >= 2 * B * 48:
         B *= 2
     return B
 
@@ -435,11 +449,12 @@ cdef struct Pass:
     void* D               # output deltas (N, n_L)
     void* H               # hidden deltas, layer l at N * h_off[l]
     Py_ssize_t N
+    const Cut* cut        # how the call cuts the batch and the gradient
 
 cdef double rows_pass(const NetSpec* s, const Batch* b, const floating* theta,
                       const Pass* p, Py_ssize_t r0, Py_ssize_t nb,
                       bint deltas) noexcept nogil
-cdef double task_sq(const NetSpec* s, Py_ssize_t t,
+cdef double task_sq(const NetSpec* s, const Cut* c, Py_ssize_t t,
                     const floating* theta) noexcept nogil
 cdef void grad_task(const NetSpec* s, const Pass* p, Py_ssize_t t,
                     const floating* theta, double l2, floating* grad) noexcept nogil
@@ -449,7 +464,7 @@ cdef double blocked_loss_grad(const NetSpec* s, const Batch* b,
 cdef double work_flops(const NetSpec* s, Py_ssize_t N, double k) noexcept nogil
 cdef double batch_flops(const NetSpec* s, Py_ssize_t N, bint grad) noexcept nogil
 cdef Pass make_pass(const NetSpec* s, const Batch* b, floating* ws,
-                    const FirstLayout* lay) noexcept nogil
+                    const FirstLayout* lay, const Cut* cut) noexcept nogil
 
 
 # ------------------------------------------------------------------ kernels
@@ -466,6 +481,8 @@ cdef double add_l2(const NetSpec* s, const floating* theta, double coef,
                    floating* grad) noexcept nogil
 cdef double loss_value(const NetSpec* s, const Batch* b, const floating* Z,
                        floating* D) noexcept nogil
+cdef double cut_loss(const NetSpec* s, const Cut* c, const Batch* b,
+                     const floating* Z, floating* D) noexcept nogil
 cdef double loss_grad_kernel(const NetSpec* s, const Batch* b,
                              const floating* theta, floating* ws,
                              const FirstLayout* lay,

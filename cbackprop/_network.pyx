@@ -18,7 +18,7 @@ from cbackprop._blas cimport _axpy, _dot
 from cbackprop._activations cimport act_forward, IDENTITY
 from cbackprop._losses cimport loss_grad_rows, link_rows
 from cbackprop._threads cimport (Team, team_open, team_close, blas_open,
-                                 LOSS_GRAD, EPOCH, PREDICT)
+                                 thread_limit, LOSS_GRAD, EPOCH, PREDICT)
 from cython.parallel cimport prange
 
 
@@ -42,17 +42,22 @@ cdef class NetPlan:
         w_off = starts
         b_off = (starts + fan).astype(np.intp)
         h_off = np.concatenate([[0], np.cumsum(sizes[1:])[:-1]]).astype(np.intp)
-        pieces = _machine_pieces()
-        tasks = _gradient_tasks(sizes, 2 * pieces)
-        for a in (sizes, w_off, b_off, h_off, tasks):
+        # Cut k serves thread limits up to 2**k: 2**k row blocks, gradient
+        # pieces for two per thread (one thread: whole layers).
+        blocks = [1 << k for k in range(MAX_CUTS) if (1 << k) <= _machine_pieces()]
+        tasks = [_gradient_tasks(sizes, 2 * p if p > 1 else 1) for p in blocks]
+        for a in [sizes, w_off, b_off, h_off] + tasks:
             a.flags.writeable = False
         self._arrays = (sizes, w_off, b_off, h_off)
         self._tasks = tasks
         cdef const Py_ssize_t[::1] sv = sizes, wv = w_off, bv = b_off, hv = h_off
-        cdef const Py_ssize_t[:, ::1] tv = tasks
-        self.spec.max_blocks = pieces
-        self.spec.n_tasks = tasks.shape[0]
-        self.spec.tasks = &tv[0, 0]
+        cdef const Py_ssize_t[:, ::1] tv
+        self.spec.n_cuts = len(blocks)
+        for k, p in enumerate(blocks):
+            tv = tasks[k]
+            self.spec.cuts[k].max_blocks = p
+            self.spec.cuts[k].n_tasks = tv.shape[0]
+            self.spec.cuts[k].tasks = &tv[0, 0]
         self.spec.n_layers = <int>L
         self.spec.sizes = &sv[0]
         self.spec.w_off = &wv[0]
@@ -76,16 +81,12 @@ cdef class NetPlan:
     def max_hidden(self):
         return self.spec.max_hidden
 
-    @property
-    def tasks(self):
-        """Read-only (T, 3) intp rows (layer, p0, p1): the gradient's pieces
-        in the blocked kernels (rows p0 .. p1 of W_l; b_l with the last)."""
-        return self._tasks
-
-    @property
-    def max_blocks(self):
-        """Row blocks of a large batch in the blocked kernels."""
-        return self.spec.max_blocks
+    def cut(self, threads):
+        """How the blocked kernels cut work at a thread limit: (row blocks
+        of a large batch, read-only (T, 3) intp rows (layer, p0, p1) of the
+        gradient's pieces: rows p0 .. p1 of W_l, b_l with the last)."""
+        cdef const Cut* c = cut_for(&self.spec, <int>threads)
+        return c.max_blocks, self._tasks[c - &self.spec.cuts[0]]
 
     @property
     def offsets(self):
@@ -95,10 +96,9 @@ cdef class NetPlan:
 
 
 def _machine_pieces():
-    """Row blocks of a large batch: the processor count rounded up to a
-    power of two, at most MAX_BLOCKS (the machine's, not the process's
-    affinity or thread limits, so that every process on a machine cuts
-    alike)."""
+    """Most row blocks of a large batch: the processor count rounded up
+    to a power of two, at most MAX_BLOCKS (the machine's, not the process's
+    affinity: a thread limit above the processors cuts like the processors)."""
     n = os.cpu_count() or 1
     pieces = 1
     while pieces < n and pieces < MAX_BLOCKS:
@@ -226,10 +226,17 @@ cdef double loss_value(const NetSpec* s, const Batch* b, const floating* Z,
     the output deltas (w_i / W) dl_i/dz_i.
 
     The one reduction a loss value comes from (objective, gradient, LM
-    trial steps): partial sums over the row blocks of ``row_blocks``, added
-    in block order, as the blocked kernels add them whatever their team.
+    trial steps): partial sums over the row blocks of the call's cut (the
+    thread limit's), added in block order, as the blocked kernels add them
+    whatever their team.
     """
-    cdef Py_ssize_t N = b.N, B = row_blocks(s, N), j, r0
+    return cut_loss(s, cut_for(s, thread_limit()), b, Z, D)
+
+
+cdef double cut_loss(const NetSpec* s, const Cut* c, const Batch* b,
+                     const floating* Z, floating* D) noexcept nogil:
+    """loss_value over the row blocks of cut c."""
+    cdef Py_ssize_t N = b.N, B = row_blocks(c, N), j, r0
     cdef double total = 0.0
     for j in range(B):
         r0 = block_start(N, B, j)
@@ -239,7 +246,7 @@ cdef double loss_value(const NetSpec* s, const Batch* b, const floating* Z,
 
 # --------------------------------------------------------- blocked kernels
 cdef Pass make_pass(const NetSpec* s, const Batch* b, floating* ws,
-                    const FirstLayout* lay) noexcept nogil:
+                    const FirstLayout* lay, const Cut* cut) noexcept nogil:
     """The blocked kernels' view of a first-order workspace (the work
     region holds the hidden deltas)."""
     cdef Pass p
@@ -249,6 +256,7 @@ cdef Pass make_pass(const NetSpec* s, const Batch* b, floating* ws,
     p.D = ws + lay.D.off
     p.H = ws + lay.work.off
     p.N = b.N
+    p.cut = cut
     return p
 
 
@@ -281,19 +289,19 @@ cdef double rows_pass(const NetSpec* s, const Batch* b, const floating* theta,
     return loss
 
 
-cdef inline void task_range(const NetSpec* s, Py_ssize_t t, int* l,
+cdef inline void task_range(const Cut* c, Py_ssize_t t, int* l,
                             Py_ssize_t* p0, Py_ssize_t* p1) noexcept nogil:
-    l[0] = <int>s.tasks[3 * t]
-    p0[0] = s.tasks[3 * t + 1]
-    p1[0] = s.tasks[3 * t + 2]
+    l[0] = <int>c.tasks[3 * t]
+    p0[0] = c.tasks[3 * t + 1]
+    p1[0] = c.tasks[3 * t + 2]
 
 
-cdef double task_sq(const NetSpec* s, Py_ssize_t t,
+cdef double task_sq(const NetSpec* s, const Cut* c, Py_ssize_t t,
                     const floating* theta) noexcept nogil:
     """sum of squares of task t's weights (rows p0 .. p1 of W_l)."""
     cdef int l
     cdef Py_ssize_t p0, p1, nout
-    task_range(s, t, &l, &p0, &p1)
+    task_range(c, t, &l, &p0, &p1)
     nout = s.sizes[l + 1]
     cdef const floating* w = theta + s.w_off[l] + p0 * nout
     return _dot(<int>((p1 - p0) * nout), w, 1, w, 1)
@@ -306,7 +314,7 @@ cdef void grad_task(const NetSpec* s, const Pass* p, Py_ssize_t t,
     p1 = n_{l-1} (a_in = X, dense or CSR, for the first layer)."""
     cdef int l, L = s.n_layers
     cdef Py_ssize_t p0, p1, N = p.N
-    task_range(s, t, &l, &p0, &p1)
+    task_range(p.cut, t, &l, &p0, &p1)
     cdef Py_ssize_t nin = s.sizes[l], nout = s.sizes[l + 1]
     cdef Py_ssize_t off = s.w_off[l] + p0 * nout
     cdef const floating* d
@@ -345,25 +353,26 @@ cdef double blocked_loss_grad(const NetSpec* s, const Batch* b,
                               const floating* theta, const Pass* p,
                               floating* grad) noexcept nogil:
     """Objective and (if grad is not NULL) its gradient on a team: row
-    blocks, then gradient tasks (see row_blocks)."""
-    cdef Py_ssize_t N = b.N, B = row_blocks(s, N), j, t, r0
+    blocks, then gradient tasks of p's cut (see row_blocks)."""
+    cdef const Cut* c = p.cut
+    cdef Py_ssize_t N = b.N, B = row_blocks(c, N), j, t, r0
     cdef double parts[MAX_BLOCKS]
     cdef double sq[MAX_TASKS]
     cdef double loss = 0.0, reg = 0.0, coef = b.alpha / b.sw_sum
     cdef Team team
-    team_open(&team, LOSS_GRAD, batch_flops(s, N, grad != NULL), max(B, s.n_tasks))
+    team_open(&team, LOSS_GRAD, batch_flops(s, N, grad != NULL), max(B, c.n_tasks))
     for j in prange(B, num_threads=team.n, schedule="dynamic"):
         r0 = block_start(N, B, j)
         parts[j] = rows_pass(s, b, theta, p, r0, block_start(N, B, j + 1) - r0,
                              grad != NULL)
-    for t in prange(s.n_tasks, num_threads=team.n, schedule="dynamic"):
-        sq[t] = task_sq(s, t, theta) if coef != 0.0 else 0.0
+    for t in prange(c.n_tasks, num_threads=team.n, schedule="dynamic"):
+        sq[t] = task_sq(s, c, t, theta) if coef != 0.0 else 0.0
         if grad != NULL:
             grad_task(s, p, t, theta, coef, grad)
     team_close(&team)
     for j in range(B):
         loss += parts[j]
-    for t in range(s.n_tasks):
+    for t in range(c.n_tasks):
         reg += sq[t]
     return loss / b.sw_sum + 0.5 * coef * reg
 
@@ -376,7 +385,7 @@ cdef double loss_grad_kernel(const NetSpec* s, const Batch* b,
 
     ws laid out by first_layout for at least b.N rows and k = 1.
     """
-    cdef Pass p = make_pass(s, b, ws, lay)
+    cdef Pass p = make_pass(s, b, ws, lay, cut_for(s, thread_limit()))
     return blocked_loss_grad(s, b, theta, &p, grad)
 
 
@@ -559,7 +568,7 @@ def raw_output(NetPlan plan, const floating[::1] theta, X,
     """out = z_L (raw) or link(z_L), shape (N, n_L); X dense or CSR rows;
     row blocks on a team."""
     cdef NetSpec* s = &plan.spec
-    cdef Py_ssize_t N = X.shape[0], B = row_blocks(s, N), j
+    cdef Py_ssize_t N = X.shape[0], B, j
     ws.check(N, 0, sizeof(floating))
     cdef Batch b = make_batch(<const floating*>NULL, <const floating*>NULL,
                               <const floating*>NULL, N, 1.0, 0.0)
@@ -568,6 +577,7 @@ def raw_output(NetPlan plan, const floating[::1] theta, X,
     cdef floating* A = <floating*>ws.base + ws.lay.A.off
     cdef Team team
     with nogil:
+        B = row_blocks(cut_for(s, thread_limit()), N)
         team_open(&team, PREDICT, work_flops(s, N, 1.0), B)
         for j in prange(B, num_threads=team.n, schedule="dynamic"):
             _output_rows(s, &theta[0], &b, N, block_start(N, B, j),

@@ -17,4 +17,5 @@ cdef struct Team:
 cdef void team_open(Team* team, Site site, double flops,
                     Py_ssize_t max_parts) noexcept nogil
 cdef void blas_open(Team* team) noexcept nogil
+cdef int thread_limit() noexcept nogil
 cdef void team_close(Team* team) noexcept nogil

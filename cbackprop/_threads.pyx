@@ -11,8 +11,9 @@ A call may use ``min(omp_get_max_threads(), BLAS threads, parts)``
 threads, so thread counts follow ``OMP_NUM_THREADS``,
 ``OPENBLAS_NUM_THREADS`` and threadpoolctl's ``threadpool_limits`` over
 either pool; below ``MIN_PARALLEL_FLOPS`` it runs on the caller alone. The
-pieces do not depend on the team size, so results are the same bits at
-every thread count, and the team size is free to follow what measures best:
+pieces depend on the thread limit (``thread_limit``), not on the team size,
+so results at a thread setting are the same bits whatever team runs, and
+the team size is free to follow what measures best:
 
 A team needs every member scheduled at each of its barriers; when other
 processes keep cores busy, a member waits for a time slice (milliseconds)
@@ -122,11 +123,22 @@ def max_threads():
     """Threads a large call of the blocked kernels may use now (>= 1)."""
     if not _configured:
         _configure()
+    return thread_limit()
+
+
+cdef int thread_limit() noexcept nogil:
+    """Threads a kernel call may use now: min(OpenMP's max threads, the
+    user's count of the OpenBLAS SciPy calls), 1 without that OpenBLAS (no
+    teams). The blocked kernels cut their work by it (_network.cut_for)."""
+    cdef int n
+    if not _configured:
+        with gil:
+            _configure()
     if _set_threads == NULL:
         return 1
-    cdef int blas = _enter()
+    n = min(omp_get_max_threads(), _enter())
     _leave()
-    return max(1, min(omp_get_max_threads(), blas))
+    return max(1, n)
 
 
 cdef inline double _now() noexcept nogil:
@@ -276,7 +288,7 @@ def blas_section(fn):
     single-threaded like the kernels': one pool setting per computation
     instead of one per kernel call (OpenBLAS's workers woken for the small
     GEMMs between two kernels made net A's ``diag_ggn`` 1.6x slower at two
-    threads), and the same bits at every thread count."""
+    threads), and the same bits at a thread setting."""
     import functools
 
     @functools.wraps(fn)

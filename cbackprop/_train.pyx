@@ -15,11 +15,11 @@ from libc.stdint cimport int32_t, int64_t
 from cython.parallel cimport prange
 from cbackprop._network cimport (NetPlan, NetSpec, Batch, Region, FirstLayout,
                                  Workspace, Pass, make_batch, make_pass, sub_batch,
-                                 put, first_layout, row_blocks, block_start,
+                                 put, first_layout, row_blocks, block_start, Cut, cut_for,
                                  rows_pass, task_sq, grad_task, batch_flops,
                                  set_input, csr_index, MAX_BLOCKS, MAX_TASKS)
 from cbackprop._interrupt cimport check_interrupt
-from cbackprop._threads cimport (Team, team_open, team_close, blas_open,
+from cbackprop._threads cimport (Team, team_open, team_close, blas_open, thread_limit,
                                  LOSS_GRAD, EPOCH, PREDICT)
 
 cdef enum:
@@ -84,14 +84,14 @@ cdef double _step_size(Optim* o) noexcept nogil:
     return o.lr * sqrt(1 - pow(o.beta2, o.t)) / (1 - pow(o.beta1, o.t))
 
 
-cdef void _update_task(const NetSpec* s, const Optim* o, floating lr,
-                       Py_ssize_t t, floating* theta, const floating* g,
+cdef void _update_task(const NetSpec* s, const Cut* c, const Optim* o,
+                       floating lr, Py_ssize_t t, floating* theta, const floating* g,
                        floating* s1, floating* s2, double l2) noexcept nogil:
     """One step on gradient task t's parameters (rows p0 .. p1 of W_l, and
     b_l with the last rows) of the objective whose gradient is g plus the
     L2 penalty's l2 W: the penalty is added in the update's own pass."""
-    cdef int l = <int>s.tasks[3 * t]
-    cdef Py_ssize_t p0 = s.tasks[3 * t + 1], p1 = s.tasks[3 * t + 2]
+    cdef int l = <int>c.tasks[3 * t]
+    cdef Py_ssize_t p0 = c.tasks[3 * t + 1], p1 = c.tasks[3 * t + 2]
     cdef Py_ssize_t nout = s.sizes[l + 1]
     _update_range(o, lr, theta, g, s1, s2, s.w_off[l] + p0 * nout,
                   (p1 - p0) * nout, <floating>l2)
@@ -274,15 +274,16 @@ cdef double _train_batch(const NetSpec* s, const Batch* data, const Schedule* sc
     parameters); returns the batch objective before the update (NaN or
     inf: no update)."""
     cdef Batch mb = _batch(s, data, sc, start, nb, w, lay)
-    cdef Pass p = make_pass(s, &mb, w, &lay.first)
+    cdef const Cut* c = cut_for(s, thread_limit())
+    cdef Pass p = make_pass(s, &mb, w, &lay.first, c)
     cdef floating* grad = w + lay.grad.off
-    cdef Py_ssize_t B = row_blocks(s, nb), j, t, r0
+    cdef Py_ssize_t B = row_blocks(c, nb), j, t, r0
     cdef double parts[MAX_BLOCKS]
     cdef double sq[MAX_TASKS]
     cdef double loss = 0.0, reg = 0.0, l2 = data.alpha / mb.sw_sum
     cdef floating lr
     cdef Team team
-    team_open(&team, EPOCH, batch_flops(s, nb, True), max(B, s.n_tasks))
+    team_open(&team, EPOCH, batch_flops(s, nb, True), max(B, c.n_tasks))
     for j in prange(B, num_threads=team.n, schedule="dynamic"):
         r0 = block_start(nb, B, j)
         _batch_rows(s, data, sc, start, r0, block_start(nb, B, j + 1) - r0,
@@ -294,12 +295,12 @@ cdef double _train_batch(const NetSpec* s, const Batch* data, const Schedule* sc
         team_close(&team)
         return loss
     lr = <floating>_step_size(o)
-    for t in prange(s.n_tasks, num_threads=team.n, schedule="dynamic"):
-        sq[t] = task_sq(s, t, theta) if l2 != 0.0 else 0.0
+    for t in prange(c.n_tasks, num_threads=team.n, schedule="dynamic"):
+        sq[t] = task_sq(s, c, t, theta) if l2 != 0.0 else 0.0
         grad_task(s, &p, t, theta, 0.0, grad)
-        _update_task(s, o, lr, t, theta, grad, s1, s2, l2)
+        _update_task(s, c, o, lr, t, theta, grad, s1, s2, l2)
     team_close(&team)
-    for t in range(s.n_tasks):
+    for t in range(c.n_tasks):
         reg += sq[t]
     return loss / mb.sw_sum + 0.5 * l2 * reg
 
