@@ -1,7 +1,8 @@
 """The prepared problem of rows held on the workers of a dask.distributed cluster.
 
 :class:`DaskProblem` stands behind the methods of :class:`cbackprop._problem.Problem`
-(``loss``, ``loss_grad``, ``product``, ``raw_output``, ``subsample``, ``rows``)
+(``loss``, ``loss_grad``, ``product``, ``raw_output``, ``subsample``,
+``on_subsample``, ``rows``)
 so that every solver and curvature operator runs on cluster data unchanged.
 The design follows the established Dask learners: the optimizer runs on the
 client and each evaluation is a sum of per-worker partial results (dask-glm);
@@ -211,6 +212,23 @@ def _take(part, idx):
     return X[idx], None if Y is None else Y[idx], None if sw is None else sw[idx]
 
 
+def _run_batch(net, reg_coef, max_rows, fn, n_parts, *parts_and_args):
+    """fn(batch, *args) on the in-memory problem of the selected parts' rows,
+    concatenated in part order and normalized by their own weight; (False,
+    None) when that weight is zero (the caller falls back to the full data)."""
+    parts, args = parts_and_args[:n_parts], parts_and_args[n_parts:]
+    X = (sp.vstack([p[0] for p in parts], format="csr") if sp.issparse(parts[0][0])
+         else np.concatenate([p[0] for p in parts]))
+    Y, sw = (None if parts[0][k] is None else np.concatenate([p[k] for p in parts])
+             for k in (1, 2))
+    own = float(X.shape[0]) if sw is None else float(sw.sum(dtype=np.float64))
+    if not own > 0:
+        return False, None
+    batch = Problem(net, X, Y, sw, max_rows=max_rows, weight_sum=own, reg_coef=reg_coef,
+                    validate=False)
+    return True, fn(batch, *args)
+
+
 # ----------------------------------------------------------- per-part quantities
 def _loss_grad_part(problem, theta, want_grad):
     g = np.empty(problem.net.n_params, problem.net.dtype) if want_grad else None
@@ -325,9 +343,13 @@ class DaskProblem:
         source, the groups are fixed, so the numbers are the same. Data that
         cannot be recomputed ends the run with a RuntimeError saying so.
         """
+        return self._retry(self._round, fn, args, reduce)
+
+    def _retry(self, run, *args):
+        """run(*args), run again when a worker holding its inputs died."""
         for _ in range(LOST_RETRIES):
             try:
-                return self._round(fn, args, reduce)
+                return run(*args)
             except _LOST as exc:
                 lost = exc
         raise RuntimeError(
@@ -339,13 +361,7 @@ class DaskProblem:
 
     def _round(self, fn, args, reduce):
         client = self.client
-        arrays = [i for i, a in enumerate(args) if isinstance(a, np.ndarray)]
-        args = list(args)
-        if arrays:
-            # Scattered once per round, never embedded in the tasks.
-            scattered = client.scatter([args[i] for i in arrays], hash=False)
-            for i, f in zip(arrays, scattered):
-                args[i] = f
+        args = self._scatter(args)
         # The regularizer goes to part 0 of group 0 alone.
         tasks = [client.submit(_run_group, self._token, j, self.net, self.weight_sum,
                                self.reg_coef if j == 0 else 0.0, self.max_rows, fn,
@@ -353,6 +369,17 @@ class DaskProblem:
                                allow_other_workers=hint is not None, pure=False)
                  for j, (parts, hint) in enumerate(zip(self._groups, self._hints))]
         return client.gather(tasks)
+
+    def _scatter(self, args):
+        """args with its arrays scattered (once per round, never embedded in
+        the tasks)."""
+        arrays = [i for i, a in enumerate(args) if isinstance(a, np.ndarray)]
+        args = list(args)
+        if arrays:
+            scattered = self.client.scatter([args[i] for i in arrays], hash=False)
+            for i, f in zip(arrays, scattered):
+                args[i] = f
+        return args
 
     def sum_over_parts(self, fn, *args):
         """``sum_p fn(part_p, *args)`` over the in-memory problems of the parts,
@@ -419,6 +446,25 @@ class DaskProblem:
         if not own > 0:
             return self
         return DaskProblem._from_parts(self, groups, sizes, own, self.reg_coef)
+
+    def on_subsample(self, idx, fn, *args):
+        """fn(batch, *args) in one task, batch the in-memory problem of rows
+        idx (sorted) with this problem's regularizer coefficient.
+
+        The rows are selected on their workers and gathered on one worker
+        (the scheduler picks the one holding most of them; they never pass
+        through the client), so a whole computation on a small curvature
+        mini-batch (Hessian-free's CG loop) costs one round instead of one per
+        product. fn must be picklable (a module-level function).
+        """
+        done, value = self._retry(self._batch_round, np.asarray(idx), fn, args)
+        return value if done else fn(self, *args)
+
+    def _batch_round(self, idx, fn, args):
+        parts = list(itertools.chain.from_iterable(self._select(idx)[0]))
+        task = self.client.submit(_run_batch, self.net, self.reg_coef, self.max_rows, fn,
+                                  len(parts), *parts, *self._scatter(args), pure=False)
+        return task.result()
 
     def rows(self, c):
         """The problem of the contiguous rows c (a slice), with this problem's

@@ -239,6 +239,12 @@ class Problem:
         return Problem(self.net, X, Y, sw, max_rows=self.max_rows, weight_sum=own,
                        reg_coef=reg_coef, validate=False)
 
+    def on_subsample(self, idx, fn, *args):
+        """``fn(self.subsample(idx), *args)``: a whole computation on a
+        curvature mini-batch (rows ``idx``, sorted; this problem's regularizer
+        coefficient). A cluster problem runs it in one task on one worker."""
+        return fn(self.subsample(idx), *args)
+
     def rows(self, c):
         """The problem of the contiguous rows ``c`` (a slice), with this
         problem's normalizer and no regularizer: one term of the row sum."""

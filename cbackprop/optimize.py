@@ -590,6 +590,18 @@ def _truncated_cg(curv, b, lam, x0, M, max_iter, tol):
     return kept, products
 
 
+def _hf_direction(problem, theta, g, lam, x0, preconditioner, max_iter, tol):
+    """Hessian-free's truncated CG on ``problem``'s GGN at theta, damped by
+    lam: ``_truncated_cg``'s (kept iterates, number of products). A module
+    function, so that a cluster problem can run it beside a mini-batch's rows."""
+    curv = _GGN(problem, theta)
+    if preconditioner is None:
+        M = np.ones(problem.net.n_params)
+    else:
+        M = (np.maximum(curv.diagonal(preconditioner), 0.0) + lam) ** 0.75
+    return _truncated_cg(curv, -g.astype(np.float64), lam, x0, M, max_iter, tol)
+
+
 @blas_section
 def hessian_free(net, theta0, X, y, sample_weight=None, *, max_iter=100, damping=1.0,
                  damping_max=1e10, cg_max_iter=250, cg_tol=5e-4, cg_decay=0.95,
@@ -675,25 +687,20 @@ def hessian_free(net, theta0, X, y, sample_weight=None, *, max_iter=100, damping
     if not math.isfinite(f):
         raise ValueError(f"the loss at theta0 is not finite ({f})")
     trial = np.empty(P, dtype)
-    full = _GGN(problem, theta)   # theta: the working array
     nhev = ncg = nit = 0
     d_prev = None
     while True:
         status = _stop_before_step(g, gtol, nit, max_iter)
         if status is not None:
             break
-        # ---- curvature (at theta: `full` reads the working array)
-        curv = full
-        if batch is not None:
-            idx = np.sort(rs.choice(N, batch, replace=False))
-            curv = _GGN(problem.subsample(idx), theta)
-        if preconditioner is None:
-            M = np.ones(P)
-        else:
-            M = (np.maximum(curv.diagonal(preconditioner), 0.0) + lam) ** 0.75
-        b = -g.astype(np.float64)
+        # ---- the direction: CG on the (mini-batch) GGN at theta
         x0 = None if d_prev is None or cg_decay == 0 else cg_decay * d_prev
-        kept, products = _truncated_cg(curv, b, lam, x0, M, cg_max_iter, cg_tol)
+        cg_args = (theta, g, lam, x0, preconditioner, cg_max_iter, cg_tol)
+        if batch is None:
+            kept, products = _hf_direction(problem, *cg_args)
+        else:
+            idx = np.sort(rs.choice(N, batch, replace=False))
+            kept, products = problem.on_subsample(idx, _hf_direction, *cg_args)
         nhev += products
         ncg += kept[-1][0]
         d_prev = kept[-1][1]

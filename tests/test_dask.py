@@ -151,6 +151,40 @@ def test_optimize_solvers(client, case):
     assert close(want.x, got.x) and close(want.fun, got.fun) and close(want.jac, got.jac)
 
 
+def test_curvature_batch_runs_in_one_task(client, monkeypatch):
+    from cbackprop._dask_problem import DaskProblem
+    X, labels, _, sw = data()
+    Y = np.eye(3)[labels]
+    net = cbackprop.Network(SIZES, "tanh", "log_loss", alpha=0.2)
+    theta = net.init_params(np.random.RandomState(0))
+    idx = np.arange(5, N, 3)
+    local = Problem(net, X, Y, sw)
+    remote = make_problem(net, *chunked(CHUNKINGS["many"], X, Y, sw))
+    assert close(local.on_subsample(idx, Problem.loss, theta),
+                 remote.on_subsample(idx, Problem.loss, theta))
+    # Rows of zero weight: the full data's curvature stands for theirs.
+    sw0 = sw.copy()
+    sw0[idx] = 0.0
+    remote0 = make_problem(net, *chunked(CHUNKINGS["many"], X, Y, sw0))
+    assert close(remote0.on_subsample(idx, Problem.loss, theta),
+                 Problem(net, X, Y, sw0).loss(theta))
+    # Hessian-free on a curvature mini-batch: each CG loop is one task on one
+    # worker; the rounds over all workers are the losses and gradients alone.
+    rounds, batches = [], []
+    real_round, real_batch = DaskProblem._round, DaskProblem._batch_round
+    monkeypatch.setattr(DaskProblem, "_round", lambda self, fn, *a: (
+        rounds.append(fn.__name__), real_round(self, fn, *a))[1])
+    monkeypatch.setattr(DaskProblem, "_batch_round", lambda self, *a: (
+        batches.append(1), real_batch(self, *a))[1])
+    kw = dict(max_iter=3, cg_max_iter=8, curvature_batch_size=20, preconditioner="diag_ggn",
+              random_state=0)
+    want = optimize.hessian_free(net, theta, X, Y, sw, **kw)
+    got = optimize.hessian_free(net, theta, *chunked(CHUNKINGS["many"], X, Y, sw), **kw)
+    assert got.nhev == want.nhev > 3 * got.nit and close(want.x, got.x)
+    assert len(batches) == got.nit == 3
+    assert set(rounds) == {"_loss_grad_part"}, set(rounds)
+
+
 def test_quasi_hessian(client):
     X, labels, _, sw = data()
     Y = np.eye(3)[labels]
