@@ -172,3 +172,125 @@ def section_threads(opts):
     out += ["", "2048 GEMM rates (GFLOP/s): " + ", ".join(
         f"{dt} {n} thread{'s' if n > 1 else ''} {r / 1e9:.1f}" for (dt, n), r in rates.items())]
     return "\n".join(out)
+
+
+# ------------------------------------------------------------------ bounds
+# What two threads can reach on this machine, whatever the implementation:
+# (1) two copies of a one-thread call run at once in two processes (no
+# synchronization, no shared data): their slowdown s bounds the speed-up of
+# any two-thread version of the call by 2 / s (the cores share memory
+# bandwidth and caches); (2) the GEMMs alone of workload b's epoch on two
+# cores, as a fraction of the 2-thread 2048 GEMM rate; (3) the full-batch
+# pass's GEMMs alone in SciPy's BLAS (the one cbackprop must call) against
+# PyTorch's whole forward/backward (MKL / oneDNN GEMMs). The host's speed
+# drifts by 10-30% within minutes, so every comparison alternates its sides.
+B_SIZES = (784, 256, 256, 10)
+GEMMS = "SciPy's GEMMs alone"
+
+
+def _bound_calls():
+    """name -> zero-argument builder of the call (built in the worker)."""
+    return {
+        "digits adam fit, 50 epochs": lambda: E.workload_a(epochs=50)["cbackprop"],
+        "workload b epoch's GEMMs alone, float64":
+            lambda: E.gemm_passes(B_SIZES, 20000, 256, np.float64),
+        "workload b epoch's GEMMs alone, float32":
+            lambda: E.gemm_passes(B_SIZES, 20000, 256, np.float32),
+    }
+
+
+def _worker(name, start, k):
+    """One process, one thread: build, wait for `start` (epoch seconds),
+    time k calls; prints the median seconds."""
+    with _threads(1):
+        fn = _bound_calls()[name]()
+        fn()
+        while time.time() < start:
+            time.sleep(0.001)
+        times = []
+        for _ in range(k):
+            t0 = time.perf_counter()
+            fn()
+            times.append(time.perf_counter() - t0)
+    print(statistics.median(times))
+
+
+def _copies(name, n, k=3):
+    """Median time per call of n one-thread copies of `name` run at once
+    (the slowest copy's)."""
+    start = time.time() + 6.0   # every copy built and warm before it
+    procs = [subprocess.Popen([sys.executable, "-m", "benchmarks._thread_report", name,
+                               repr(start), str(k)], stdout=subprocess.PIPE, text=True,
+                              cwd=C.REPO_ROOT) for _ in range(n)]
+    return max(float(p.communicate()[0].split()[-1]) for p in procs)
+
+
+def _pass_calls(dtype):
+    """Full-batch pass on workload b's rows: cbackprop, PyTorch, SciPy's GEMMs alone."""
+    import cbackprop as cb
+    X, y = E.classification_b(dtype)
+    net = cb.Network(B_SIZES, loss="log_loss", dtype=dtype)
+    theta, Y = net.init_params(0).astype(dtype), np.eye(10, dtype=dtype)[y]
+    grad = np.empty(net.n_params, dtype)
+    return {"cbackprop": lambda: net.loss_grad(theta, X, Y, out=grad),
+            "PyTorch": _torch_loss_grad(X, y, dtype),
+            GEMMS: E.gemm_passes(B_SIZES, 20000, 20000, dtype)}
+
+
+def section_bounds(opts):
+    """Markdown: the two-thread bounds of this machine (see above)."""
+    rounds = max(3, opts.repeat // 2)
+    out = ["## bounds: what two threads can reach here", "",
+           f"Two copies of a one-thread call at once, in two processes (medians of {rounds} "
+           "rounds alternating one copy and two): the slowdown of each copy bounds any "
+           "two-thread version of the call by 2 / slowdown.", "",
+           "| call | one copy ms | two copies at once ms | slowdown | bound on the 2-thread "
+           "speed-up |", "|---|---:|---:|---:|---:|"]
+    pair = {}
+    for name in _bound_calls():
+        t1, t2 = [], []
+        for _ in range(rounds):
+            t1.append(_copies(name, 1))
+            t2.append(_copies(name, 2))
+        one, two = statistics.median(t1), statistics.median(t2)
+        pair[name] = two
+        out.append(f"| {name} | {one * 1e3:.1f} | {two * 1e3:.1f} | {two / one:.2f} "
+                   f"| {2 * one / two:.2f}x |")
+    rates = _gemm_rates([2], 3)
+    flops_b = C.loss_grad_flops(B_SIZES, 20000)
+    out += ["", "Workload b's epoch GEMMs alone on two cores (at two OpenBLAS threads; as two "
+            "one-thread processes at once, half the time per epoch: the cores' throughput) "
+            "as a fraction of the 2-thread 2048 GEMM rate:", "",
+            "| GEMMs of one epoch | dtype | ms | fraction of the 2-thread GEMM rate |",
+            "|---|---|---:|---:|"]
+    for dtype in (np.float64, np.float32):
+        name = np.dtype(dtype).name
+        fn = E.gemm_passes(B_SIZES, 20000, 256, dtype)
+        with _threads(2):
+            fn()
+            t = statistics.median(_once(fn, 0.3) for _ in range(rounds))
+        half = pair[f"workload b epoch's GEMMs alone, {name}"] / 2
+        for label, v in (("two OpenBLAS threads", t), ("two one-thread processes", half)):
+            out.append(f"| {label} | {name} | {v * 1e3:.1f} | {flops_b / v / rates[(name, 2)]:.0%} |")
+    try:
+        import torch  # noqa: F401
+    except ImportError:
+        return "\n".join(out + ["", "(PyTorch not installed: no pass bound)"])
+    out += ["", f"Full-batch pass on 20000 rows at two threads, medians of {rounds} "
+            "interleaved repeats: PyTorch's whole forward/backward against SciPy's GEMMs "
+            "alone (the GEMMs cbackprop's pass calls):", "",
+            "| dtype | cbackprop ms | PyTorch ms | SciPy's GEMMs alone ms "
+            "| GEMMs alone / PyTorch |", "|---|---:|---:|---:|---:|"]
+    for dtype in (np.float64, np.float32):
+        calls = _pass_calls(dtype)
+        with _threads(2):
+            times = _measure({k: (f, None, None) for k, f in calls.items()}, [2], rounds, 0.3)
+        t = {k: times[(k, 2)] for k in calls}
+        out.append(f"| {np.dtype(dtype).name} | {t['cbackprop'] * 1e3:.1f} "
+                   f"| {t['PyTorch'] * 1e3:.1f} | {t[GEMMS] * 1e3:.1f} "
+                   f"| {t[GEMMS] / t['PyTorch']:.2f} |")
+    return "\n".join(out)
+
+
+if __name__ == "__main__":   # a worker of _copies
+    _worker(sys.argv[1], float(sys.argv[2]), int(sys.argv[3]))

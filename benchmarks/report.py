@@ -17,7 +17,8 @@ across runs.
 
 Sections are functions ``section(opts) -> markdown`` registered in
 ``SECTIONS`` (engine here; estimators, curvature, solvers and sparse in
-``_report_sections.py``).  The
+``_report_sections.py``; threads and bounds, what two threads can reach on the
+machine, in ``_thread_report.py``).  The
 workloads come from ``benchmarks/_common.py``, shared with the asv suite.
 """
 import argparse
@@ -232,6 +233,7 @@ SECTIONS = {
     "curvature": lambda opts: RS.section_curvature(opts, measure_interleaved),
     "solvers": lambda opts: RS.section_solvers(opts),
     "threads": TR.section_threads,
+    "bounds": TR.section_bounds,
     "sparse": lambda opts: RS.section_sparse(opts),
 }
 
