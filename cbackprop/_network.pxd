@@ -411,7 +411,8 @@ cdef inline void first_grad_rows(const NetSpec* s, const Batch* b,
 # deltas: row-parallel), a gradient into the cut's tasks (row ranges of one
 # W_l, the last one with b_l: parameter-parallel, each a sum over all N
 # rows). The cut follows the thread limit of the call (threadpoolctl, the
-# OMP / OpenBLAS variables: cut_for), never the team that runs it, which
+# OMP / OpenBLAS variables: cut_for; the sgd/adam epoch takes the machine's,
+# the last), never the team that runs it, which
 # the measured policy chooses: a fixed limit gives the same bits whatever
 # runs, and different limits agree to rounding (one thread keeps whole
 # GEMMs: one block, one task per layer).

@@ -3,10 +3,10 @@ to rounding across limits, the ecosystem's thread controls honoured,
 concurrent callers safe.
 
 The blocked kernels cut batches into row blocks and gradients into
-parameter ranges by the call's thread limit (one thread: whole GEMMs),
-never by the team the measured policy picks, so results are compared for
-exact equality across team policies at one limit, and to rounding across
-limits.
+parameter ranges by the call's thread limit (one thread: whole GEMMs; the
+sgd/adam epoch by the processor count), never by the team the measured
+policy picks, so results are compared for exact equality across team
+policies at one limit, and to rounding across limits.
 """
 import os
 import subprocess
