@@ -5,7 +5,10 @@ n_classes=10, random_state=0; hidden (256, 256)): one full-batch L-BFGS
 evaluation (loss and gradient) in memory at one thread, and on a LocalCluster
 of 1 and 2 worker processes of one thread each; the Levenberg-Marquardt
 accumulation (J^T H J and gradient) likewise on a smaller net so that P^2
-fits; and the evaluation on 10k, 20k and 40k rows with the bytes that travel.
+fits; the evaluation on 10k, 20k and 40k rows with the bytes that travel; and
+Hessian-free's CG loop on a curvature mini-batch on 2 workers, run in one task
+on one worker (``on_subsample``) or with every product a round over the
+workers that hold the batch's rows.
 
     python benchmarks/bench_dask.py          # prints the figures of one run
 
@@ -31,6 +34,8 @@ cbackprop, _ = _import_cbackprop()
 HIDDEN = (256, 256)
 LM_HIDDEN = (2,)          # P = 1600: G is 20 MB
 ROWS = (10000, 20000, 40000)
+HF_BATCH, HF_CG = 100, 10     # curvature mini-batch rows, CG products
+HF_MODES = ("one task", "rounds")
 
 
 def workload_b(n_samples=20000):
@@ -79,6 +84,20 @@ def accumulation(problem, theta):
     from cbackprop import optimize
     from cbackprop._problem import sum_over_parts
     return lambda: sum_over_parts(problem, optimize._accumulate, theta, None, True)
+
+
+def hf_direction(problem, theta, mode):
+    """Hessian-free's direction on a mini-batch: HF_CG products (cg_tol 0)
+    and the diag_ggn preconditioner, in one task or product by product."""
+    from cbackprop.optimize import _hf_direction
+    g = np.empty(problem.net.n_params, problem.net.dtype)
+    problem.loss_grad(theta, g)
+    idx = np.sort(np.random.default_rng(0).choice(problem.n_rows, HF_BATCH, replace=False))
+    args = (theta, g, 1.0, None, "diag_ggn", HF_CG, 0.0)
+    if mode == "one task":
+        return lambda: problem.on_subsample(idx, _hf_direction, *args)
+    batch = problem.subsample(idx)
+    return lambda: _hf_direction(batch, *args)
 
 
 def timed(fn, repeat):
@@ -141,6 +160,11 @@ class _ClusterBench:
     hidden, make_fn = HIDDEN, staticmethod(evaluation)
 
     def setup(self, workers):
+        self.fn = self.make_fn(*self._open(workers))
+        self.fn()
+
+    def _open(self, workers):
+        """(problem, theta) of workload b in memory or on a new cluster."""
         try:
             import distributed  # noqa: F401
         except ImportError:
@@ -151,14 +175,11 @@ class _ClusterBench:
         X, Y = workload_b()
         net, theta = network(self.hidden)
         if workers == "memory":
-            problem = Problem(net, X, Y)
-        else:
-            client = self._stack.enter_context(local_cluster(workers))
-            problem = make_problem(net, *chunked(client, X, Y))
-        self.fn = self.make_fn(problem, theta)
-        self.fn()
+            return Problem(net, X, Y), theta
+        client = self._stack.enter_context(local_cluster(workers))
+        return make_problem(net, *chunked(client, X, Y)), theta
 
-    def teardown(self, workers):
+    def teardown(self, *params):
         self._stack.close()
         self._limits.restore_original_limits()
 
@@ -177,6 +198,21 @@ class DaskLMAccumulation(_ClusterBench):
     hidden, make_fn = LM_HIDDEN, staticmethod(accumulation)
 
     def time_accumulate(self, workers):
+        self.fn()
+
+
+class DaskHessianFreeBatch(_ClusterBench):
+    """Workload b on 2 workers: Hessian-free's CG loop (10 products) on a
+    100-row curvature mini-batch, in one task or a round per product."""
+
+    params = [list(HF_MODES)]
+    param_names = ["mode"]
+
+    def setup(self, mode):
+        self.fn = hf_direction(*self._open(2), mode)
+        self.fn()
+
+    def time_cg_loop(self, mode):
         self.fn()
 
 
@@ -213,6 +249,10 @@ def report(repeat=5, repeat_lm=2):
                                                             make_fn, n)
                 rows.append((what, f"{workers} worker(s)", wall, compute, moved, net.n_params))
         with local_cluster(2) as client:
+            from cbackprop._problem import make_problem
+            net, theta = network(HIDDEN)
+            problem = make_problem(net, *chunked(client, X, Y))
+            hf = {m: timed(hf_direction(problem, theta, m), repeat) for m in HF_MODES}
             scaling = []
             for n in ROWS:
                 Xn, Yn = workload_b(n)
@@ -231,6 +271,10 @@ def report(repeat=5, repeat_lm=2):
                  f"{compute * 1e3:10.1f} {(wall - compute) * 1e3:12.1f} {moved / 1e6:9.2f}")
         print(f"{what:18s} {where:22s} {wall * 1e3:9.1f} {extra:>33s} "
               f"{base[what] / wall:9.2f}x   (P = {P})")
+    print(f"\nHessian-free's CG loop ({HF_CG} products, diag_ggn preconditioner) on a "
+          f"{HF_BATCH}-row curvature mini-batch, 2 workers: "
+          + ", ".join(f"{m} {t * 1e3:.1f} ms" for m, t in hf.items())
+          + f" ({hf['rounds'] / hf['one task']:.1f}x)")
     print("\nScaling with N, lbfgs evaluation on 2 workers:")
     print(f"{'rows':>7s} {'wall ms':>9s} {'worker ms':>10s} {'overhead ms':>12s} {'MB moved':>9s}")
     for n, wall, compute, moved in scaling:

@@ -183,6 +183,13 @@ def test_curvature_batch_runs_in_one_task(client, monkeypatch):
     assert got.nhev == want.nhev > 3 * got.nit and close(want.x, got.x)
     assert len(batches) == got.nit == 3
     assert set(rounds) == {"_loss_grad_part"}, set(rounds)
+    # A batch too large for one task keeps its rows spread: a round per product.
+    from cbackprop import _dask_problem
+    monkeypatch.setattr(_dask_problem, "ONE_TASK_WORK", 0)
+    del rounds[:], batches[:]
+    spread = optimize.hessian_free(net, theta, *chunked(CHUNKINGS["many"], X, Y, sw), **kw)
+    assert spread.nhev == want.nhev and close(want.x, spread.x) and not batches
+    assert "_product_part" in rounds
 
 
 def test_quasi_hessian(client):
