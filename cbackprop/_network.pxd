@@ -424,6 +424,13 @@ cdef inline const Cut* cut_for(const NetSpec* s, int limit) noexcept nogil:
         k += 1
     return &s.cuts[k]
 
+cdef inline void task_range(const Cut* c, Py_ssize_t t, int* l,
+                            Py_ssize_t* p0, Py_ssize_t* p1) noexcept nogil:
+    """Task t of cut c: rows p0 .. p1 of W_l (b_l with the last rows)."""
+    l[0] = <int>c.tasks[3 * t]
+    p0[0] = c.tasks[3 * t + 1]
+    p1[0] = c.tasks[3 * t + 2]
+
 cdef inline Py_ssize_t row_blocks(const Cut* c, Py_ssize_t N) noexcept nogil:
     """1, 2, 4, ... c.max_blocks blocks of at least 48 rows each."""
     cdef Py_ssize_t B = 1
@@ -482,8 +489,6 @@ cdef double add_l2(const NetSpec* s, const floating* theta, double coef,
                    floating* grad) noexcept nogil
 cdef double loss_value(const NetSpec* s, const Batch* b, const floating* Z,
                        floating* D) noexcept nogil
-cdef double cut_loss(const NetSpec* s, const Cut* c, const Batch* b,
-                     const floating* Z, floating* D) noexcept nogil
 cdef double loss_grad_kernel(const NetSpec* s, const Batch* b,
                              const floating* theta, floating* ws,
                              const FirstLayout* lay,

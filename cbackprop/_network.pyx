@@ -289,13 +289,6 @@ cdef double rows_pass(const NetSpec* s, const Batch* b, const floating* theta,
     return loss
 
 
-cdef inline void task_range(const Cut* c, Py_ssize_t t, int* l,
-                            Py_ssize_t* p0, Py_ssize_t* p1) noexcept nogil:
-    l[0] = <int>c.tasks[3 * t]
-    p0[0] = c.tasks[3 * t + 1]
-    p1[0] = c.tasks[3 * t + 2]
-
-
 cdef double task_sq(const NetSpec* s, const Cut* c, Py_ssize_t t,
                     const floating* theta) noexcept nogil:
     """sum of squares of task t's weights (rows p0 .. p1 of W_l)."""

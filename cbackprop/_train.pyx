@@ -15,7 +15,7 @@ from libc.stdint cimport int32_t, int64_t
 from cython.parallel cimport prange
 from cbackprop._network cimport (NetPlan, NetSpec, Batch, Region, FirstLayout,
                                  Workspace, Pass, make_batch, make_pass, sub_batch,
-                                 put, first_layout, row_blocks, block_start, Cut,
+                                 put, first_layout, row_blocks, block_start, Cut, task_range,
                                  rows_pass, task_sq, grad_task, batch_flops,
                                  set_input, csr_index, MAX_BLOCKS, MAX_TASKS)
 from cbackprop._interrupt cimport check_interrupt
@@ -90,8 +90,9 @@ cdef void _update_task(const NetSpec* s, const Cut* c, const Optim* o,
     """One step on gradient task t's parameters (rows p0 .. p1 of W_l, and
     b_l with the last rows) of the objective whose gradient is g plus the
     L2 penalty's l2 W: the penalty is added in the update's own pass."""
-    cdef int l = <int>c.tasks[3 * t]
-    cdef Py_ssize_t p0 = c.tasks[3 * t + 1], p1 = c.tasks[3 * t + 2]
+    cdef int l
+    cdef Py_ssize_t p0, p1
+    task_range(c, t, &l, &p0, &p1)
     cdef Py_ssize_t nout = s.sizes[l + 1]
     _update_range(o, lr, theta, g, s1, s2, s.w_off[l] + p0 * nout,
                   (p1 - p0) * nout, <floating>l2)
