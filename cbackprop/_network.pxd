@@ -466,6 +466,8 @@ cdef double task_sq(const NetSpec* s, const Cut* c, Py_ssize_t t,
                     const floating* theta) noexcept nogil
 cdef void grad_task(const NetSpec* s, const Pass* p, Py_ssize_t t,
                     const floating* theta, double l2, floating* grad) noexcept nogil
+cdef void block_grad(const NetSpec* s, const Pass* p, Py_ssize_t r0,
+                     Py_ssize_t nb, floating* g) noexcept nogil
 cdef double blocked_loss_grad(const NetSpec* s, const Batch* b,
                               const floating* theta, const Pass* p,
                               floating* grad) noexcept nogil

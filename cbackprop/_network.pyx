@@ -327,6 +327,27 @@ cdef void grad_task(const NetSpec* s, const Pass* p, Py_ssize_t t,
         col_sums(d, N, nout, grad + s.b_off[l], False)
 
 
+cdef void block_grad(const NetSpec* s, const Pass* p, Py_ssize_t r0,
+                     Py_ssize_t nb, floating* g) noexcept nogil:
+    """g (P,) = the gradient of rows r0 .. r0 + nb's loss sum (no penalty):
+    every layer's a_in^T delta and column sums over the block's own rows,
+    which the thread that computed them still holds in its cache."""
+    cdef int l, L = s.n_layers
+    cdef Py_ssize_t N = p.N
+    cdef const floating* d
+    for l in range(L):
+        if l == L - 1:
+            d = <const floating*>p.D + r0 * s.sizes[L]
+        else:
+            d = <const floating*>p.H + N * s.h_off[l] + r0 * s.sizes[l + 1]
+        if l == 0:
+            first_grad(s, p.b, r0, nb, d, False, g)
+            col_sums(d, nb, s.sizes[1], g + s.b_off[0], False)
+        else:
+            layer_grad(s, l, <const floating*>p.A + N * s.h_off[l - 1] + r0 * s.sizes[l],
+                       d, nb, False, True, g)
+
+
 cdef double work_flops(const NetSpec* s, Py_ssize_t N, double k) noexcept nogil:
     """k times the flops of one forward pass over N rows (a kernel's size
     class for the thread teams)."""

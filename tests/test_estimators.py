@@ -7,6 +7,7 @@ the same numbers as ``sklearn.neural_network`` (up to rounding).
 import contextlib
 import io
 import pickle
+import os
 import re
 import threading
 import warnings
@@ -105,6 +106,30 @@ def test_loss_curve_matches_sklearn(kind, params):
                                 **params)
     _assert_same_fit(ref, ours, rtol=1e-9)
     assert_allclose(ours.predict(X), ref.predict(X), rtol=1e-9, atol=1e-12)
+
+
+@pytest.mark.parametrize("n_features, hidden, partials", [
+    pytest.param(6, (12, 6), 2, id="row-block-gradients"),
+    pytest.param(150, (20,), 1, id="parameter-tasks"),
+])
+def test_both_epoch_gradient_schemes_match_sklearn(n_features, hidden, partials):
+    # Batches of 120 rows are two row blocks (with two processors or more).
+    # A small network sums the blocks' gradients; one with more parameters
+    # than the batch has activations cuts the gradient into parameter tasks.
+    from sklearn.datasets import make_classification
+    from cbackprop import _train
+    X, y = make_classification(120, n_features, n_informative=4, n_redundant=0, n_classes=3,
+                               random_state=0)
+    params = dict(hidden_layer_sizes=hidden, solver="adam", max_iter=6, alpha=1e-3,
+                  learning_rate_init=0.01, random_state=0)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", ConvergenceWarning)
+        ref = sknn.MLPClassifier(**params).fit(X, y)
+        ours = MLPClassifier(**params).fit(X, y)
+    _assert_same_fit(ref, ours, rtol=1e-9)
+    net = ours.network_
+    grad = net._scratch(_train.EpochWorkspace, 120, 1).layout["grad"][1]
+    assert grad == net.n_params * (partials if os.cpu_count() >= 2 else 1)
 
 
 @pytest.mark.parametrize("activation", ["identity", "logistic", "tanh", "relu"])
