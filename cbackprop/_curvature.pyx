@@ -24,7 +24,7 @@ from libc.stdint cimport int32_t, int64_t
 from cbackprop._interrupt cimport check_interrupt
 from cbackprop._threads cimport (Team, blas_open, team_close)
 from cbackprop._network cimport (NetPlan, NetSpec, Batch, Region, Workspace,
-                                 FirstLayout, make_batch, sub_batch, put, forward,
+                                 FirstLayout, make_batch, sub_batch, put, part_entries, forward,
                                  backward, loss_value, loss_grad_kernel,
                                  layer_input, forward_linear,
                                  backward_linear, backward_step, layer_grad,
@@ -46,7 +46,8 @@ cdef struct GgnVpLayout:
     Region Z, A, F1, F2     # N * width each
     Region RZ, RA           # k * N * width each
     Region RD               # k * N * n_L
-    Region work             # 2 * k * N * max_hidden
+    Region work             # 2 k N max_hidden, at least N (width - n_L): batch_state's H
+    Region part             # batch_state's row-block gradients (part_entries)
 
 cdef struct EfisherLayout:
     Region Z, A, DL         # N * width each
@@ -1061,7 +1062,9 @@ cdef class HvpWorkspace(Workspace):
 
 cdef class GgnVpWorkspace(Workspace):
     """ggn_vp: Z, A, F1, F2 (n_rows width each), RZ, RA (k n_rows width),
-    RD (k n_rows n_L), work (2 k n_rows max_hidden)."""
+    RD (k n_rows n_L), work (2 k n_rows max_hidden, and at least n_rows
+    times the hidden widths' sum: batch_state's deltas), part (batch_state's
+    row-block gradients)."""
     cdef GgnVpLayout lay
 
     cdef Py_ssize_t _layout(self, Py_ssize_t N, Py_ssize_t k) noexcept:
@@ -1074,7 +1077,10 @@ cdef class GgnVpWorkspace(Workspace):
         at = put(&self.lay.RZ, at, k * n)
         at = put(&self.lay.RA, at, k * n)
         at = put(&self.lay.RD, at, k * N * s.sizes[s.n_layers])
-        return put(&self.lay.work, at, 2 * k * N * s.max_hidden)
+        # batch_state's backward keeps every hidden layer's deltas there.
+        at = put(&self.lay.work, at, max(2 * k * N * s.max_hidden,
+                                         N * (s.width - s.sizes[s.n_layers])))
+        return put(&self.lay.part, at, part_entries(s, N))
 
     cdef dict _regions(self):
         return self.lay
@@ -1464,6 +1470,7 @@ def batch_state(NetPlan plan, const floating[::1] theta, const floating[:, ::1] 
     fl.A = ws.lay.A
     fl.D = ws.lay.RD
     fl.work = ws.lay.work
+    fl.part = ws.lay.part
     cdef double out
     cdef Team team
     with nogil:

@@ -106,8 +106,9 @@ cdef struct Region:
 
 cdef struct FirstLayout:
     # forward cache (N * width each), output deltas (k N n_L), two ping-pong
-    # delta buffers (2 k N max_hidden)
-    Region Z, A, D, work
+    # delta buffers (2 k N max_hidden), the gradients of row blocks 1 .. B - 1
+    # (split_grad; empty where a kernel never splits)
+    Region Z, A, D, work, part
 
 cdef inline Py_ssize_t put(Region* r, Py_ssize_t at, Py_ssize_t n) noexcept nogil:
     """Place a region of n entries at `at`; return the next 64-byte aligned
@@ -118,6 +119,7 @@ cdef inline Py_ssize_t put(Region* r, Py_ssize_t at, Py_ssize_t n) noexcept nogi
 
 cdef Py_ssize_t first_layout(const NetSpec* s, Py_ssize_t N, Py_ssize_t k,
                              Py_ssize_t at, FirstLayout* lay) noexcept nogil
+cdef Py_ssize_t part_entries(const NetSpec* s, Py_ssize_t N) noexcept nogil
 
 cdef int set_input(Batch* b, object X, Py_ssize_t itemsize) except -1
 
@@ -458,6 +460,8 @@ cdef struct Pass:
     void* H               # hidden deltas, layer l at N * h_off[l]
     Py_ssize_t N
     const Cut* cut        # how the call cuts the batch and the gradient
+    void* G               # gradients of row blocks 1 .. B - 1 (P each)
+    Py_ssize_t room       # how many G holds
 
 cdef double rows_pass(const NetSpec* s, const Batch* b, const floating* theta,
                       const Pass* p, Py_ssize_t r0, Py_ssize_t nb,
@@ -466,8 +470,11 @@ cdef double task_sq(const NetSpec* s, const Cut* c, Py_ssize_t t,
                     const floating* theta) noexcept nogil
 cdef void grad_task(const NetSpec* s, const Pass* p, Py_ssize_t t,
                     const floating* theta, double l2, floating* grad) noexcept nogil
-cdef void block_grad(const NetSpec* s, const Pass* p, Py_ssize_t r0,
-                     Py_ssize_t nb, floating* g) noexcept nogil
+cdef bint split_grad(const NetSpec* s, const Pass* p, Py_ssize_t B) noexcept nogil
+cdef void block_grad(const NetSpec* s, const Pass* p, Py_ssize_t j, Py_ssize_t r0,
+                     Py_ssize_t nb, floating* grad) noexcept nogil
+cdef void sum_task(const NetSpec* s, const Pass* p, Py_ssize_t t, Py_ssize_t B,
+                   const floating* theta, double l2, floating* grad) noexcept nogil
 cdef double blocked_loss_grad(const NetSpec* s, const Batch* b,
                               const floating* theta, const Pass* p,
                               floating* grad) noexcept nogil

@@ -257,6 +257,8 @@ cdef Pass make_pass(const NetSpec* s, const Batch* b, floating* ws,
     p.H = ws + lay.work.off
     p.N = b.N
     p.cut = cut
+    p.G = ws + lay.part.off
+    p.room = lay.part.n // s.n_params
     return p
 
 
@@ -327,14 +329,34 @@ cdef void grad_task(const NetSpec* s, const Pass* p, Py_ssize_t t,
         col_sums(d, N, nout, grad + s.b_off[l], False)
 
 
-cdef void block_grad(const NetSpec* s, const Pass* p, Py_ssize_t r0,
-                     Py_ssize_t nb, floating* g) noexcept nogil:
-    """g (P,) = the gradient of rows r0 .. r0 + nb's loss sum (no penalty):
-    every layer's a_in^T delta and column sums over the block's own rows,
-    which the thread that computed them still holds in its cache."""
+cdef bint split_grad(const NetSpec* s, const Pass* p, Py_ssize_t B) noexcept nogil:
+    """Whether the gradient of p's B row blocks is the sum of the blocks'
+    own gradients (block_grad, each reduced by the thread that computed the
+    block, from its cache; then sum_task) rather than cut into parameter
+    tasks over all rows (grad_task, each reading every block, half of them
+    from the other core): when the B - 1 extra gradients take no more room
+    than the batch's activations, (B - 1) P <= N width, and p has it. It
+    depends on the network, the rows and the cut, never on the team."""
+    return B > 1 and B - 1 <= p.room and (B - 1) * s.n_params <= p.N * s.width
+
+
+cdef Py_ssize_t part_entries(const NetSpec* s, Py_ssize_t N) noexcept nogil:
+    """Room for the row-block gradients beyond the first that a split_grad
+    call over at most N rows may need (B - 1 <= N width / P gradients of P
+    entries, B at most the machine's)."""
+    return (min(row_blocks(&s.cuts[s.n_cuts - 1], N), 1 + N * s.width // s.n_params)
+            - 1) * s.n_params
+
+
+cdef void block_grad(const NetSpec* s, const Pass* p, Py_ssize_t j, Py_ssize_t r0,
+                     Py_ssize_t nb, floating* grad) noexcept nogil:
+    """Row block j's (rows r0 .. r0 + nb) gradient of its loss sum, no
+    penalty: every layer's a_in^T delta and column sums over the block's
+    own rows, into grad for block 0 and p.G's (j - 1)-th gradient else."""
     cdef int l, L = s.n_layers
     cdef Py_ssize_t N = p.N
     cdef const floating* d
+    cdef floating* g = grad if j == 0 else <floating*>p.G + (j - 1) * s.n_params
     for l in range(L):
         if l == L - 1:
             d = <const floating*>p.D + r0 * s.sizes[L]
@@ -346,6 +368,33 @@ cdef void block_grad(const NetSpec* s, const Pass* p, Py_ssize_t r0,
         else:
             layer_grad(s, l, <const floating*>p.A + N * s.h_off[l - 1] + r0 * s.sizes[l],
                        d, nb, False, True, g)
+
+
+cdef void sum_task(const NetSpec* s, const Pass* p, Py_ssize_t t, Py_ssize_t B,
+                   const floating* theta, double l2, floating* grad) noexcept nogil:
+    """Task t's parameters of grad (block 0's gradient) += blocks 1 .. B -
+    1's, in block order, then + l2 W on its weights (grad_task's result
+    from the blocks' gradients)."""
+    cdef int l
+    cdef Py_ssize_t p0, p1
+    task_range(p.cut, t, &l, &p0, &p1)
+    cdef Py_ssize_t nout = s.sizes[l + 1], off = s.w_off[l] + p0 * nout
+    _add_blocks(s, p, B, off, (p1 - p0) * nout, grad)
+    if l2 != 0.0:
+        _axpy(<int>((p1 - p0) * nout), <floating>l2, theta + off, 1, grad + off, 1)
+    if p1 == s.sizes[l]:
+        _add_blocks(s, p, B, s.b_off[l], nout, grad)
+
+
+cdef inline void _add_blocks(const NetSpec* s, const Pass* p, Py_ssize_t B,
+                             Py_ssize_t off, Py_ssize_t n, floating* grad) noexcept nogil:
+    cdef Py_ssize_t j, k
+    cdef floating* o = grad + off
+    cdef const floating* q
+    for j in range(B - 1):
+        q = <const floating*>p.G + j * s.n_params + off
+        for k in range(n):
+            o[k] += q[k]
 
 
 cdef double work_flops(const NetSpec* s, Py_ssize_t N, double k) noexcept nogil:
@@ -373,15 +422,20 @@ cdef double blocked_loss_grad(const NetSpec* s, const Batch* b,
     cdef double parts[MAX_BLOCKS]
     cdef double sq[MAX_TASKS]
     cdef double loss = 0.0, reg = 0.0, coef = b.alpha / b.sw_sum
+    cdef bint split = grad != NULL and split_grad(s, p, B)
     cdef Team team
     team_open(&team, LOSS_GRAD, batch_flops(s, N, grad != NULL), max(B, c.n_tasks))
-    for j in prange(B, num_threads=team.n, schedule="dynamic"):
+    for j in prange(B, num_threads=team.n, schedule="static", chunksize=1):
         r0 = block_start(N, B, j)
         parts[j] = rows_pass(s, b, theta, p, r0, block_start(N, B, j + 1) - r0,
                              grad != NULL)
-    for t in prange(c.n_tasks, num_threads=team.n, schedule="dynamic"):
+        if split:
+            block_grad(s, p, j, r0, block_start(N, B, j + 1) - r0, grad)
+    for t in prange(c.n_tasks, num_threads=team.n, schedule="static", chunksize=1):
         sq[t] = task_sq(s, c, t, theta) if coef != 0.0 else 0.0
-        if grad != NULL:
+        if split:
+            sum_task(s, p, t, B, theta, coef, grad)
+        elif grad != NULL:
             grad_task(s, p, t, theta, coef, grad)
     team_close(&team)
     for j in range(B):
@@ -414,7 +468,8 @@ cdef Py_ssize_t first_layout(const NetSpec* s, Py_ssize_t N, Py_ssize_t k,
     at = put(&lay.D, at, k * N * s.sizes[s.n_layers])
     # Two ping-pong delta buffers (backward), or every hidden layer's
     # deltas (the blocked kernels' H).
-    return put(&lay.work, at, k * N * max(2 * s.max_hidden, s.width - s.sizes[s.n_layers]))
+    at = put(&lay.work, at, k * N * max(2 * s.max_hidden, s.width - s.sizes[s.n_layers]))
+    return put(&lay.part, at, part_entries(s, N))
 
 
 cdef class Workspace:

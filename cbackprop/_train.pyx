@@ -16,7 +16,8 @@ from cython.parallel cimport prange
 from cbackprop._network cimport (NetPlan, NetSpec, Batch, Region, FirstLayout,
                                  Workspace, Pass, make_batch, make_pass, sub_batch,
                                  put, first_layout, row_blocks, block_start, Cut, task_range,
-                                 rows_pass, task_sq, grad_task, block_grad, batch_flops,
+                                 rows_pass, task_sq, grad_task, block_grad, sum_task,
+                                 split_grad, batch_flops,
                                  set_input, csr_index, MAX_BLOCKS, MAX_TASKS)
 from cbackprop._interrupt cimport check_interrupt
 from cbackprop._threads cimport (Team, team_open, team_close, blas_open,
@@ -204,7 +205,7 @@ cdef class EpochWorkspace(Workspace):
         at = put(&self.lay.Xb, at, N * s.sizes[0] if k > 0 else 0)
         at = put(&self.lay.Yb, at, N * s.sizes[s.n_layers])
         at = put(&self.lay.swb, at, N)
-        return put(&self.lay.grad, at, s.n_params * _max_partials(s, N))
+        return put(&self.lay.grad, at, s.n_params)
 
     cdef dict _regions(self):
         return self.lay
@@ -266,54 +267,12 @@ cdef Batch _batch(const NetSpec* s, const Batch* data, const Schedule* sc,
     return mb
 
 
-cdef inline bint _split_grad(const NetSpec* s, Py_ssize_t nb,
-                             Py_ssize_t B) noexcept nogil:
-    """Whether a batch's gradient is the sum of its B row blocks' gradients
-    (each reduced by the thread that computed the block, from its own
-    cache) rather than cut into parameter tasks over all rows (each reading
-    every block): when the B - 1 extra gradients take no more room than the
-    batch's activations. Small networks gain (digits' 64-100-10: 1.3x at
-    two threads, 1.1x at one); workload b's 784-256-256-10 keeps the tasks.
-    It depends on the network and the batch only, never on the team."""
-    return B > 1 and (B - 1) * s.n_params <= nb * s.width
-
-
-cdef inline Py_ssize_t _max_partials(const NetSpec* s, Py_ssize_t N) noexcept nogil:
-    """Gradients the epoch workspace holds for batches of up to N rows: the
-    most any _split_grad batch needs, B - 1 <= N width / P."""
-    return min(row_blocks(&s.cuts[s.n_cuts - 1], N), 1 + N * s.width // s.n_params)
-
-
-cdef void _sum_task(const NetSpec* s, const Cut* c, Py_ssize_t t,
-                    floating* g, Py_ssize_t B) noexcept nogil:
-    """Task t's parameters of g (block 0's gradient) += blocks 1 .. B - 1's
-    (at g + j P), added in block order."""
-    cdef int l
-    cdef Py_ssize_t p0, p1
-    task_range(c, t, &l, &p0, &p1)
-    cdef Py_ssize_t nout = s.sizes[l + 1]
-    _sum_range(g, s.n_params, B, s.w_off[l] + p0 * nout, (p1 - p0) * nout)
-    if p1 == s.sizes[l]:
-        _sum_range(g, s.n_params, B, s.b_off[l], nout)
-
-
-cdef inline void _sum_range(floating* g, Py_ssize_t P, Py_ssize_t B,
-                            Py_ssize_t off, Py_ssize_t n) noexcept nogil:
-    cdef Py_ssize_t j, k
-    cdef floating* o = g + off
-    cdef const floating* q
-    for j in range(1, B):
-        q = g + j * P + off
-        for k in range(n):
-            o[k] += q[k]
-
-
 cdef double _train_batch(const NetSpec* s, const Batch* data, const Schedule* sc,
                          Optim* o, Py_ssize_t start, Py_ssize_t nb,
                          floating* theta, floating* s1, floating* s2,
                          floating* w, const EpochLayout* lay) noexcept nogil:
     """One update on the batch at `start` on a team (row blocks: gather,
-    forward, loss, deltas, and with _split_grad the block's gradient;
+    forward, loss, deltas, and with split_grad the block's gradient;
     gradient tasks: their parameters' gradient, or sum of the blocks', and
     update); returns the batch objective before the update (NaN or inf: no
     update)."""
@@ -331,7 +290,7 @@ cdef double _train_batch(const NetSpec* s, const Batch* data, const Schedule* sc
     cdef double loss = 0.0, reg = 0.0, l2 = data.alpha / mb.sw_sum
     cdef floating lr
     cdef Team team
-    cdef bint split = _split_grad(s, nb, B)
+    cdef bint split = split_grad(s, &p, B)
     team_open(&team, EPOCH, batch_flops(s, nb, True), max(B, c.n_tasks))
     # Static schedules: block j and task t stay on one thread from batch
     # to batch, with their rows, partial gradient and optimizer state.
@@ -341,7 +300,7 @@ cdef double _train_batch(const NetSpec* s, const Batch* data, const Schedule* sc
                     w + lay.Xb.off, w + lay.Yb.off)
         parts[j] = rows_pass(s, &mb, theta, &p, r0, block_start(nb, B, j + 1) - r0, True)
         if split:
-            block_grad(s, &p, r0, block_start(nb, B, j + 1) - r0, grad + j * s.n_params)
+            block_grad(s, &p, j, r0, block_start(nb, B, j + 1) - r0, grad)
     for j in range(B):
         loss += parts[j]
     if not isfinite(loss):
@@ -351,7 +310,7 @@ cdef double _train_batch(const NetSpec* s, const Batch* data, const Schedule* sc
     for t in prange(c.n_tasks, num_threads=team.n, schedule="static", chunksize=1):
         sq[t] = task_sq(s, c, t, theta) if l2 != 0.0 else 0.0
         if split:
-            _sum_task(s, c, t, grad, B)
+            sum_task(s, &p, t, B, theta, 0.0, grad)
         else:
             grad_task(s, &p, t, theta, 0.0, grad)
         _update_task(s, c, o, lr, t, theta, grad, s1, s2, l2)

@@ -46,6 +46,25 @@ def test_batch_state_is_the_loss_and_gradient(cb, loss, arch, dtype):
     assert kf._BatchState(net, p.n_rows).load(theta, p) == f
 
 
+@pytest.mark.parametrize("n", [9, 120], ids=["9rows", "120rows"])
+def test_batch_state_of_a_deep_network_fits_its_workspace(cb, n):
+    # Six hidden layers of 4: the backward keeps 24 deltas per row, more
+    # than the products' ping-pong buffers (2 k max_hidden = 16); 120 rows
+    # make two row blocks where the machine has two processors.
+    from cbackprop._problem import Problem
+    sizes = (3, 4, 4, 4, 4, 4, 4, 2)
+    theta, X, y, sw = ref.make_problem(sizes, "log_loss", n=n, seed=seed("deep-state"))
+    net = cb.Network(list(sizes), activation="tanh", loss="log_loss", alpha=0.3)
+    p = Problem(net, X, y, sw)
+    state, f, g = loaded(net, theta, p)
+    off, size = state.ws.layout["work"]
+    assert size >= n * sum(sizes[1:-1])
+    assert off + size <= state.ws.layout["part"][0]
+    f_ref, g_ref = net.loss_grad(theta, p.X, p.Y, p.sw)
+    assert_close(f, f_ref, np.float64, "rounding")
+    assert_close(g, g_ref, np.float64, "rounding")
+
+
 @pytest.mark.parametrize("loss", ref.LOSSES)
 def test_batch_state_of_a_subsample_keeps_its_regularizer(cb, loss):
     """A batch is any prepared problem: a subsample (its own normalizer, the
