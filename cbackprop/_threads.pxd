@@ -13,6 +13,7 @@ cdef struct Team:
     int bucket     # size class of the call (log2 of its flops), or -1: untimed
     double flops
     double start   # seconds (monotonic clock)
+    bint probe     # the call tries the way measured slower
 
 cdef void team_open(Team* team, Site site, double flops,
                     Py_ssize_t max_parts) noexcept nogil

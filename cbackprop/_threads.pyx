@@ -20,10 +20,13 @@ processes keep cores busy, a member waits for a time slice (milliseconds)
 at every barrier and a team of two runs slower than one thread. So the
 team size is measured, not assumed: per size class of calls (log2 of their
 flops), exponential averages of the rate (flops per second of wall time)
-with and without a team decide, and every ``PROBE``-th call of a class runs
-the other way to follow changes in load. On an idle machine the team wins
-and 1 call in ``PROBE`` runs alone; on a busy one the caller runs alone and
-1 in ``PROBE`` tries the team.
+with and without a team decide, and a probe call of a class now and then
+runs the other way to follow changes in load: ``PROBE`` calls after the
+last, twice as many after each probe that lost clearly, up to ``PROBE_MAX``
+(``next_probe_gap``). On an idle machine the team wins and the caller
+alone runs 1 call in ``PROBE_MAX`` at last; on a busy one the caller runs
+alone and tries the team as rarely, each try costing a wait for the busy
+core.
 
 Inside every kernel call BLAS runs single-threaded: team members call it
 side by side, and a kernel that is not blocked runs on the caller alone
@@ -56,13 +59,16 @@ ctypedef int (*get_fn)() noexcept nogil
 cdef double MIN_PARALLEL_FLOPS = 1.5e6
 
 cdef enum:
-    PROBE = 16
+    PROBE = 16        # calls between two probes of the other way, at first
+    PROBE_MAX = 128   # ... and at most, while probes keep losing
     BUCKETS = 64
 
 # Benign races: concurrent callers may interleave updates of a class's
 # averages (8-byte stores); the averages only choose team sizes.
 cdef double _rate[N_SITES][BUCKETS][2]  # [site][class][0: alone, 1: team] flops / s
 cdef unsigned int _calls[N_SITES][BUCKETS]
+cdef unsigned int _gap[N_SITES][BUCKETS]     # calls from one probe to the next (0: PROBE)
+cdef unsigned int _next[N_SITES][BUCKETS]    # the call that probes next (0: PROBE)
 cdef int _policy = 0                      # 0: measured, 1: always team, 2: always alone
 
 cdef set_fn _set_threads = NULL
@@ -147,10 +153,11 @@ cdef inline double _now() noexcept nogil:
     return ts.tv_sec + 1e-9 * ts.tv_nsec
 
 
-cdef inline bint _use_team(int site, int b) noexcept nogil:
+cdef inline bint _use_team(int site, int b, bint* probe) noexcept nogil:
     """Team or alone for the next call of class b at site (see the module
-    notes)."""
+    notes); probe: whether the call tries the slower way."""
     cdef double alone = _rate[site][b][0], team = _rate[site][b][1]
+    probe[0] = False
     if _policy != 0:
         return _policy == 1
     _calls[site][b] += 1
@@ -158,7 +165,28 @@ cdef inline bint _use_team(int site, int b) noexcept nogil:
         return True
     if alone == 0.0:
         return False
-    return (team > alone) != (_calls[site][b] % PROBE == 0)
+    probe[0] = _calls[site][b] >= (_next[site][b] if _next[site][b] else PROBE)
+    if probe[0]:
+        _next[site][b] = 0xFFFFFFFFu    # one probe at a time: team_close sets the next
+    return (team > alone) != probe[0]
+
+
+def next_probe_gap(unsigned int gap, double probed, double best):
+    """Calls to the probe after one that measured `probed` flops/s against
+    the faster way's average `best`: back to PROBE when the probe came
+    close (its way may be about to win: the load changed), else twice the
+    gap, at most PROBE_MAX. A lost probe costs a team whose member waits for
+    a busy core for milliseconds: on a busy machine probes grow rare, and on
+    an idle one the caller alone runs rarely too."""
+    return _next_gap(gap, probed, best)
+
+
+cdef inline unsigned int _next_gap(unsigned int gap, double probed, double best) noexcept nogil:
+    if gap == 0:
+        gap = PROBE
+    if probed >= 0.9 * best:
+        return PROBE
+    return min(2 * gap, <unsigned int>PROBE_MAX)
 
 
 cdef inline int _bucket(double flops) noexcept nogil:
@@ -212,6 +240,7 @@ cdef void team_open(Team* team, Site site, double flops,
             _configure()
     team.n = 1
     team.bucket = -1
+    team.probe = False
     team.site = site
     if _set_threads == NULL:
         return
@@ -220,7 +249,7 @@ cdef void team_open(Team* team, Site site, double flops,
         return
     team.bucket = _bucket(flops)
     team.flops = flops
-    if _use_team(site, team.bucket):
+    if _use_team(site, team.bucket, &team.probe):
         team.n = n
     team.start = _now()
 
@@ -243,8 +272,21 @@ cdef void team_close(Team* team) noexcept nogil:
         dt = _now() - team.start
         if dt > 0.0:
             rate = team.flops / dt
-            _record(&_rate[team.site][team.bucket][1 if team.n > 1 else 0], rate)
+            if team.probe:
+                # A probe's one sample stands for its way (probes are rare,
+                # and the load may have changed since the last).
+                _rate[team.site][team.bucket][1 if team.n > 1 else 0] = rate
+                _reschedule(team, rate)
+            else:
+                _record(&_rate[team.site][team.bucket][1 if team.n > 1 else 0], rate)
     _leave()
+
+
+cdef inline void _reschedule(const Team* team, double rate) noexcept nogil:
+    """After a probe: when the next one runs (next_probe_gap)."""
+    cdef int i = team.site, b = team.bucket
+    _gap[i][b] = _next_gap(_gap[i][b], rate, _rate[i][b][0 if team.n > 1 else 1])
+    _next[i][b] = _calls[i][b] + _gap[i][b]
 
 
 def rates():
@@ -265,7 +307,7 @@ def reset():
     for i in range(<int>N_SITES):
         for b in range(BUCKETS):
             _rate[i][b][0] = _rate[i][b][1] = 0.0
-            _calls[i][b] = 0
+            _calls[i][b] = _gap[i][b] = _next[i][b] = 0
 
 
 def set_policy(policy):

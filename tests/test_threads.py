@@ -177,6 +177,18 @@ def test_environment_bounds_the_team(var):
     assert out.strip() == "1"
 
 
+def test_probes_back_off_while_they_lose():
+    # A probe that loses clearly doubles the gap to the next, up to a bound;
+    # one that comes close (the load changed) probes again soon.
+    gap, gaps = 0, []
+    for _ in range(6):
+        gap = _threads.next_probe_gap(gap, 0.5, 1.0)
+        gaps.append(gap)
+    assert gaps == [32, 64, 128, 128, 128, 128]
+    assert _threads.next_probe_gap(128, 0.95, 1.0) == 16
+    assert _threads.next_probe_gap(16, 2.0, 1.0) == 16
+
+
 def test_set_policy_rejects_unknown_names():
     with pytest.raises(ValueError, match="policy must be one of"):
         _threads.set_policy("fast")
