@@ -1,6 +1,9 @@
 """The ``threads`` section of ``benchmarks/report.py``: every call at one and
-two threads in one process, interleaved, then the default thread count while
-another process keeps one core busy.
+two threads and at two threads while another process keeps one core busy,
+the three interleaved; each library's calls in a process of its own
+(the thread pools of another library, still spinning from its calls, took a
+core from cbackprop's team: a digits fit measured 0.95x its one-thread time
+at two threads among the other libraries' calls, 0.65 to 0.8x alone).
 
 Calls (cbackprop, scikit-learn and PyTorch side by side): workload a (digits
 adam fit), one epoch of workload b, one full-batch loss and gradient on
@@ -9,7 +12,7 @@ network, net A's products and curvature, predict_proba; the 2048 GEMM rate
 of each thread count expresses workload b's epoch and full-batch pass as a
 fraction of the machine.
 
-Each repeat runs every (call, thread count) pair once, under threadpoolctl
+A call's thread counts alternate repeat by repeat, under threadpoolctl
 limits over every BLAS and OpenMP pool (and ``torch.set_num_threads``), so
 that load on a shared machine hits both thread counts alike.
 """
@@ -110,22 +113,38 @@ def _once(fn, min_time):
 
 
 def _measure(calls, counts, repeat, min_time):
+    """Median seconds per call of each (call, thread count): a call's thread
+    counts alternate repeat by repeat, next to each other in time (the host's
+    speed drifts by 10-30% within minutes)."""
     times = {(name, n): [] for name in calls for n in counts}
-    for name, (fn, _, _) in calls.items():  # warm up: allocate, page in
-        fn()
-    for _ in range(repeat):
-        for n in counts:
-            with _threads(n):
-                for name, (fn, _, _) in calls.items():
+    for name, (fn, _, _) in calls.items():
+        fn()   # warm up: allocate, page in
+        for r in range(repeat):
+            for n in (counts if r % 2 == 0 else counts[::-1]):
+                with _setting(n):
                     times[(name, n)].append(_once(fn, min_time))
     return {k: statistics.median(v) for k, v in times.items()}
+
+
+@contextlib.contextmanager
+def _setting(n):
+    """n threads, or for n = BUSY two threads with a core kept busy."""
+    if n != BUSY:
+        with _threads(n):
+            yield
+        return
+    with _busy_core(), _threads(2):
+        yield
+
+
+BUSY = "busy"
 
 
 @contextlib.contextmanager
 def _busy_core():
     """Another process spinning on one core for the duration."""
     spinner = subprocess.Popen([sys.executable, "-c", "while True: pass"])
-    time.sleep(0.5)
+    time.sleep(0.3)
     try:
         yield
     finally:
@@ -145,24 +164,51 @@ def _gemm_rates(counts, repeat):
     return rates
 
 
+def _group(name):
+    """The library a call of _calls() runs."""
+    for lib in ("scikit-learn", "PyTorch"):
+        if name.endswith(lib):
+            return lib
+    return "cbackprop"
+
+
+def _group_worker(group, repeat, min_time):
+    """One process: `group`'s calls quiet at 1 and 2 threads, then with a
+    busy core; prints {name: [t1, t2, t_busy]} as JSON."""
+    import json
+    calls = {k: v for k, v in _calls().items() if _group(k) == group}
+    t = _measure(calls, [1, 2, BUSY], repeat, min_time)
+    print(json.dumps({k: [t[(k, 1)], t[(k, 2)], t[(k, BUSY)]] for k in calls}))
+
+
+def _measure_groups(names, repeat, min_time):
+    import json
+    out = {}
+    for group in dict.fromkeys(_group(k) for k in names):
+        run = subprocess.run([sys.executable, "-m", "benchmarks._thread_report", "--group",
+                              group, str(repeat), repr(min_time)], capture_output=True,
+                             text=True, cwd=C.REPO_ROOT, check=True)
+        out.update(json.loads(run.stdout.strip().splitlines()[-1]))
+    return out
+
+
 def section_threads(opts):
     """Markdown: the calls at 1 and 2 threads, quiet and with a busy core."""
     calls = _calls()
     repeat, min_time = max(3, opts.repeat // 2), opts.min_time
-    quiet = _measure(calls, [1, 2], repeat, min_time)
+    times = _measure_groups(list(calls), repeat, min_time)
     rates = _gemm_rates([1, 2], 3)
-    with _busy_core():
-        busy = _measure(calls, [2], repeat, min_time)
     rows = []
     for name, (_, flops, dt) in calls.items():
-        t1, t2, tb = quiet[(name, 1)], quiet[(name, 2)], busy[(name, 2)]
+        t1, t2, tb = times[name]
         frac = "" if flops is None else "{:.0%} / {:.0%}".format(
             flops / t1 / rates[(dt, 1)], flops / t2 / rates[(dt, 2)])
         rows.append((name, f"{t1 * 1e3:.3f}", f"{t2 * 1e3:.3f}", f"{t2 / t1:.2f}",
                      f"{tb * 1e3:.3f}", f"{tb / t1:.2f}", frac))
     out = ["## threads: one and two threads, and a busy core", "",
            f"Medians of {repeat} interleaved repeats per cell (each at least "
-           f"{min_time} s of calls). Busy core: another process spins on one core while "
+           f"{min_time} s of calls), each library's calls in a process of their own. "
+           "Busy core: another process spins on one core while "
            "the call runs at the default two threads; its ratio is against the quiet "
            "one-thread time.", "",
            "| call | 1 thread ms | 2 threads ms | 2 threads / 1 thread | busy core, 2 threads ms "
@@ -292,5 +338,8 @@ def section_bounds(opts):
     return "\n".join(out)
 
 
-if __name__ == "__main__":   # a worker of _copies
-    _worker(sys.argv[1], float(sys.argv[2]), int(sys.argv[3]))
+if __name__ == "__main__":   # a worker of _measure_groups or _copies
+    if sys.argv[1] == "--group":
+        _group_worker(sys.argv[2], int(sys.argv[3]), float(sys.argv[4]))
+    else:
+        _worker(sys.argv[1], float(sys.argv[2]), int(sys.argv[3]))

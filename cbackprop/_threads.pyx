@@ -63,6 +63,9 @@ cdef enum:
     PROBE_MAX = 128   # ... and at most, while probes keep losing
     BUCKETS = 64
 
+# ... and at most this long, unless that is under PROBE calls.
+cdef double PROBE_SECONDS = 0.25
+
 # Benign races: concurrent callers may interleave updates of a class's
 # averages (8-byte stores); the averages only choose team sizes.
 cdef double _rate[N_SITES][BUCKETS][2]  # [site][class][0: alone, 1: team] flops / s
@@ -171,22 +174,26 @@ cdef inline bint _use_team(int site, int b, bint* probe) noexcept nogil:
     return (team > alone) != probe[0]
 
 
-def next_probe_gap(unsigned int gap, double probed, double best):
+def next_probe_gap(unsigned int gap, double probed, double best, double call_seconds):
     """Calls to the probe after one that measured `probed` flops/s against
-    the faster way's average `best`: back to PROBE when the probe came
-    close (its way may be about to win: the load changed), else twice the
-    gap, at most PROBE_MAX. A lost probe costs a team whose member waits for
-    a busy core for milliseconds: on a busy machine probes grow rare, and on
-    an idle one the caller alone runs rarely too."""
-    return _next_gap(gap, probed, best)
+    the faster way's average `best` (calls of `call_seconds` that way): back
+    to PROBE when the probe came close (its way may be about to win: the
+    load changed), else twice the gap, at most PROBE_MAX calls and, beyond
+    PROBE calls, PROBE_SECONDS. A lost probe costs a team whose member waits
+    for a busy core for milliseconds: on a busy machine probes grow rare, and
+    on an idle one the caller alone runs rarely too, while a change of load
+    is seen within a fraction of a second."""
+    return _next_gap(gap, probed, best, call_seconds)
 
 
-cdef inline unsigned int _next_gap(unsigned int gap, double probed, double best) noexcept nogil:
+cdef inline unsigned int _next_gap(unsigned int gap, double probed, double best,
+                                   double call_seconds) noexcept nogil:
+    cdef double cap = PROBE_SECONDS / call_seconds if call_seconds > 0.0 else PROBE_MAX
     if gap == 0:
         gap = PROBE
     if probed >= 0.9 * best:
         return PROBE
-    return min(2 * gap, <unsigned int>PROBE_MAX)
+    return <unsigned int>max(<double>PROBE, min(2.0 * gap, PROBE_MAX, cap))
 
 
 cdef inline int _bucket(double flops) noexcept nogil:
@@ -285,7 +292,8 @@ cdef void team_close(Team* team) noexcept nogil:
 cdef inline void _reschedule(const Team* team, double rate) noexcept nogil:
     """After a probe: when the next one runs (next_probe_gap)."""
     cdef int i = team.site, b = team.bucket
-    _gap[i][b] = _next_gap(_gap[i][b], rate, _rate[i][b][0 if team.n > 1 else 1])
+    cdef double best = _rate[i][b][0 if team.n > 1 else 1]
+    _gap[i][b] = _next_gap(_gap[i][b], rate, best, team.flops / best if best > 0.0 else 0.0)
     _next[i][b] = _calls[i][b] + _gap[i][b]
 
 

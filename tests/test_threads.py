@@ -180,13 +180,16 @@ def test_environment_bounds_the_team(var):
 def test_probes_back_off_while_they_lose():
     # A probe that loses clearly doubles the gap to the next, up to a bound;
     # one that comes close (the load changed) probes again soon.
+    # Beyond 16 calls, the gap also stays under a quarter of a second.
     gap, gaps = 0, []
     for _ in range(6):
-        gap = _threads.next_probe_gap(gap, 0.5, 1.0)
+        gap = _threads.next_probe_gap(gap, 0.5, 1.0, 1e-4)
         gaps.append(gap)
     assert gaps == [32, 64, 128, 128, 128, 128]
-    assert _threads.next_probe_gap(128, 0.95, 1.0) == 16
-    assert _threads.next_probe_gap(16, 2.0, 1.0) == 16
+    assert _threads.next_probe_gap(128, 0.95, 1.0, 1e-4) == 16
+    assert _threads.next_probe_gap(16, 2.0, 1.0, 1e-4) == 16
+    assert _threads.next_probe_gap(32, 0.5, 1.0, 5e-3) == 50
+    assert _threads.next_probe_gap(64, 0.5, 1.0, 0.1) == 16
 
 
 def test_set_policy_rejects_unknown_names():
