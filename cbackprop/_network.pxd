@@ -307,17 +307,27 @@ cdef inline void input_forward(const NetSpec* s, int l, const Batch* b,
     else:
         forward_linear(s, l, W, A + N * s.h_off[l - 1], N, beta, z)
 
+cdef inline void rows_grad(const NetSpec* s, int l, const Batch* b,
+                           const floating* A, Py_ssize_t N, Py_ssize_t r0,
+                           Py_ssize_t rows, const floating* d, bint accumulate,
+                           bint bias, floating* o) noexcept nogil:
+    """layer_grad over rows r0 .. r0 + rows of the layer's input (X, dense
+    or CSR, or the stacked activations A of N rows); d: those rows' own
+    (rows, n_l) deltas."""
+    if l > 0:
+        layer_grad(s, l, A + N * s.h_off[l - 1] + r0 * s.sizes[l], d, rows,
+                   accumulate, bias, o)
+        return
+    first_grad(s, b, r0, rows, d, accumulate, o)
+    if bias:
+        col_sums(d, rows, s.sizes[1], o + s.b_off[0], accumulate)
+
 cdef inline void input_grad(const NetSpec* s, int l, const Batch* b,
                             const floating* A, Py_ssize_t N,
                             const floating* d, bint accumulate, bint bias,
                             floating* o) noexcept nogil:
-    """layer_grad on the layer's input (X, dense or CSR, or A)."""
-    if l > 0:
-        layer_grad(s, l, A + N * s.h_off[l - 1], d, N, accumulate, bias, o)
-        return
-    first_grad(s, b, 0, N, d, accumulate, o)
-    if bias:
-        col_sums(d, N, s.sizes[1], o + s.b_off[0], accumulate)
+    """layer_grad on the layer's input (X, dense or CSR, or A) over all N rows."""
+    rows_grad(s, l, b, A, N, 0, N, d, accumulate, bias, o)
 
 cdef inline void layer_rows(const NetSpec* s, int l, const floating* a_in,
                             const floating* D, Py_ssize_t N, Py_ssize_t k,
@@ -412,7 +422,7 @@ cdef inline void first_grad_rows(const NetSpec* s, const Batch* b,
 # A batch of N rows is cut into row_blocks(c, N) blocks (forward, loss,
 # deltas: row-parallel), a gradient into the cut's tasks (row ranges of one
 # W_l, the last one with b_l: parameter-parallel, each a sum over all N
-# rows). The cut follows the thread limit of the call (threadpoolctl, the
+# rows, or with split_grad the sum of the blocks' own gradients). The cut follows the thread limit of the call (threadpoolctl, the
 # OMP / OpenBLAS variables: cut_for; the sgd/adam epoch takes the machine's,
 # the last), never the team that runs it, which
 # the measured policy chooses: a fixed limit gives the same bits whatever
@@ -469,12 +479,14 @@ cdef double rows_pass(const NetSpec* s, const Batch* b, const floating* theta,
 cdef double task_sq(const NetSpec* s, const Cut* c, Py_ssize_t t,
                     const floating* theta) noexcept nogil
 cdef void grad_task(const NetSpec* s, const Pass* p, Py_ssize_t t,
-                    const floating* theta, double l2, floating* grad) noexcept nogil
+                    floating* grad) noexcept nogil
+cdef void task_l2(const NetSpec* s, const Cut* c, Py_ssize_t t,
+                  const floating* theta, double l2, floating* grad) noexcept nogil
 cdef bint split_grad(const NetSpec* s, const Pass* p, Py_ssize_t B) noexcept nogil
 cdef void block_grad(const NetSpec* s, const Pass* p, Py_ssize_t j, Py_ssize_t r0,
                      Py_ssize_t nb, floating* grad) noexcept nogil
 cdef void sum_task(const NetSpec* s, const Pass* p, Py_ssize_t t, Py_ssize_t B,
-                   const floating* theta, double l2, floating* grad) noexcept nogil
+                   floating* grad) noexcept nogil
 cdef double blocked_loss_grad(const NetSpec* s, const Batch* b,
                               const floating* theta, const Pass* p,
                               floating* grad) noexcept nogil

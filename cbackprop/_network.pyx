@@ -303,30 +303,42 @@ cdef double task_sq(const NetSpec* s, const Cut* c, Py_ssize_t t,
 
 
 cdef void grad_task(const NetSpec* s, const Pass* p, Py_ssize_t t,
-                    const floating* theta, double l2, floating* grad) noexcept nogil:
-    """Task t's part of the gradient: rows p0 .. p1 of W_l's block, a_in[:,
-    p0:p1]^T delta_l over all N rows (+ l2 W), and b_l's column sums when
-    p1 = n_{l-1} (a_in = X, dense or CSR, for the first layer)."""
+                    floating* grad) noexcept nogil:
+    """Task t's part of the data term's gradient: rows p0 .. p1 of W_l's
+    block, a_in[:, p0:p1]^T delta_l over all N rows, and b_l's column sums
+    when p1 = n_{l-1} (a_in = X, dense or CSR, for the first layer)."""
     cdef int l, L = s.n_layers
     cdef Py_ssize_t p0, p1, N = p.N
     task_range(p.cut, t, &l, &p0, &p1)
     cdef Py_ssize_t nin = s.sizes[l], nout = s.sizes[l + 1]
-    cdef Py_ssize_t off = s.w_off[l] + p0 * nout
-    cdef const floating* d
-    if l == L - 1:
-        d = <const floating*>p.D
-    else:
-        d = <const floating*>p.H + N * s.h_off[l]
+    cdef const floating* d = _deltas(s, p, l, grad)
     if l == 0:
         first_grad_rows(s, p.b, N, d, p0, p1, grad)
     else:
         _gemm(Trans, NoTrans, <int>(p1 - p0), <int>nout, <int>N, <floating>1.0,
               <const floating*>p.A + N * s.h_off[l - 1] + p0, <int>nin, d,
-              <int>nout, <floating>0.0, grad + off, <int>nout)
-    if l2 != 0.0:
-        _axpy(<int>((p1 - p0) * nout), <floating>l2, theta + off, 1, grad + off, 1)
+              <int>nout, <floating>0.0, grad + s.w_off[l] + p0 * nout, <int>nout)
     if p1 == nin:
         col_sums(d, N, nout, grad + s.b_off[l], False)
+
+
+cdef inline const floating* _deltas(const NetSpec* s, const Pass* p, int l,
+                                    const floating* like) noexcept nogil:
+    """Layer l's deltas in p, all N rows (`like` gives the dtype)."""
+    if l == s.n_layers - 1:
+        return <const floating*>p.D
+    return <const floating*>p.H + p.N * s.h_off[l]
+
+
+cdef void task_l2(const NetSpec* s, const Cut* c, Py_ssize_t t,
+                  const floating* theta, double l2, floating* grad) noexcept nogil:
+    """grad += l2 W on task t's weights (rows p0 .. p1 of W_l): the
+    penalty's part of a task's gradient, whichever way its data term came."""
+    cdef int l
+    cdef Py_ssize_t p0, p1
+    task_range(c, t, &l, &p0, &p1)
+    cdef Py_ssize_t nout = s.sizes[l + 1], off = s.w_off[l] + p0 * nout
+    _axpy(<int>((p1 - p0) * nout), <floating>l2, theta + off, 1, grad + off, 1)
 
 
 cdef bint split_grad(const NetSpec* s, const Pass* p, Py_ssize_t B) noexcept nogil:
@@ -351,37 +363,24 @@ cdef Py_ssize_t part_entries(const NetSpec* s, Py_ssize_t N) noexcept nogil:
 cdef void block_grad(const NetSpec* s, const Pass* p, Py_ssize_t j, Py_ssize_t r0,
                      Py_ssize_t nb, floating* grad) noexcept nogil:
     """Row block j's (rows r0 .. r0 + nb) gradient of its loss sum, no
-    penalty: every layer's a_in^T delta and column sums over the block's
-    own rows, into grad for block 0 and p.G's (j - 1)-th gradient else."""
-    cdef int l, L = s.n_layers
-    cdef Py_ssize_t N = p.N
-    cdef const floating* d
+    penalty: every layer reduced over the block's own rows, into grad for
+    block 0 and p.G's (j - 1)-th gradient else."""
+    cdef int l
     cdef floating* g = grad if j == 0 else <floating*>p.G + (j - 1) * s.n_params
-    for l in range(L):
-        if l == L - 1:
-            d = <const floating*>p.D + r0 * s.sizes[L]
-        else:
-            d = <const floating*>p.H + N * s.h_off[l] + r0 * s.sizes[l + 1]
-        if l == 0:
-            first_grad(s, p.b, r0, nb, d, False, g)
-            col_sums(d, nb, s.sizes[1], g + s.b_off[0], False)
-        else:
-            layer_grad(s, l, <const floating*>p.A + N * s.h_off[l - 1] + r0 * s.sizes[l],
-                       d, nb, False, True, g)
+    for l in range(s.n_layers):
+        rows_grad(s, l, p.b, <const floating*>p.A, p.N, r0, nb,
+                  _deltas(s, p, l, grad) + r0 * s.sizes[l + 1], False, True, g)
 
 
 cdef void sum_task(const NetSpec* s, const Pass* p, Py_ssize_t t, Py_ssize_t B,
-                   const floating* theta, double l2, floating* grad) noexcept nogil:
+                   floating* grad) noexcept nogil:
     """Task t's parameters of grad (block 0's gradient) += blocks 1 .. B -
-    1's, in block order, then + l2 W on its weights (grad_task's result
-    from the blocks' gradients)."""
+    1's, in block order: grad_task's result from the blocks' gradients."""
     cdef int l
     cdef Py_ssize_t p0, p1
     task_range(p.cut, t, &l, &p0, &p1)
     cdef Py_ssize_t nout = s.sizes[l + 1], off = s.w_off[l] + p0 * nout
     _add_blocks(s, p, B, off, (p1 - p0) * nout, grad)
-    if l2 != 0.0:
-        _axpy(<int>((p1 - p0) * nout), <floating>l2, theta + off, 1, grad + off, 1)
     if p1 == s.sizes[l]:
         _add_blocks(s, p, B, s.b_off[l], nout, grad)
 
@@ -434,9 +433,11 @@ cdef double blocked_loss_grad(const NetSpec* s, const Batch* b,
     for t in prange(c.n_tasks, num_threads=team.n, schedule="static", chunksize=1):
         sq[t] = task_sq(s, c, t, theta) if coef != 0.0 else 0.0
         if split:
-            sum_task(s, p, t, B, theta, coef, grad)
+            sum_task(s, p, t, B, grad)
         elif grad != NULL:
-            grad_task(s, p, t, theta, coef, grad)
+            grad_task(s, p, t, grad)
+        if grad != NULL and coef != 0.0:
+            task_l2(s, c, t, theta, coef, grad)
     team_close(&team)
     for j in range(B):
         loss += parts[j]

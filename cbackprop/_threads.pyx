@@ -277,15 +277,16 @@ cdef void team_close(Team* team) noexcept nogil:
         return
     if team.bucket >= 0:
         dt = _now() - team.start
-        if dt > 0.0:
-            rate = team.flops / dt
-            if team.probe:
-                # A probe's one sample stands for its way (probes are rare,
-                # and the load may have changed since the last).
+        rate = team.flops / dt if dt > 0.0 else 0.0
+        if team.probe:
+            # A probe's one sample stands for its way (probes are rare, and
+            # the load may have changed since the last); the next probe is
+            # scheduled whatever the sample (no rate: a lost probe).
+            if rate > 0.0:
                 _rate[team.site][team.bucket][1 if team.n > 1 else 0] = rate
-                _reschedule(team, rate)
-            else:
-                _record(&_rate[team.site][team.bucket][1 if team.n > 1 else 0], rate)
+            _reschedule(team, rate)
+        elif rate > 0.0:
+            _record(&_rate[team.site][team.bucket][1 if team.n > 1 else 0], rate)
     _leave()
 
 

@@ -310,9 +310,9 @@ cdef double _train_batch(const NetSpec* s, const Batch* data, const Schedule* sc
     for t in prange(c.n_tasks, num_threads=team.n, schedule="static", chunksize=1):
         sq[t] = task_sq(s, c, t, theta) if l2 != 0.0 else 0.0
         if split:
-            sum_task(s, &p, t, B, theta, 0.0, grad)
+            sum_task(s, &p, t, B, grad)
         else:
-            grad_task(s, &p, t, theta, 0.0, grad)
+            grad_task(s, &p, t, grad)
         _update_task(s, c, o, lr, t, theta, grad, s1, s2, l2)
     team_close(&team)
     for t in range(c.n_tasks):
