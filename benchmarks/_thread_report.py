@@ -228,7 +228,9 @@ def section_threads(opts):
 # bandwidth and caches); (2) the GEMMs alone of workload b's epoch on two
 # cores, as a fraction of the 2-thread 2048 GEMM rate; (3) the full-batch
 # pass's GEMMs alone in SciPy's BLAS (the one cbackprop must call) against
-# PyTorch's whole forward/backward (MKL / oneDNN GEMMs). The host's speed
+# PyTorch's whole forward/backward (MKL / oneDNN GEMMs); (4) the digits
+# epoch's GEMMs and update alone in a two-thread lockstep (_lockstep.c),
+# beside the fit's own speed-up. The host's speed
 # drifts by 10-30% within minutes, so every comparison alternates its sides.
 B_SIZES = (784, 256, 256, 10)
 GEMMS = "SciPy's GEMMs alone"
@@ -283,6 +285,75 @@ def _pass_calls(dtype):
             GEMMS: E.gemm_passes(B_SIZES, 20000, 20000, dtype)}
 
 
+def _lockstep():
+    """epochs(threads, n) -> seconds of n digits epochs of the lockstep
+    reference (``_lockstep.c``: the epoch's GEMMs in SciPy's BLAS and its
+    Adam update, split over the threads with two barriers per batch), or
+    None where no C compiler with OpenMP builds it."""
+    import ctypes
+    import os
+    import sysconfig
+    import tempfile
+    from scipy.linalg import cython_blas
+    src = os.path.join(os.path.dirname(os.path.abspath(__file__)), "_lockstep.c")
+    lib_path = os.path.join(tempfile.mkdtemp(prefix="cbackprop-lockstep-"), "lockstep.so")
+    cc = (sysconfig.get_config_var("CC") or "cc").split()
+    try:
+        subprocess.run(cc + ["-O2", "-fopenmp", "-shared", "-fPIC", src, "-o", lib_path, "-lm"],
+                       check=True, capture_output=True)
+    except (OSError, subprocess.CalledProcessError):
+        return None
+    lib = ctypes.CDLL(lib_path)
+    lib.lockstep_epochs.restype = ctypes.c_double
+    lib.lockstep_epochs.argtypes = [ctypes.c_void_p] + [ctypes.c_int] * 8
+    api = ctypes.pythonapi
+    api.PyCapsule_GetName.restype = ctypes.c_char_p
+    api.PyCapsule_GetName.argtypes = [ctypes.py_object]
+    api.PyCapsule_GetPointer.restype = ctypes.c_void_p
+    api.PyCapsule_GetPointer.argtypes = [ctypes.py_object, ctypes.c_char_p]
+    capsule = cython_blas.__pyx_capi__["dgemm"]
+    dgemm = api.PyCapsule_GetPointer(capsule, api.PyCapsule_GetName(capsule))
+    n_rows = E.digits_split()[0].shape[0]
+
+    def epochs(threads, n, blocks=2):
+        with _threads(1):   # BLAS single-threaded inside, as in the kernels
+            return lib.lockstep_epochs(dgemm, threads, blocks, n, n_rows, 200, 64, 100, 10)
+    return epochs
+
+
+def _lockstep_rows(rounds):
+    """Markdown rows: the digits fit's two-thread speed-up against the
+    lockstep reference's, alternating in one process."""
+    lock = _lockstep()
+    if lock is None:
+        return ["", "(no C compiler with OpenMP: no lockstep reference)"]
+    fit = E.workload_a(epochs=50)["cbackprop"]
+
+    def timed(fn, n):
+        with _threads(n):
+            t0 = time.perf_counter()
+            fn()
+            return time.perf_counter() - t0
+    fit()
+    lock(2, 5)
+    t = {k: [] for k in ("l1", "l2", "f1", "f2")}
+    for r in range(2 * rounds):
+        for n in ((1, 2) if r % 2 == 0 else (2, 1)):
+            t[f"l{n}"].append(lock(n, 50))
+            t[f"f{n}"].append(timed(fit, n))
+    m = {k: statistics.median(v) for k, v in t.items()}
+    ratios = [a / b for a, b in zip(t["l1"], t["l2"])]
+    return ["", f"The digits fit (50 epochs) against the same epochs' GEMMs and Adam update "
+            "alone, split over two threads in lockstep like the fit (`_lockstep.c`: each thread "
+            "its rows, one barrier after the rows and one after the update), alternating "
+            f"thread counts in one process, medians of {2 * rounds} rounds:", "",
+            "| call | 1 thread ms | 2 threads ms | speed-up |", "|---|---:|---:|---:|",
+            f"| lockstep GEMMs and update | {m['l1'] * 1e3:.1f} | {m['l2'] * 1e3:.1f} "
+            f"| {m['l1'] / m['l2']:.2f}x (rounds {min(ratios):.2f} to {max(ratios):.2f}) |",
+            f"| cbackprop digits fit | {m['f1'] * 1e3:.1f} | {m['f2'] * 1e3:.1f} "
+            f"| {m['f1'] / m['f2']:.2f}x |"]
+
+
 def section_bounds(opts):
     """Markdown: the two-thread bounds of this machine (see above)."""
     rounds = max(3, opts.repeat // 2)
@@ -302,6 +373,7 @@ def section_bounds(opts):
         pair[name] = two
         out.append(f"| {name} | {one * 1e3:.1f} | {two * 1e3:.1f} | {two / one:.2f} "
                    f"| {2 * one / two:.2f}x |")
+    out += _lockstep_rows(rounds)
     rates = _gemm_rates([2], 3)
     flops_b = C.loss_grad_flops(B_SIZES, 20000)
     out += ["", "Workload b's epoch GEMMs alone on two cores (at two OpenBLAS threads; as two "

@@ -245,8 +245,10 @@ def _kfac_chunk(net, theta, X, Y, sw, W):
         a = X if l == 0 else net.layout.layer(A, l - 1, N)[0]
         b = a * root
         n_in = a.shape[1]
-        # [a, 1]^T diag(c) [a, 1] blockwise: syrk on sqrt(c)-scaled rows,
-        # the bias row and column from weighted column sums.
+        # [a, 1]^T diag(c) [a, 1] blockwise: a GEMM on sqrt(c)-scaled rows
+        # (SciPy's SYRK, half the flops, made net A's kfac 1.2x slower:
+        # 49 against 31 us on 512 x 33), the bias row and column from
+        # weighted column sums.
         F = np.empty((n_in + 1, n_in + 1), net.dtype)
         F[:n_in, :n_in] = _tn(b, b)
         F[n_in, :n_in] = F[:n_in, n_in] = _tn(a, c[:, None])[:, 0]
