@@ -422,9 +422,10 @@ cdef inline void first_grad_rows(const NetSpec* s, const Batch* b,
 # A batch of N rows is cut into row_blocks(c, N) blocks (forward, loss,
 # deltas: row-parallel), a gradient into the cut's tasks (row ranges of one
 # W_l, the last one with b_l: parameter-parallel, each a sum over all N
-# rows, or with split_grad the sum of the blocks' own gradients). The cut follows the thread limit of the call (threadpoolctl, the
-# OMP / OpenBLAS variables: cut_for; the sgd/adam epoch takes the machine's,
-# the last), never the team that runs it, which
+# rows, or with split_grad the sum of the blocks' own gradients: block_pass,
+# then task_grad). The cut follows the thread limit of the call
+# (threadpoolctl, the OMP / OpenBLAS variables: cut_for; the sgd/adam epoch
+# takes the machine's, the last), never the team that runs it, which
 # the measured policy chooses: a fixed limit gives the same bits whatever
 # runs, and different limits agree to rounding (one thread keeps whole
 # GEMMs: one block, one task per layer).
@@ -478,15 +479,14 @@ cdef double rows_pass(const NetSpec* s, const Batch* b, const floating* theta,
                       bint deltas) noexcept nogil
 cdef double task_sq(const NetSpec* s, const Cut* c, Py_ssize_t t,
                     const floating* theta) noexcept nogil
-cdef void grad_task(const NetSpec* s, const Pass* p, Py_ssize_t t,
-                    floating* grad) noexcept nogil
 cdef void task_l2(const NetSpec* s, const Cut* c, Py_ssize_t t,
                   const floating* theta, double l2, floating* grad) noexcept nogil
 cdef bint split_grad(const NetSpec* s, const Pass* p, Py_ssize_t B) noexcept nogil
-cdef void block_grad(const NetSpec* s, const Pass* p, Py_ssize_t j, Py_ssize_t r0,
-                     Py_ssize_t nb, floating* grad) noexcept nogil
-cdef void sum_task(const NetSpec* s, const Pass* p, Py_ssize_t t, Py_ssize_t B,
-                   floating* grad) noexcept nogil
+cdef double block_pass(const NetSpec* s, const Batch* b, const floating* theta,
+                       const Pass* p, Py_ssize_t j, Py_ssize_t B, bint split,
+                       floating* grad) noexcept nogil
+cdef void task_grad(const NetSpec* s, const Pass* p, Py_ssize_t t, Py_ssize_t B,
+                    bint split, floating* grad) noexcept nogil
 cdef double blocked_loss_grad(const NetSpec* s, const Batch* b,
                               const floating* theta, const Pass* p,
                               floating* grad) noexcept nogil

@@ -372,6 +372,30 @@ cdef void block_grad(const NetSpec* s, const Pass* p, Py_ssize_t j, Py_ssize_t r
                   _deltas(s, p, l, grad) + r0 * s.sizes[l + 1], False, True, g)
 
 
+cdef double block_pass(const NetSpec* s, const Batch* b, const floating* theta,
+                       const Pass* p, Py_ssize_t j, Py_ssize_t B, bint split,
+                       floating* grad) noexcept nogil:
+    """Row block j of p's B: forward, loss and (grad not NULL) deltas by
+    rows_pass, and with split the block's own gradient (block_grad);
+    returns the block's loss sum."""
+    cdef Py_ssize_t r0 = block_start(p.N, B, j), nb = block_start(p.N, B, j + 1) - r0
+    cdef double loss = rows_pass(s, b, theta, p, r0, nb, grad != NULL)
+    if split:
+        block_grad(s, p, j, r0, nb, grad)
+    return loss
+
+
+cdef void task_grad(const NetSpec* s, const Pass* p, Py_ssize_t t, Py_ssize_t B,
+                    bint split, floating* grad) noexcept nogil:
+    """Task t's part of the data term's gradient, after block_pass over
+    the B blocks: the sum of the blocks' own gradients (split), or its
+    rows of the parameters reduced over all N rows."""
+    if split:
+        sum_task(s, p, t, B, grad)
+    else:
+        grad_task(s, p, t, grad)
+
+
 cdef void sum_task(const NetSpec* s, const Pass* p, Py_ssize_t t, Py_ssize_t B,
                    floating* grad) noexcept nogil:
     """Task t's parameters of grad (block 0's gradient) += blocks 1 .. B -
@@ -417,7 +441,7 @@ cdef double blocked_loss_grad(const NetSpec* s, const Batch* b,
     """Objective and (if grad is not NULL) its gradient on a team: row
     blocks, then gradient tasks of p's cut (see row_blocks)."""
     cdef const Cut* c = p.cut
-    cdef Py_ssize_t N = b.N, B = row_blocks(c, N), j, t, r0
+    cdef Py_ssize_t N = b.N, B = row_blocks(c, N), j, t
     cdef double parts[MAX_BLOCKS]
     cdef double sq[MAX_TASKS]
     cdef double loss = 0.0, reg = 0.0, coef = b.alpha / b.sw_sum
@@ -425,19 +449,13 @@ cdef double blocked_loss_grad(const NetSpec* s, const Batch* b,
     cdef Team team
     team_open(&team, LOSS_GRAD, batch_flops(s, N, grad != NULL), max(B, c.n_tasks))
     for j in prange(B, num_threads=team.n, schedule="static", chunksize=1):
-        r0 = block_start(N, B, j)
-        parts[j] = rows_pass(s, b, theta, p, r0, block_start(N, B, j + 1) - r0,
-                             grad != NULL)
-        if split:
-            block_grad(s, p, j, r0, block_start(N, B, j + 1) - r0, grad)
+        parts[j] = block_pass(s, b, theta, p, j, B, split, grad)
     for t in prange(c.n_tasks, num_threads=team.n, schedule="static", chunksize=1):
         sq[t] = task_sq(s, c, t, theta) if coef != 0.0 else 0.0
-        if split:
-            sum_task(s, p, t, B, grad)
-        elif grad != NULL:
-            grad_task(s, p, t, grad)
-        if grad != NULL and coef != 0.0:
-            task_l2(s, c, t, theta, coef, grad)
+        if grad != NULL:
+            task_grad(s, p, t, B, split, grad)
+            if coef != 0.0:
+                task_l2(s, c, t, theta, coef, grad)
     team_close(&team)
     for j in range(B):
         loss += parts[j]

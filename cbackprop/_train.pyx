@@ -16,8 +16,7 @@ from cython.parallel cimport prange
 from cbackprop._network cimport (NetPlan, NetSpec, Batch, Region, FirstLayout,
                                  Workspace, Pass, make_batch, make_pass, sub_batch,
                                  put, first_layout, row_blocks, block_start, Cut, task_range,
-                                 rows_pass, task_sq, grad_task, block_grad, sum_task,
-                                 split_grad, batch_flops,
+                                 task_sq, block_pass, task_grad, split_grad, batch_flops,
                                  set_input, csr_index, MAX_BLOCKS, MAX_TASKS)
 from cbackprop._interrupt cimport check_interrupt
 from cbackprop._threads cimport (Team, team_open, team_close, blas_open,
@@ -298,9 +297,7 @@ cdef double _train_batch(const NetSpec* s, const Batch* data, const Schedule* sc
         r0 = block_start(nb, B, j)
         _batch_rows(s, data, sc, start, r0, block_start(nb, B, j + 1) - r0,
                     w + lay.Xb.off, w + lay.Yb.off)
-        parts[j] = rows_pass(s, &mb, theta, &p, r0, block_start(nb, B, j + 1) - r0, True)
-        if split:
-            block_grad(s, &p, j, r0, block_start(nb, B, j + 1) - r0, grad)
+        parts[j] = block_pass(s, &mb, theta, &p, j, B, split, grad)
     for j in range(B):
         loss += parts[j]
     if not isfinite(loss):
@@ -309,10 +306,7 @@ cdef double _train_batch(const NetSpec* s, const Batch* data, const Schedule* sc
     lr = <floating>_step_size(o)
     for t in prange(c.n_tasks, num_threads=team.n, schedule="static", chunksize=1):
         sq[t] = task_sq(s, c, t, theta) if l2 != 0.0 else 0.0
-        if split:
-            sum_task(s, &p, t, B, grad)
-        else:
-            grad_task(s, &p, t, grad)
+        task_grad(s, &p, t, B, split, grad)
         _update_task(s, c, o, lr, t, theta, grad, s1, s2, l2)
     team_close(&team)
     for t in range(c.n_tasks):
