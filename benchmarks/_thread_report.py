@@ -296,14 +296,15 @@ def _lockstep():
     import tempfile
     from scipy.linalg import cython_blas
     src = os.path.join(os.path.dirname(os.path.abspath(__file__)), "_lockstep.c")
-    lib_path = os.path.join(tempfile.mkdtemp(prefix="cbackprop-lockstep-"), "lockstep.so")
     cc = (sysconfig.get_config_var("CC") or "cc").split()
-    try:
-        subprocess.run(cc + ["-O2", "-fopenmp", "-shared", "-fPIC", src, "-o", lib_path, "-lm"],
-                       check=True, capture_output=True)
-    except (OSError, subprocess.CalledProcessError):
-        return None
-    lib = ctypes.CDLL(lib_path)
+    with tempfile.TemporaryDirectory(prefix="cbackprop-lockstep-") as tmp:
+        lib_path = os.path.join(tmp, "lockstep.so")
+        try:
+            subprocess.run(cc + ["-O2", "-fopenmp", "-shared", "-fPIC", src, "-o", lib_path,
+                                 "-lm"], check=True, capture_output=True)
+        except (OSError, subprocess.CalledProcessError):
+            return None
+        lib = ctypes.CDLL(lib_path)   # stays mapped once the file is gone
     lib.lockstep_epochs.restype = ctypes.c_double
     lib.lockstep_epochs.argtypes = [ctypes.c_void_p] + [ctypes.c_int] * 8
     api = ctypes.pythonapi
