@@ -13,7 +13,7 @@ function of ``theta0`` (never modified) returning a
   optionally preconditioned conjugate gradient on damped GGN-vector products
   (matrix-free), damping adapted by the reduction ratio.
 * :func:`newton`: trust-region Newton with exact Hessian-vector products
-  through :func:`scipy.optimize.minimize` ('trust-krylov' or 'trust-ncg').
+  through :func:`scipy.optimize.minimize` ('trust-ncg' or 'trust-krylov').
 * :func:`lbfgs`: L-BFGS with a strong-Wolfe line search, the whole loop
   compiled around the first-order kernel (in-memory data).
 
@@ -768,21 +768,26 @@ _SCIPY_STATUS = {0: 1, 1: 0, 2: -4, 3: -5}
 
 
 @blas_section
-def newton(net, theta0, X, y, sample_weight=None, *, method="trust-krylov", max_iter=100,
+def newton(net, theta0, X, y, sample_weight=None, *, method="trust-ncg", max_iter=100,
            gtol=1e-8, initial_trust_radius=1.0, max_trust_radius=1000.0, eta=0.15,
            callback=None):
     """Trust-region Newton with exact Hessian-vector products.
 
-    :func:`scipy.optimize.minimize` with ``method`` ('trust-krylov': GLTR
-    Lanczos subproblem; 'trust-ncg': Steihaug CG) and ``hessp`` from the
-    R-operator (``Network.hvp``), in float64 on scipy's side: float32 networks
-    evaluate in float32 and convert. A trial point whose loss is not finite
-    is reported to scipy as ``+inf``: rejected, the trust region shrinks. For
-    small networks and full batches.
+    :func:`scipy.optimize.minimize` with ``method`` ('trust-ncg': Steihaug
+    CG subproblem; 'trust-krylov': GLTR Lanczos subproblem) and ``hessp``
+    from the R-operator (``Network.hvp``), in float64 on scipy's side: float32
+    networks evaluate in float32 and convert. A trial point whose loss is not
+    finite is reported to scipy as ``+inf``: rejected, the trust region
+    shrinks. For small networks and full batches.
 
     Parameters
     ----------
-    method : {'trust-krylov', 'trust-ncg'}
+    method : {'trust-ncg', 'trust-krylov'}, default='trust-ncg'
+        'trust-ncg' is bitwise reproducible. 'trust-krylov' is not across
+        processes: SciPy's trlib starts the inverse iterations of its
+        Lanczos subproblem from random vectors seeded by the clock
+        (``time(NULL)``), so two runs agree only to the subproblem's
+        tolerance and their iterates drift apart.
     max_iter : int >= 1
         Trust-region iterations, accepted or not (scipy's count; status 0).
     gtol : float >= 0

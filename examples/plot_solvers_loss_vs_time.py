@@ -13,8 +13,9 @@ network's ``loss_grad``, with the history as its callback.
 
 The budgets of iterations are small so that the example runs in seconds; the
 printed table below the figure gives the final losses. In such runs, on the
-regression problem Levenberg-Marquardt reaches the lowest loss, and the
-trust-region Newton and L-BFGS follow; on digits (1210 parameters, ten
+regression problem Levenberg-Marquardt reaches the lowest loss, and
+Hessian-free and L-BFGS follow (trust-region Newton catches L-BFGS up by
+its 60th iteration); on digits (1210 parameters, ten
 outputs) L-BFGS is the quickest to a low training loss, while each
 Levenberg-Marquardt iteration pays for a dense ``P x P`` Cholesky solve.
 The first-order solvers are still far from converged after their epochs: a
