@@ -151,10 +151,36 @@ def test_a_team_runs_when_allowed():
             assert _threads.max_threads() == 2
     net, theta, X, Y, sw = _problem("log_loss", np.float64)
     _threads.reset()
-    _at(2, "team", lambda: net.loss_grad(theta, X, Y))
+    for _ in range(2):   # the first call wakes the team (unrecorded)
+        _at(2, "team", lambda: net.loss_grad(theta, X, Y))
     rates = _threads.rates()
     if os.cpu_count() >= 2:
         assert any(site == "LOSS_GRAD" and team > 0 for (site, _), (_, team) in rates.items())
+
+
+def _loss_grad_rates():
+    return [v for (site, _), v in _threads.rates().items() if site == "LOSS_GRAD"]
+
+
+@pytest.mark.skipif(os.cpu_count() < 2, reason="no team on one core")
+def test_a_team_call_after_idle_members_is_not_recorded():
+    # Members that idled wake up slowly (a wake-up, not the team's rate):
+    # the first team call after a reset or after a call alone is skipped.
+    net, theta, X, Y, sw = _problem("log_loss", np.float64)
+    run = lambda: net.loss_grad(theta, X, Y)   # noqa: E731
+    _threads.reset()
+    _at(2, "team", run)
+    assert _loss_grad_rates() == []
+    _at(2, "team", run)
+    [(alone, team)] = _loss_grad_rates()
+    assert alone == 0 and team > 0
+    _at(2, "alone", run)
+    [(alone, team_after)] = _loss_grad_rates()
+    assert alone > 0 and team_after == team
+    _at(2, "team", run)
+    assert _loss_grad_rates() == [(alone, team)]
+    _at(2, "team", run)
+    assert _loss_grad_rates()[0][1] != team
 
 
 def test_threadpool_limits_bound_the_team():
