@@ -43,8 +43,12 @@ pthreads builds SciPy ships), so, as scikit-learn's ``threadpool_limits``
 around its OpenMP loops does, the first kernel call to enter sets the
 OpenBLAS that SciPy's ``cython_blas`` calls (found once, through
 threadpoolctl) to one thread and the last to leave restores the user's
-count; concurrent calls share the section under a lock. With another BLAS
-every call runs on the caller alone and BLAS threads as it does.
+count; concurrent calls share the section under a lock. NumPy's own
+OpenBLAS (another library in the wheels) is held at one thread in the same
+section: its workers, woken at the user's count by a NumPy BLAS call of the
+composing layer, spin for a while after it on the cores the team needs.
+With another BLAS every call runs on the caller alone and BLAS threads as
+it does.
 """
 import os
 
@@ -89,29 +93,40 @@ cdef int _policy = 0                      # 0: measured, 1: always team, 2: alwa
 
 cdef set_fn _set_threads = NULL
 cdef get_fn _get_threads = NULL
+# NumPy's own OpenBLAS, when it is another library than SciPy's (the wheels).
+cdef set_fn _np_set_threads = NULL
+cdef get_fn _np_get_threads = NULL
 cdef bint _configured = False
-# The single-threaded BLAS section: callers inside it, and the user's count.
+# The single-threaded BLAS section: callers inside it, and the user's counts.
 cdef PyThread_type_lock _lock = PyThread_allocate_lock()
 cdef int _inside = 0
 cdef int _user_threads = 1
+cdef int _np_user_threads = 1
 
 
-def _scipy_openblas():
-    """threadpoolctl's controller of the OpenBLAS that SciPy's BLAS calls, or None."""
+def _openblas_libs():
+    """threadpoolctl's controllers of the OpenBLAS that SciPy's BLAS calls
+    and of NumPy's own (None where not found, or NumPy's where it is SciPy's)."""
     try:
         import scipy.linalg  # noqa: F401  (loads SciPy's BLAS)
         from threadpoolctl import ThreadpoolController
     except ImportError:
-        return None
+        return None, None
     libs = [c for c in ThreadpoolController().lib_controllers
             if c.internal_api == "openblas"]
+    import numpy
     import scipy
-    site = os.path.dirname(os.path.dirname(os.path.realpath(scipy.__file__)))
-    own = [c for c in libs if os.path.realpath(c.filepath).startswith(
-        os.path.join(site, "scipy"))]
-    if own:
-        return own[0]
-    return libs[0] if len(libs) == 1 else None
+
+    def own(package):
+        site = os.path.dirname(os.path.dirname(os.path.realpath(package.__file__)))
+        root = os.path.join(site, package.__name__)
+        return [c for c in libs if os.path.realpath(c.filepath).startswith(root)]
+    scipy_libs, numpy_libs = own(scipy), own(numpy)
+    sp = scipy_libs[0] if scipy_libs else (libs[0] if len(libs) == 1 else None)
+    np_ = numpy_libs[0] if numpy_libs else None
+    if np_ is not None and sp is not None and np_.filepath == sp.filepath:
+        np_ = None
+    return sp, np_
 
 
 def _symbol(dynlib, names):
@@ -123,22 +138,35 @@ def _symbol(dynlib, names):
     return None
 
 
-def _configure():
-    """Find OpenBLAS's thread controls (once per process)."""
-    global _set_threads, _get_threads, _configured
-    _configured = True
-    lib = _scipy_openblas()
-    if lib is None:
-        return
+def _controls(lib):
+    """(set, get) addresses of an OpenBLAS's thread count functions, or None."""
     pre = getattr(lib, "_symbol_prefix", "")
     post = getattr(lib, "_symbol_suffix", "")
     setter = _symbol(lib.dynlib, [f"{pre}openblas_set_num_threads{post}",
                                   "openblas_set_num_threads"])
     get = _symbol(lib.dynlib, [f"{pre}openblas_get_num_threads{post}",
                                "openblas_get_num_threads"])
-    if setter is not None and get is not None:
-        _set_threads = <set_fn><size_t>setter
-        _get_threads = <get_fn><size_t>get
+    return None if setter is None or get is None else (setter, get)
+
+
+def _configure():
+    """Find OpenBLAS's thread controls (once per process): SciPy's, which the
+    kernels call, and NumPy's, whose workers, woken at the user's count by
+    the composing layer's NumPy BLAS, kept spinning on the team's cores (two
+    vector dots of a fit's set-up made workload b's epoch at two threads
+    run at the one-thread speed)."""
+    global _set_threads, _get_threads, _np_set_threads, _np_get_threads, _configured
+    _configured = True
+    sp, np_ = _openblas_libs()
+    found = None if sp is None else _controls(sp)
+    if found is None:
+        return
+    _set_threads = <set_fn><size_t>found[0]
+    _get_threads = <get_fn><size_t>found[1]
+    found = None if np_ is None else _controls(np_)
+    if found is not None:
+        _np_set_threads = <set_fn><size_t>found[0]
+        _np_get_threads = <get_fn><size_t>found[1]
 
 
 def max_threads():
@@ -228,6 +256,9 @@ cdef int _enter() noexcept nogil:
     if _inside == 0:
         _user_threads_set(_get_threads())
         _set_threads(1)
+        if _np_set_threads != NULL:
+            _np_user_threads_set(_np_get_threads())
+            _np_set_threads(1)
     _inside_add(1)
     user = _user_threads
     PyThread_release_lock(_lock)
@@ -239,6 +270,8 @@ cdef void _leave() noexcept nogil:
     _inside_add(-1)
     if _inside == 0:
         _set_threads(_user_threads)
+        if _np_set_threads != NULL:
+            _np_set_threads(_np_user_threads)
     PyThread_release_lock(_lock)
 
 
@@ -250,6 +283,11 @@ cdef inline void _inside_add(int d) noexcept nogil:
 cdef inline void _user_threads_set(int n) noexcept nogil:
     global _user_threads
     _user_threads = n
+
+
+cdef inline void _np_user_threads_set(int n) noexcept nogil:
+    global _np_user_threads
+    _np_user_threads = n
 
 
 cdef void team_open(Team* team, Site site, double flops,

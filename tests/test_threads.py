@@ -183,6 +183,24 @@ def test_a_team_call_after_idle_members_is_not_recorded():
     assert _loss_grad_rates()[0][1] != team
 
 
+def test_numpy_blas_is_single_threaded_inside_a_computation():
+    # NumPy's OpenBLAS workers, woken at the user's count by the composing
+    # layer's NumPy BLAS, spin for a while after each call and took the
+    # team's second core: inside a computation NumPy's pool has one thread.
+    numpy_blas = _threads._openblas_libs()[1]
+    if numpy_blas is None:
+        pytest.skip("NumPy and SciPy share one OpenBLAS (or NumPy has none)")
+    from cbackprop import optimize
+    net, theta, X, Y, sw = _problem("log_loss", np.float64)
+    seen = []
+    with threadpool_limits(2):
+        optimize.newton(net, theta, X, Y, max_iter=2,
+                        callback=lambda res: seen.append(numpy_blas.get_num_threads()))
+        after = numpy_blas.get_num_threads()
+    assert seen and set(seen) == {1}
+    assert after == 2
+
+
 def test_threadpool_limits_bound_the_team():
     with threadpool_limits(1):
         assert _threads.max_threads() == 1
