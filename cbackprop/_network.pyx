@@ -735,3 +735,35 @@ def jacobian(NetPlan plan, const floating[::1] theta, X, floating[:, ::1] out,
                  w + ws.lay.D.off, nL, w + ws.lay.work.off, PER_SAMPLE,
                  &out[0, 0])
         team_close(&team)
+
+
+# ------------------------------------------------------------------ validation
+cdef inline bint _finite(const floating* x, Py_ssize_t n) noexcept nogil:
+    # x - x is 0 for finite x and NaN for NaN or +-inf; the OR of integer
+    # flags needs no reassociation of floating-point sums.
+    cdef Py_ssize_t i
+    cdef int bad = 0
+    for i in range(n):
+        bad |= (x[i] - x[i]) != 0.0
+    return not bad
+
+
+def all_finite(cnp.ndarray a):
+    """Whether a C-contiguous float32 or float64 array holds no NaN or inf
+    (one pass, no temporary); None for any other array (the caller tests it
+    with NumPy). For the validation of small arrays: on 20000 x 784 float64
+    it took 27 ms against 8 ms for NumPy's sum (float32: 5 against 8 ms)."""
+    cdef Py_ssize_t n = cnp.PyArray_SIZE(a)
+    cdef int t = cnp.PyArray_TYPE(a)
+    cdef bint ok
+    if not cnp.PyArray_IS_C_CONTIGUOUS(a):
+        return None
+    if t == cnp.NPY_DOUBLE:
+        with nogil:
+            ok = _finite(<const double*>cnp.PyArray_DATA(a), n)
+    elif t == cnp.NPY_FLOAT:
+        with nogil:
+            ok = _finite(<const float*>cnp.PyArray_DATA(a), n)
+    else:
+        return None
+    return ok

@@ -110,9 +110,7 @@ class Problem:
         cache = self._chunk_cache
         if cache is not None and cache[0] == key:
             return cache[1]
-        rows = max(min_rows, budget // max(int(entries_per_row), 1))
-        if self.max_rows is not None:
-            rows = min(rows, self.max_rows)
+        rows = self._chunk_rows(entries_per_row, budget, min_rows)
         N = self.n_rows
         out = [slice(a, min(a + rows, N)) for a in range(0, N, rows)]
         if self.sw is not None and len(out) > 1:
@@ -122,20 +120,27 @@ class Problem:
         self._chunk_cache = (key, out)
         return out
 
+    def _chunk_rows(self, entries_per_row, budget=CHUNK_ENTRIES, min_rows=MIN_CHUNK_ROWS):
+        rows = max(min_rows, budget // max(int(entries_per_row), 1))
+        return rows if self.max_rows is None else min(rows, self.max_rows)
+
     def _part(self, c):
         """(X, Y, sw) of rows c."""
         return (self.X[c], None if self.Y is None else self.Y[c],
                 None if self.sw is None else self.sw[c])
 
-    def _sum(self, compute, out, chunks):
-        """out = sum over chunks of compute(X_c, Y_c, sw_c, alpha_c, buffer).
+    def _sum(self, compute, out, entries_per_row):
+        """out = sum over the chunks of compute(X_c, Y_c, sw_c, alpha_c, buffer).
 
         ``compute`` writes its partial result into the buffer it is given and
         returns a scalar (or None); the regularizer's alpha goes to the first
-        chunk only, so it is added exactly once.
+        chunk only, so it is added exactly once. All rows in one chunk are
+        passed whole, without building the chunk list (per-call overhead of
+        small calls in optimizer loops).
         """
-        if len(chunks) == 1 and chunks[0] == slice(0, self.n_rows):
+        if self.n_rows <= self._chunk_rows(entries_per_row):
             return compute(self.X, self.Y, self.sw, self.alpha, out)
+        chunks = self.chunks(entries_per_row)
         total, part = 0.0, None
         for i, c in enumerate(chunks):
             X, Y, sw = self._part(c)
@@ -176,7 +181,7 @@ class Problem:
         def compute(X, Y, sw, alpha, g):
             return _network.loss_grad(plan, theta, X, Y, sw, W, alpha, g,
                                       net._workspace(X.shape[0]))
-        return self._sum(compute, out, self.chunks(self._first_order_rows()))
+        return self._sum(compute, out, self._first_order_rows())
 
     def loss(self, theta):
         """Objective at theta: the value of :meth:`loss_grad`'s kernel path."""
@@ -211,7 +216,7 @@ class Problem:
 
         def compute(X, Y, sw, alpha, o):
             kernel(plan, theta, X, Y, sw, W, alpha, V, o, net._scratch(family, X.shape[0], k))
-        self._sum(compute, out, self.chunks(per_row))
+        self._sum(compute, out, per_row)
         return out
 
     # ------------------------------------------------------------ sub-problems

@@ -10,6 +10,7 @@ import numbers
 import numpy as np
 import scipy.sparse as sp
 
+from cbackprop._network import all_finite
 from cbackprop._sparse import CSRRows, check_sparse_X
 
 FLOAT_DTYPES = (np.float32, np.float64)
@@ -27,7 +28,7 @@ def check_float_dtype(dtype):
 
 
 def _as_numeric(a, name):
-    if sp.issparse(a):
+    if type(a) is not np.ndarray and sp.issparse(a):
         raise TypeError(f"{name} is a sparse matrix; cbackprop needs a dense array "
                         f"(convert with {name}.toarray())")
     arr = np.asarray(a)
@@ -53,7 +54,10 @@ def _check_finite(arr, name):
     """
     if arr.dtype.kind != "f" or arr.size == 0:
         return
-    if arr.size <= _SMALL:
+    finite = all_finite(arr) if arr.size <= _SMALL else None
+    if finite is not None:
+        pass   # small contiguous arrays: a nogil scan, 0.3 us against 1 us
+    elif arr.size <= _SMALL:
         finite = np.isfinite(arr).all()
     else:
         with np.errstate(over="ignore", invalid="ignore"):
@@ -81,7 +85,9 @@ def as_float_array(a, name, dtype, ndim):
 def check_X(X, n_features, dtype):
     """X as (N, n_features), N >= 1: a C-contiguous array, or CSRRows when X
     is a scipy.sparse matrix or array (CSR or CSC)."""
-    if isinstance(X, CSRRows):
+    if type(X) is np.ndarray:   # the common case first: per-call overhead
+        X = as_float_array(X, "X", dtype, 2)
+    elif isinstance(X, CSRRows):
         X = X.astype(dtype)
     elif sp.issparse(X):
         X = check_sparse_X(X, dtype)

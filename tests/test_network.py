@@ -756,6 +756,21 @@ def test_finiteness_check_both_paths(cb, value, n_rows):
                 net.predict(theta, X)
 
 
+@pytest.mark.parametrize("dtype", DTYPES)
+def test_all_finite_scan(dtype):
+    """The nogil scan behind the small-array check: NaN and +-inf anywhere,
+    the largest finite values accepted; other arrays are left to NumPy."""
+    from cbackprop._network import all_finite
+    a = np.full(37, np.finfo(dtype).max, dtype)
+    assert all_finite(a) is True
+    for i, v in itertools.product([0, 17, 36], [np.nan, np.inf, -np.inf]):
+        b = a.copy()
+        b[i] = v
+        assert all_finite(b) is False
+    assert all_finite(np.ones((4, 4), dtype)[:, ::2]) is None
+    assert all_finite(np.ones(3, np.float16)) is None
+
+
 _BAD_NETWORKS = {
     "activation-unknown": (dict(activation="sigmoid"), _re("activation")),
     "activation-none": (dict(activation=None), _re("activation")),
