@@ -42,6 +42,10 @@ def _as_numeric(a, name):
 # errstate context the sum needs (a few us per call, paid by every product
 # of an optimizer or eigensolver loop).
 _SMALL = 1 << 16
+# Up to this many entries a scalar nogil scan beats np.isfinite(a).all()
+# (64 float64 entries: 0.11 against 0.94 us; 1024: 0.66 against 1.2 us; at
+# 32768 the scan took 18.8 us against 6.3 us).
+_SCAN = 1024
 
 
 def _check_finite(arr, name):
@@ -54,9 +58,9 @@ def _check_finite(arr, name):
     """
     if arr.dtype.kind != "f" or arr.size == 0:
         return
-    finite = all_finite(arr) if arr.size <= _SMALL else None
+    finite = all_finite(arr) if arr.size <= _SCAN else None
     if finite is not None:
-        pass   # small contiguous arrays: a nogil scan, 0.3 us against 1 us
+        pass   # small contiguous arrays: a nogil scan
     elif arr.size <= _SMALL:
         finite = np.isfinite(arr).all()
     else:
