@@ -58,12 +58,10 @@ def _check_finite(arr, name):
     """
     if arr.dtype.kind != "f" or arr.size == 0:
         return
-    finite = all_finite(arr) if arr.size <= _SCAN else None
-    if finite is not None:
-        pass   # small contiguous arrays: a nogil scan
-    elif arr.size <= _SMALL:
+    finite = all_finite(arr) if arr.size <= _SCAN else None   # None: not scanned
+    if finite is None and arr.size <= _SMALL:
         finite = np.isfinite(arr).all()
-    else:
+    elif finite is None:
         with np.errstate(over="ignore", invalid="ignore"):
             total = np.add.reduce(arr, axis=None, dtype=np.float64)
         finite = np.isfinite(total) or np.isfinite(arr).all()
