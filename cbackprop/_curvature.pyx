@@ -22,14 +22,17 @@ from cbackprop._activations cimport act_derivs
 from cbackprop._losses cimport hess_prod_rows, sqrt_hess_rows
 from libc.stdint cimport int32_t, int64_t
 from cbackprop._interrupt cimport check_interrupt
-from cbackprop._threads cimport (Team, blas_open, team_close)
+from cbackprop._threads cimport (Team, blas_open, team_open, team_close, thread_limit,
+                                 PRODUCTS)
 from cbackprop._network cimport (NetPlan, NetSpec, Batch, Region, Workspace,
                                  FirstLayout, make_batch, sub_batch, put, part_entries, forward,
                                  backward, loss_value, loss_grad_kernel,
                                  layer_input, forward_linear,
                                  backward_linear, backward_step, layer_grad,
                                  input_forward, input_grad, set_input,
-                                 csr_index, GRAD, NO_REDUCE)
+                                 csr_index, GRAD, NO_REDUCE, Cut, cut_for, row_blocks,
+                                 block_start, work_flops)
+from cython.parallel cimport prange
 
 
 # ----------------------------------------------------------------- layouts
@@ -100,6 +103,41 @@ cdef Py_ssize_t factor_layout(const NetSpec* s, Py_ssize_t N, Py_ssize_t at,
 cdef inline Py_ssize_t _widest(const NetSpec* s) noexcept nogil:
     cdef Py_ssize_t nL = s.sizes[s.n_layers]
     return s.max_hidden if s.max_hidden > nL else nL
+
+
+cdef Py_ssize_t hvp_layout(const NetSpec* s, Py_ssize_t N, Py_ssize_t k,
+                           HvpLayout* lay) noexcept nogil:
+    cdef Py_ssize_t at = state_layout(s, N, 0, &lay.st)
+    at = put(&lay.RZ, at, k * N * s.width)
+    at = put(&lay.RA, at, k * N * s.width)
+    return put(&lay.RD, at, 2 * k * N * _widest(s))
+
+
+cdef Py_ssize_t ggn_vp_layout(const NetSpec* s, Py_ssize_t N, Py_ssize_t k,
+                              GgnVpLayout* lay) noexcept nogil:
+    cdef Py_ssize_t at = 0, n = N * s.width
+    at = put(&lay.Z, at, n)
+    at = put(&lay.A, at, n)
+    at = put(&lay.F1, at, n)
+    at = put(&lay.F2, at, n)
+    at = put(&lay.RZ, at, k * n)
+    at = put(&lay.RA, at, k * n)
+    at = put(&lay.RD, at, k * N * s.sizes[s.n_layers])
+    # batch_state's backward keeps every hidden layer's deltas there.
+    at = put(&lay.work, at, max(2 * k * N * s.max_hidden,
+                                N * (s.width - s.sizes[s.n_layers])))
+    return put(&lay.part, at, part_entries(s, N))
+
+
+cdef Py_ssize_t efisher_vp_layout(const NetSpec* s, Py_ssize_t N, Py_ssize_t k,
+                                  EfisherLayout* lay) noexcept nogil:
+    cdef Py_ssize_t at = 0
+    at = put(&lay.Z, at, N * s.width)
+    at = put(&lay.A, at, N * s.width)
+    at = put(&lay.DL, at, N * s.width)
+    at = put(&lay.T, at, N * _widest(s))
+    at = put(&lay.work, at, N * _widest(s))
+    return put(&lay.U, at, k * N)
 
 
 # ----------------------------------------------------------------- helpers
@@ -351,6 +389,139 @@ cdef void efisher_vp_kernel(const NetSpec* s, const Batch* b,
                     work[i * nout + q] = U[r * N + i] * d[i * nout + q]
             input_grad(s, l, b, A, N, work, False, True, out + r * P)
     _add_l2_blocks(s, b.alpha / b.sw_sum, V, out, k)
+
+
+# ------------------------------------------- products on a thread team
+# A product is a sum over rows: on a team, row block j of B runs the whole
+# kernel on its rows into its own output (block 0 into out, with the
+# regularizer; the others into the workspace, added to out in block order
+# after the team's barrier). B follows the thread limit (row_blocks of its
+# cut, as the loss and gradient), never the team, so a fixed limit gives
+# the same bits whoever runs; one thread keeps one block: the whole-batch
+# kernel. Each block's workspace is laid out for the largest block, one
+# after the other, then the B - 1 outputs: about the whole batch's layout,
+# which the product workspaces reserve for every cut (_reserve).
+cdef enum ProductKind:
+    HVP = 0
+    GGN_VP = 1
+    EFISHER_VP = 2
+
+cdef union ProductLayout:
+    HvpLayout hvp
+    GgnVpLayout ggn
+    EfisherLayout ef
+
+cdef struct Blocks:
+    Py_ssize_t n          # row blocks B
+    Py_ssize_t stride     # workspace entries of one block (its base: j * stride)
+    Py_ssize_t parts      # blocks 1 .. B - 1's outputs (k P each) start here
+    ProductLayout lay     # one block's regions, from its base
+
+
+cdef Py_ssize_t product_layout(int kind, const NetSpec* s, Py_ssize_t N,
+                               Py_ssize_t k, ProductLayout* lay) noexcept nogil:
+    if kind == HVP:
+        return hvp_layout(s, N, k, &lay.hvp)
+    if kind == GGN_VP:
+        return ggn_vp_layout(s, N, k, &lay.ggn)
+    return efisher_vp_layout(s, N, k, &lay.ef)
+
+
+cdef Py_ssize_t product_blocks(const NetSpec* s, Py_ssize_t N, Py_ssize_t k,
+                               const Cut* c) noexcept nogil:
+    """row_blocks of the cut, fewer while the B - 1 extra outputs would take
+    more room than the batch's activations (split_grad's bound)."""
+    cdef Py_ssize_t B = row_blocks(c, N)
+    while B > 1 and (B - 1) * k * s.n_params > N * s.width:
+        B //= 2
+    return B
+
+
+cdef Py_ssize_t plan_blocks(int kind, const NetSpec* s, Py_ssize_t N,
+                            Py_ssize_t k, const Cut* c, Blocks* bl) noexcept nogil:
+    """Lay a product over N rows and k vectors out for cut c; returns the
+    entries it needs."""
+    cdef Py_ssize_t B = product_blocks(s, N, k, c), j, rows = 0
+    for j in range(B):
+        rows = max(rows, block_start(N, B, j + 1) - block_start(N, B, j))
+    bl.n = B
+    bl.stride = product_layout(kind, s, rows, k, &bl.lay)
+    bl.parts = B * bl.stride
+    return bl.parts + (B - 1) * k * s.n_params
+
+
+cdef Py_ssize_t _reserve(int kind, const NetSpec* s, Py_ssize_t N, Py_ssize_t k,
+                         Py_ssize_t whole) noexcept nogil:
+    """Entries a product workspace for at most N rows and k vectors needs:
+    the whole-batch layout (``whole`` entries) and every blocked call's.
+    A call over fewer rows has no more blocks; its blocks are at most
+    N / B + 16 rows (block_start), so B blocks of N / B + 17 cover it."""
+    cdef Py_ssize_t B = 2, need = whole
+    cdef Py_ssize_t most = product_blocks(s, N, k, &s.cuts[s.n_cuts - 1])
+    cdef ProductLayout lay
+    while B <= most:
+        need = max(need, B * product_layout(kind, s, min(N, N // B + 17), k, &lay)
+                   + (B - 1) * k * s.n_params)
+        B *= 2
+    return need
+
+
+cdef double product_flops(int kind, const NetSpec* s, Py_ssize_t N,
+                          Py_ssize_t k) noexcept nogil:
+    """Flops of a product, in forward passes: the first-order state and
+    per vector the R-forward and the R-backward with its reductions."""
+    if kind == HVP:
+        return work_flops(s, N, 2.0 + 6.0 * k)
+    if kind == GGN_VP:
+        return work_flops(s, N, 1.0 + 4.0 * k)
+    return work_flops(s, N, 2.0 + 3.0 * k)
+
+
+cdef void product_rows(int kind, const NetSpec* s, const Batch* b,
+                       const floating* theta, const floating* V, Py_ssize_t k,
+                       floating* out, floating* w, const ProductLayout* lay) noexcept nogil:
+    """out (k, P) = the rows of b's product with V (k, P), workspace w."""
+    if kind == HVP:
+        hvp_kernel(s, b, theta, V, k, out, w, &lay.hvp)
+    elif kind == GGN_VP:
+        ggn_vp_kernel(s, b, theta, V, k, out, w, &lay.ggn)
+    else:
+        efisher_vp_kernel(s, b, theta, V, k, out, w, &lay.ef)
+
+
+cdef void _product_block(int kind, const NetSpec* s, const Batch* b,
+                         const floating* theta, const floating* V, Py_ssize_t k,
+                         Py_ssize_t j, floating* out, floating* w,
+                         const Blocks* bl) noexcept nogil:
+    cdef Py_ssize_t r0 = block_start(b.N, bl.n, j)
+    cdef Batch rows = sub_batch(s, b, r0, block_start(b.N, bl.n, j + 1) - r0)
+    if j > 0:
+        rows.alpha = 0.0
+        out = w + bl.parts + (j - 1) * k * s.n_params
+    product_rows(kind, s, &rows, theta, V, k, out, w + j * bl.stride, &bl.lay)
+
+
+cdef void blocked_product(int kind, const NetSpec* s, const Batch* b,
+                          const floating* theta, const floating* V, Py_ssize_t k,
+                          floating* out, floating* w, const Blocks* bl) noexcept nogil:
+    """out (k, P) = the product over b's rows in bl.n row blocks, on a team
+    (see the section notes)."""
+    cdef Py_ssize_t j, i, n = k * s.n_params
+    cdef const floating* q
+    cdef Team team
+    if bl.n == 1:
+        blas_open(&team)
+        product_rows(kind, s, b, theta, V, k, out, w, &bl.lay)
+        team_close(&team)
+        return
+    team_open(&team, PRODUCTS, product_flops(kind, s, b.N, k), bl.n)
+    for j in prange(bl.n, num_threads=team.n, schedule="static", chunksize=1):
+        _product_block(kind, s, b, theta, V, k, j, out, w, bl)
+    for j in range(bl.n - 1):
+        q = w + bl.parts + j * n
+        for i in range(n):
+            out[i] += q[i]
+    team_close(&team)
 
 
 # ----------------------------------------------- backpropagated loss factor
@@ -1046,63 +1217,63 @@ cdef int dense_ggn_kernel(const NetSpec* s, const Batch* b,
 # -------------------------------------------------------------- workspaces
 cdef class HvpWorkspace(Workspace):
     """hvp: the first-order state (6 x n_rows width), RZ, RA (k n_rows width
-    each), RD (2 k n_rows max(max_hidden, n_L))."""
+    each), RD (2 k n_rows max(max_hidden, n_L)); the buffer also holds a
+    blocked call's row blocks (``blocks``)."""
     cdef HvpLayout lay
 
     cdef Py_ssize_t _layout(self, Py_ssize_t N, Py_ssize_t k) noexcept:
-        cdef const NetSpec* s = &self.plan.spec
-        cdef Py_ssize_t at = state_layout(s, N, 0, &self.lay.st)
-        at = put(&self.lay.RZ, at, k * N * s.width)
-        at = put(&self.lay.RA, at, k * N * s.width)
-        return put(&self.lay.RD, at, 2 * k * N * _widest(s))
+        return _reserve(HVP, &self.plan.spec, N, k,
+                        hvp_layout(&self.plan.spec, N, k, &self.lay))
 
     cdef dict _regions(self):
         return self.lay
+
+    def blocks(self, Py_ssize_t n_rows, int threads):
+        return _blocks_info(HVP, self.plan, n_rows, self.k, threads)
 
 
 cdef class GgnVpWorkspace(Workspace):
     """ggn_vp: Z, A, F1, F2 (n_rows width each), RZ, RA (k n_rows width),
     RD (k n_rows n_L), work (2 k n_rows max_hidden, and at least n_rows
     times the hidden widths' sum: batch_state's deltas), part (batch_state's
-    row-block gradients)."""
+    row-block gradients); the buffer also holds a blocked call's row blocks
+    (``blocks``)."""
     cdef GgnVpLayout lay
 
     cdef Py_ssize_t _layout(self, Py_ssize_t N, Py_ssize_t k) noexcept:
-        cdef const NetSpec* s = &self.plan.spec
-        cdef Py_ssize_t at = 0, n = N * s.width
-        at = put(&self.lay.Z, at, n)
-        at = put(&self.lay.A, at, n)
-        at = put(&self.lay.F1, at, n)
-        at = put(&self.lay.F2, at, n)
-        at = put(&self.lay.RZ, at, k * n)
-        at = put(&self.lay.RA, at, k * n)
-        at = put(&self.lay.RD, at, k * N * s.sizes[s.n_layers])
-        # batch_state's backward keeps every hidden layer's deltas there.
-        at = put(&self.lay.work, at, max(2 * k * N * s.max_hidden,
-                                         N * (s.width - s.sizes[s.n_layers])))
-        return put(&self.lay.part, at, part_entries(s, N))
+        return _reserve(GGN_VP, &self.plan.spec, N, k,
+                        ggn_vp_layout(&self.plan.spec, N, k, &self.lay))
 
     cdef dict _regions(self):
         return self.lay
+
+    def blocks(self, Py_ssize_t n_rows, int threads):
+        return _blocks_info(GGN_VP, self.plan, n_rows, self.k, threads)
 
 
 cdef class EfisherVpWorkspace(Workspace):
     """efisher_vp: Z, A, DL (n_rows width each), T and work (n_rows times
-    the widest layer), U (k n_rows)."""
+    the widest layer), U (k n_rows); the buffer also holds a blocked call's
+    row blocks (``blocks``)."""
     cdef EfisherLayout lay
 
     cdef Py_ssize_t _layout(self, Py_ssize_t N, Py_ssize_t k) noexcept:
-        cdef const NetSpec* s = &self.plan.spec
-        cdef Py_ssize_t at = 0
-        at = put(&self.lay.Z, at, N * s.width)
-        at = put(&self.lay.A, at, N * s.width)
-        at = put(&self.lay.DL, at, N * s.width)
-        at = put(&self.lay.T, at, N * _widest(s))
-        at = put(&self.lay.work, at, N * _widest(s))
-        return put(&self.lay.U, at, k * N)
+        return _reserve(EFISHER_VP, &self.plan.spec, N, k,
+                        efisher_vp_layout(&self.plan.spec, N, k, &self.lay))
 
     cdef dict _regions(self):
         return self.lay
+
+    def blocks(self, Py_ssize_t n_rows, int threads):
+        return _blocks_info(EFISHER_VP, self.plan, n_rows, self.k, threads)
+
+
+def _blocks_info(int kind, NetPlan plan, Py_ssize_t n_rows, Py_ssize_t k, int threads):
+    """(row blocks, entries per block, offset of blocks 1 .. B - 1's outputs)
+    of a product over n_rows rows at a thread limit (see Blocks)."""
+    cdef Blocks bl
+    plan_blocks(kind, &plan.spec, n_rows, k, cut_for(&plan.spec, threads), &bl)
+    return bl.n, bl.stride, bl.parts
 
 
 cdef class StateWorkspace(Workspace):
@@ -1239,21 +1410,34 @@ cdef inline const floating* _opt(const floating[::1] v) noexcept:
     return NULL if v is None else &v[0]
 
 
+cdef int _product(int kind, NetPlan plan, const floating[::1] theta, X,
+                  const floating[:, ::1] Y, const floating[::1] sw, double sw_sum,
+                  double alpha, const floating[:, ::1] V, floating[:, ::1] out,
+                  Workspace ws) except -1:
+    """out (k, P) = rows of the product with V (k, P), in row blocks at the
+    thread limit of the call."""
+    ws.check(X.shape[0], V.shape[0], sizeof(floating))
+    cdef Batch b = make_batch(<const floating*>NULL, &Y[0, 0], _opt(sw),
+                              <Py_ssize_t>X.shape[0], sw_sum, alpha)
+    set_input(&b, X, sizeof(floating))
+    cdef Blocks bl
+    cdef Py_ssize_t need = plan_blocks(kind, &plan.spec, b.N, V.shape[0],
+                                       cut_for(&plan.spec, thread_limit()), &bl)
+    if need > ws.size:   # _reserve's bound broken: a bug, never a write past the buffer
+        raise RuntimeError(f"{type(ws).__name__} holds {ws.size} entries, the call "
+                           f"needs {need}")
+    with nogil:
+        blocked_product(kind, &plan.spec, &b, &theta[0], &V[0, 0], V.shape[0],
+                        &out[0, 0], <floating*>ws.base, &bl)
+    return 0
+
+
 def hvp(NetPlan plan, const floating[::1] theta, X,
         const floating[:, ::1] Y, const floating[::1] sw, double sw_sum,
         double alpha, const floating[:, ::1] V, floating[:, ::1] out,
         HvpWorkspace ws):
     """out (k, P) = rows of H V for V (k, P)."""
-    ws.check(X.shape[0], V.shape[0], sizeof(floating))
-    cdef Batch b = make_batch(<const floating*>NULL, &Y[0, 0], _opt(sw),
-                              <Py_ssize_t>X.shape[0], sw_sum, alpha)
-    set_input(&b, X, sizeof(floating))
-    cdef Team team
-    with nogil:
-        blas_open(&team)
-        hvp_kernel(&plan.spec, &b, &theta[0], &V[0, 0], V.shape[0], &out[0, 0],
-                   <floating*>ws.base, &ws.lay)
-        team_close(&team)
+    _product(HVP, plan, theta, X, Y, sw, sw_sum, alpha, V, out, ws)
 
 
 def ggn_vp(NetPlan plan, const floating[::1] theta, X,
@@ -1261,34 +1445,15 @@ def ggn_vp(NetPlan plan, const floating[::1] theta, X,
            double alpha, const floating[:, ::1] V, floating[:, ::1] out,
            GgnVpWorkspace ws):
     """out (k, P) = rows of G V for V (k, P)."""
-    ws.check(X.shape[0], V.shape[0], sizeof(floating))
-    cdef Batch b = make_batch(<const floating*>NULL, &Y[0, 0], _opt(sw),
-                              <Py_ssize_t>X.shape[0], sw_sum, alpha)
-    set_input(&b, X, sizeof(floating))
-    cdef Team team
-    with nogil:
-        blas_open(&team)
-        ggn_vp_kernel(&plan.spec, &b, &theta[0], &V[0, 0], V.shape[0],
-                      &out[0, 0], <floating*>ws.base, &ws.lay)
-        team_close(&team)
+    _product(GGN_VP, plan, theta, X, Y, sw, sw_sum, alpha, V, out, ws)
 
 
 def efisher_vp(NetPlan plan, const floating[::1] theta, X,
-               const floating[:, ::1] Y,
-               const floating[::1] sw, double sw_sum, double alpha,
-               const floating[:, ::1] V, floating[:, ::1] out,
+               const floating[:, ::1] Y, const floating[::1] sw, double sw_sum,
+               double alpha, const floating[:, ::1] V, floating[:, ::1] out,
                EfisherVpWorkspace ws):
     """out (k, P) = rows of F V for V (k, P), F the empirical Fisher."""
-    ws.check(X.shape[0], V.shape[0], sizeof(floating))
-    cdef Batch b = make_batch(<const floating*>NULL, &Y[0, 0], _opt(sw),
-                              <Py_ssize_t>X.shape[0], sw_sum, alpha)
-    set_input(&b, X, sizeof(floating))
-    cdef Team team
-    with nogil:
-        blas_open(&team)
-        efisher_vp_kernel(&plan.spec, &b, &theta[0], &V[0, 0], V.shape[0],
-                          &out[0, 0], <floating*>ws.base, &ws.lay)
-        team_close(&team)
+    _product(EFISHER_VP, plan, theta, X, Y, sw, sw_sum, alpha, V, out, ws)
 
 
 def first_order_state(NetPlan plan, const floating[::1] theta, X,

@@ -5,7 +5,8 @@ cpdef enum Site:
     LOSS_GRAD = 0
     EPOCH = 1
     PREDICT = 2
-    N_SITES = 3
+    PRODUCTS = 3     # curvature-vector products (hvp, ggn_vp, efisher_vp)
+    N_SITES = 4
 
 cdef struct Team:
     int n          # threads of this call (1: the caller alone)

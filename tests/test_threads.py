@@ -106,17 +106,59 @@ def test_loss_equals_loss_grad_value_bitwise_on_a_team():
     assert f == _at(2, "team", lambda: net.loss(theta, X, Y, sample_weight=sw))
 
 
+PRODUCT_INPUTS = [pytest.param("dense", id="dense"), pytest.param("csr", id="csr"),
+                  pytest.param("zero-weight-block", id="zero-weight-block")]
+
+
+@pytest.mark.parametrize("inputs", PRODUCT_INPUTS)
 @pytest.mark.parametrize("dtype", DTYPES)
 @pytest.mark.parametrize("method", ["hvp", "ggn_vp", "efisher_vp"])
-def test_products_agree_across_thread_counts(method, dtype):
+@pytest.mark.parametrize("threads, policy_name", SETTINGS[1:])
+def test_products_same_bits_at_a_thread_limit(method, dtype, inputs, threads, policy_name):
+    # Row blocks on a team (the second block's rows carry no weight in
+    # zero-weight-block: its output must still be added, as zeros).
+    import scipy.sparse as sp
     net, theta, X, Y, sw = _problem("log_loss", dtype)
+    if inputs == "csr":
+        X = sp.csr_matrix(np.where(np.abs(X) > 1.0, X, 0))
+    elif inputs == "zero-weight-block":
+        sw = sw.copy()
+        sw[N // 2:] = 0
     V = np.random.default_rng(seed("threads-V")).standard_normal((3, net.n_params)).astype(dtype)
+    assert net._scratch(cb._curvature.HvpWorkspace, N, 3).blocks(N, threads)[0] == \
+        min(2, net._plan.cut(10**6)[0])
 
     def run():
-        return getattr(net, method)(theta, X, Y, V.T, sample_weight=sw)
-    expected = _at(1, "alone", run)
-    for threads, policy_name in [(2, "team"), (2, "alone")]:
-        assert_close(_at(threads, policy_name, run), expected, dtype, "rounding")
+        return (getattr(net, method)(theta, X, Y, V.T, sample_weight=sw),
+                getattr(net, method)(theta, X, Y, V[0], sample_weight=sw))
+    _same_bits_and_rounding(run, threads, policy_name, dtype)
+
+
+@pytest.mark.parametrize("rows, k, blocks", [
+    pytest.param(N, 1, 2, id="two-blocks"),
+    pytest.param(90, 1, 1, id="few-rows"),
+    pytest.param(N, 400, 1, id="outputs-larger-than-activations")])
+def test_product_blocks_follow_the_limit_and_the_room(rows, k, blocks):
+    net = _problem("log_loss", np.float64)[0]
+    ws = cb._curvature.GgnVpWorkspace(net._plan, rows, k)
+    machine = net._plan.cut(10**6)[0]
+    assert ws.blocks(rows, 1)[0] == 1
+    n, stride, parts = ws.blocks(rows, 2)
+    assert n == min(blocks, machine)
+    # Every block's workspace and the extra outputs fit the buffer.
+    assert parts == n * stride
+    assert (parts + (n - 1) * k * net.n_params) * 8 <= ws.nbytes
+
+
+@pytest.mark.skipif(os.cpu_count() < 2, reason="no team on one core")
+def test_products_run_on_a_team():
+    net, theta, X, Y, sw = _problem("log_loss", np.float64)
+    v = np.ones(net.n_params)
+    _threads.reset()
+    for _ in range(2):
+        _at(2, "team", lambda: net.hvp(theta, X, Y, v))
+    assert any(site == "PRODUCTS" and team > 0
+               for (site, _), (_, team) in _threads.rates().items())
 
 
 ESTIMATORS = [
