@@ -2,7 +2,8 @@
 inside them.
 
 The blocked kernels split a batch into row blocks and a gradient into
-parameter ranges (``_network.pyx``) and run the pieces on an OpenMP team,
+parameter ranges (``_network.pyx``), or a curvature-vector product into row
+blocks (``_curvature.pyx``), and run the pieces on an OpenMP team,
 each thread calling BLAS single-threaded: small GEMMs split by hand scale
 where BLAS's own threading of the same GEMMs does not (its threads wake up
 for every call, and two BLAS pools of one process spin against each other).
