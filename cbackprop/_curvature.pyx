@@ -31,7 +31,7 @@ from cbackprop._network cimport (NetPlan, NetSpec, Batch, Region, Workspace,
                                  backward_linear, backward_step, layer_grad,
                                  input_forward, input_grad, set_input,
                                  csr_index, GRAD, NO_REDUCE, Cut, cut_for, row_blocks,
-                                 block_start, work_flops)
+                                 block_start, work_flops, add_parts)
 from cython.parallel cimport prange
 
 
@@ -506,8 +506,7 @@ cdef void blocked_product(int kind, const NetSpec* s, const Batch* b,
                           floating* out, floating* w, const Blocks* bl) noexcept nogil:
     """out (k, P) = the product over b's rows in bl.n row blocks, on a team
     (see the section notes)."""
-    cdef Py_ssize_t j, i, n = k * s.n_params
-    cdef const floating* q
+    cdef Py_ssize_t j, n = k * s.n_params
     cdef Team team
     if bl.n == 1:
         blas_open(&team)
@@ -517,10 +516,7 @@ cdef void blocked_product(int kind, const NetSpec* s, const Batch* b,
     team_open(&team, PRODUCTS, product_flops(kind, s, b.N, k), bl.n)
     for j in prange(bl.n, num_threads=team.n, schedule="static", chunksize=1):
         _product_block(kind, s, b, theta, V, k, j, out, w, bl)
-    for j in range(bl.n - 1):
-        q = w + bl.parts + j * n
-        for i in range(n):
-            out[i] += q[i]
+    add_parts(out, w + bl.parts, bl.n - 1, n, n)
     team_close(&team)
 
 

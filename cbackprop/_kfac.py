@@ -215,7 +215,7 @@ def _gram(d, root, scale):
     the sqrt(c_i) (None: c_i = 1), in float64 (one symmetric rank-N update)."""
     b = np.asarray(d, dtype=np.float64) if root is None else np.multiply(
         d, root, dtype=np.float64)
-    F = b.T @ b
+    F = _assembly._gram(b)
     if scale != 1.0:
         F *= scale
     return F

@@ -84,6 +84,19 @@ cdef inline Batch make_batch(const floating* X, const floating* Y,
     b.itemsize = sizeof(floating)
     return b
 
+cdef inline void add_parts(floating* out, const floating* parts, Py_ssize_t n_parts,
+                           Py_ssize_t stride, Py_ssize_t n) noexcept nogil:
+    """out[:n] += parts[j stride : j stride + n] for j = 0 .. n_parts - 1 in
+    order: row blocks 1 .. B - 1's partial sums added to block 0's in block
+    order, so that a fixed cut gives the same bits whoever computed them."""
+    cdef Py_ssize_t j, i
+    cdef const floating* q
+    for j in range(n_parts):
+        q = parts + j * stride
+        for i in range(n):
+            out[i] += q[i]
+
+
 cdef inline Batch sub_batch(const NetSpec* s, const Batch* b, Py_ssize_t i0,
                             Py_ssize_t nb) noexcept nogil:
     """Rows i0 .. i0 + nb of b (same W and alpha)."""

@@ -411,13 +411,7 @@ cdef void sum_task(const NetSpec* s, const Pass* p, Py_ssize_t t, Py_ssize_t B,
 
 cdef inline void _add_blocks(const NetSpec* s, const Pass* p, Py_ssize_t B,
                              Py_ssize_t off, Py_ssize_t n, floating* grad) noexcept nogil:
-    cdef Py_ssize_t j, k
-    cdef floating* o = grad + off
-    cdef const floating* q
-    for j in range(B - 1):
-        q = <const floating*>p.G + j * s.n_params + off
-        for k in range(n):
-            o[k] += q[k]
+    add_parts(grad + off, <const floating*>p.G + off, B - 1, s.n_params, n)
 
 
 cdef double work_flops(const NetSpec* s, Py_ssize_t N, double k) noexcept nogil:
