@@ -416,6 +416,7 @@ class LossGradWorkload:
         for _, _, kw in plan:
             kw["overwrite_c"] = 1
         _check_gemm_plan(gemm, plan, self)
+        warm_blas_buffers()
         one = dt.type(1)
 
         def run():
@@ -443,6 +444,7 @@ class LossGradWorkload:
             if i > 0:
                 plan.append((D[i], coefs[i].T, DP[i - 1]))
         matmul = np.matmul
+        warm_blas_buffers()
 
         def run():
             for a, b, c in plan:
@@ -498,6 +500,31 @@ def _check_gemm_plan(gemm, plan, wl):
         ref = opa.astype(np.float64) @ opb.astype(np.float64)
         tol = 1e-10 if wl.dtype == np.float64 else 1e-3
         assert np.allclose(c, ref, rtol=tol, atol=tol * np.abs(ref).max()), "wrong product"
+
+
+_BUFFERS_WARM = False
+
+
+def warm_blas_buffers():
+    """Write SciPy's and NumPy's OpenBLAS scratch buffers through once per
+    process: the caller's (a one-thread GEMM whose M exceeds every kernel's
+    P block, so its B is packed whole) and the BLAS workers' (the same at
+    every core). A buffer's unwritten pages make small GEMMs up to 3x slower
+    on some hosts (DESIGN.md, "OpenBLAS's scratch buffers"); cbackprop's
+    kernels write theirs through, and the GEMMs-alone references are bounds
+    only on warm buffers too."""
+    global _BUFFERS_WARM
+    if _BUFFERS_WARM:
+        return
+    from threadpoolctl import threadpool_limits
+    cores = os.cpu_count() or 1
+    b = np.ones((256, 512), order="F")
+    for n in (1, cores):
+        a = np.ones((768 * n, 256), order="F")
+        with threadpool_limits(n):
+            sblas.dgemm(1.0, a, b)    # column-major (768 n, 256) x (256, 512)
+            b.T @ a.T                 # NumPy's: the same product, M = 768 n
+    _BUFFERS_WARM = True
 
 
 class GemmPeakWorkload:

@@ -326,6 +326,7 @@ def _lockstep_rows(rounds):
     """Markdown rows: the digits fit's two-thread speed-up against the
     lockstep reference's, alternating in one process."""
     lock = _lockstep()
+    C.warm_blas_buffers()
     if lock is None:
         return ["", "(no C compiler with OpenMP: no lockstep reference)"]
     fit = E.workload_a(epochs=50)["cbackprop"]
@@ -355,6 +356,42 @@ def _lockstep_rows(rounds):
             f"| {m['f1'] / m['f2']:.2f}x |"]
 
 
+COLD_CODE = """
+import statistics, time, numpy as np, scipy.linalg.blas as sblas
+from threadpoolctl import threadpool_limits
+from benchmarks import _common as C
+def rate(dtype):
+    gemm = sblas.sgemm if dtype == np.float32 else sblas.dgemm
+    a, b = np.ones((256, 784), dtype, order="F"), np.ones((784, 256), dtype, order="F")
+    c = np.empty((256, 256), dtype, order="F")
+    gemm(1.0, a, b, c=c, overwrite_c=1)
+    t = []
+    for _ in range(7):
+        t0 = time.perf_counter()
+        gemm(1.0, a, b, c=c, overwrite_c=1)
+        t.append(time.perf_counter() - t0)
+    return 2 * 256 * 784 * 256 / statistics.median(t)
+with threadpool_limits(1):
+    cold = [rate(np.float32), rate(np.float64)]
+    C.warm_blas_buffers()
+    print(*cold, rate(np.float32), rate(np.float64))
+"""
+
+
+def _cold_buffer_rows():
+    """Markdown rows: a batch-shaped GEMM of workload b in a fresh process on
+    OpenBLAS's untouched scratch buffer and after it is written through."""
+    out = subprocess.run([sys.executable, "-c", COLD_CODE], capture_output=True, text=True,
+                         cwd=C.REPO_ROOT, check=True).stdout.split()
+    r = [float(v) / 1e9 for v in out]
+    return ["", "SciPy's GEMM of workload b's first layer at batch 256 (256 x 784 x 256, one "
+            "thread, a fresh process): on OpenBLAS's scratch buffer as mapped, and after one "
+            "larger GEMM wrote it through (what cbackprop's kernels do first; DESIGN.md, "
+            "\"OpenBLAS's scratch buffers\"):", "",
+            "| dtype | untouched buffer GFLOP/s | written through GFLOP/s |", "|---|---:|---:|",
+            f"| float32 | {r[0]:.1f} | {r[2]:.1f} |", f"| float64 | {r[1]:.1f} | {r[3]:.1f} |"]
+
+
 def section_bounds(opts):
     """Markdown: the two-thread bounds of this machine (see above)."""
     rounds = max(3, opts.repeat // 2)
@@ -375,6 +412,7 @@ def section_bounds(opts):
         out.append(f"| {name} | {one * 1e3:.1f} | {two * 1e3:.1f} | {two / one:.2f} "
                    f"| {2 * one / two:.2f}x |")
     out += _lockstep_rows(rounds)
+    out += _cold_buffer_rows()
     rates = _gemm_rates([2], 3)
     flops_b = C.loss_grad_flops(B_SIZES, 20000)
     out += ["", "Workload b's epoch GEMMs alone on two cores (at two OpenBLAS threads; as two "

@@ -53,7 +53,10 @@ it does.
 """
 import os
 
+from cython.parallel cimport prange
+from libc.stdlib cimport calloc, free
 from posix.time cimport clock_gettime, timespec, CLOCK_MONOTONIC
+from scipy.linalg.cython_blas cimport dgemm
 
 cdef extern from "_omp.h":
     int omp_get_max_threads() noexcept nogil
@@ -103,6 +106,8 @@ cdef PyThread_type_lock _lock = PyThread_allocate_lock()
 cdef int _inside = 0
 cdef int _user_threads = 1
 cdef int _np_user_threads = 1
+# OpenBLAS scratch buffers (one per concurrent caller) written through once.
+cdef int _warm_buffers = 0
 
 
 def _openblas_libs():
@@ -307,6 +312,7 @@ cdef void team_open(Team* team, Site site, double flops,
     if _set_threads == NULL:
         return
     n = min(omp_get_max_threads(), _enter(), <int>min(max_parts, 1 << 20))
+    _warm_blas(max(n, 1))
     if flops < MIN_PARALLEL_FLOPS or n < 2:
         return
     team.bucket = _bucket(flops)
@@ -314,6 +320,42 @@ cdef void team_open(Team* team, Site site, double flops,
     if _use_team(site, team.bucket, &team.probe):
         team.n = n
     team.start = _now()
+
+
+cdef void _warm_blas(int n) noexcept nogil:
+    """Let n concurrent callers' OpenBLAS scratch buffers be written through
+    once (first call of the process, or of a larger team): see _warm_buffer."""
+    global _warm_buffers
+    cdef int i
+    if n <= _warm_buffers:
+        return
+    if n == 1:
+        _warm_buffer()
+    else:
+        # Side by side, so that each member holds a buffer of its own.
+        for i in prange(n, num_threads=n, schedule="static", chunksize=1):
+            _warm_buffer()
+    _warm_buffers = n
+
+
+cdef void _warm_buffer() noexcept nogil:
+    """One GEMM that packs its operands through the first megabytes of the
+    OpenBLAS scratch buffer it runs on (m above every x86 kernel's P block,
+    so that B is packed whole). OpenBLAS maps that buffer untouched, and its
+    GEMM kernels prefetch past the packed panels of a small call into pages
+    never written: on the 2-core AMD EPYC VM every such prefetch paid a page
+    walk that found nothing, and float32 GEMMs of the shapes of a batch (m,
+    n <= 320) ran at a third of the GEMM rate until some larger GEMM had
+    written those pages (workload b's float32 epoch: 2.15 s, 0.90 s after
+    this). About 0.2 GFLOP, once per buffer."""
+    cdef int m = 768, k = 256, n = 512
+    cdef double one = 1.0, zero = 0.0
+    cdef double* w = <double*>calloc(m * k + m * n, sizeof(double))
+    if w == NULL:
+        return
+    # B (k, n) is read from A's storage: only the packing's writes matter.
+    dgemm("N", "N", &m, &n, &k, &one, w, &m, w, &k, &zero, w + m * k, &m)
+    free(w)
 
 
 cdef void blas_open(Team* team) noexcept nogil:
@@ -372,6 +414,20 @@ cdef inline void _reschedule(const Team* team, double rate) noexcept nogil:
     cdef double best = _rate[i][b][0 if team.n > 1 else 1]
     _gap[i][b] = _next_gap(_gap[i][b], rate, best, team.flops / best if best > 0.0 else 0.0)
     _next[i][b] = _calls[i][b] + _gap[i][b]
+
+
+def warm_blas(int n=1):
+    """Write the OpenBLAS scratch buffers of n concurrent callers through
+    once (the kernels do on their first call, and on a larger team's; a
+    benchmark's bare GEMMs call this first); returns how many are warm
+    (n = 0: only that)."""
+    if not _configured:
+        _configure()
+    if _set_threads != NULL and n > 0:
+        _enter()
+        _warm_blas(n)
+        _leave()
+    return _warm_buffers
 
 
 def rates():

@@ -225,6 +225,41 @@ def test_a_team_call_after_idle_members_is_not_recorded():
     assert _loss_grad_rates()[0][1] != team
 
 
+WARM_CODE = """
+import numpy as np
+import cbackprop as cb
+from threadpoolctl import threadpool_limits
+from cbackprop import _threads
+counts = [_threads.warm_blas(0)]
+net = cb.Network((20, 64, 32, 5), loss="log_loss")
+theta, X = net.init_params(0), np.ones((600, 20))
+Y = np.eye(5)[np.arange(600) % 5]
+with threadpool_limits(1):
+    net.loss_grad(theta, X, Y)
+counts.append(_threads.warm_blas(0))
+with threadpool_limits(2):
+    _threads.set_policy("team")
+    net.loss_grad(theta, X, Y)
+counts.append(_threads.warm_blas(0))
+counts.append(_threads.warm_blas(counts[-1] + 1))   # one buffer more
+print(counts)
+"""
+
+
+def test_blas_scratch_buffers_are_written_through_once_per_member():
+    # OpenBLAS maps its scratch buffers untouched, and its kernels prefetch
+    # into the pages a small GEMM never writes: the first call of the process,
+    # and the first of a larger team, write each member's buffer through.
+    if _threads._openblas_libs()[0] is None:
+        pytest.skip("SciPy's BLAS is not OpenBLAS")
+    out = subprocess.run([sys.executable, "-c", WARM_CODE], capture_output=True,
+                         text=True, check=True).stdout
+    counts = [int(c) for c in out.strip("[]\n ").split(",")]
+    assert counts[:2] == [0, 1]
+    assert counts[2] == (2 if os.cpu_count() >= 2 else 1)
+    assert counts[3] == counts[2] + 1
+
+
 def test_numpy_blas_is_single_threaded_inside_a_computation():
     # NumPy's OpenBLAS workers, woken at the user's count by the composing
     # layer's NumPy BLAS, spin for a while after each call and took the
