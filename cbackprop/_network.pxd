@@ -438,9 +438,9 @@ cdef inline void first_grad_rows(const NetSpec* s, const Batch* b,
 # rows, or with split_grad the sum of the blocks' own gradients: block_pass,
 # then task_grad). The cut follows the thread limit of the call
 # (threadpoolctl, the OMP / OpenBLAS variables: cut_for; the sgd/adam epoch
-# takes the machine's, the last), never the team that runs it, which
-# the measured policy chooses: a fixed limit gives the same bits whatever
-# runs, and different limits agree to rounding (one thread keeps whole
+# the machine's where it makes every GEMM small: _train.epoch_cut), never
+# the team that runs it, which the measured policy chooses: a fixed limit
+# gives the same bits whatever runs, and different limits agree to rounding (one thread keeps whole
 # GEMMs: one block, one task per layer).
 cdef inline const Cut* cut_for(const NetSpec* s, int limit) noexcept nogil:
     """The cut for a thread limit: pieces for the next power of two of

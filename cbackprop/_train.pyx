@@ -17,13 +17,14 @@ from cbackprop._network cimport (NetPlan, NetSpec, Batch, Region, FirstLayout,
                                  Workspace, Pass, make_batch, make_pass, sub_batch,
                                  put, first_layout, row_blocks, block_start, Cut, task_range,
                                  task_sq, block_pass, task_grad, split_grad, batch_flops,
-                                 set_input, csr_index, MAX_BLOCKS, MAX_TASKS)
+                                 set_input, csr_index, cut_for, MAX_BLOCKS, MAX_TASKS)
 from cbackprop._interrupt cimport check_interrupt
 from cbackprop._threads cimport (Team, team_open, team_close, blas_open,
-                                 LOSS_GRAD, EPOCH, PREDICT)
+                                 thread_limit, LOSS_GRAD, EPOCH, PREDICT)
 
 cdef enum:
     INTERRUPT_EVERY = 8      # batches between two signal checks
+    SMALL_GEMM = 1000000     # M N K of OpenBLAS's small-matrix kernels (epoch_cut)
 
 cdef struct Optim:
     bint adam
@@ -183,6 +184,7 @@ cdef struct Schedule:
     const unsigned char* Y8       # 0/1 labels (N, n_L) as bytes, or NULL (Y floating)
     Py_ssize_t batch              # rows per update
     CsrBuffer csr                 # batch rows of CSR X
+    const Cut* cut                # the epoch's cut: its thread limit's
 
 
 cdef struct EpochLayout:
@@ -266,6 +268,46 @@ cdef Batch _batch(const NetSpec* s, const Batch* data, const Schedule* sc,
     return mb
 
 
+cdef const Cut* epoch_cut(const NetSpec* s, int limit, Py_ssize_t batch) noexcept nogil:
+    """The epoch's cut: its thread limit's (one thread: whole GEMMs, as
+    loss_grad), or the machine's where the finer row blocks bring every
+    GEMM of a batch under SMALL_GEMM multiply-adds while the limit's leave
+    one above it.
+
+    Each row block packs the weights again: with the processor count's two
+    blocks workload b's float32 epoch ran 7-15% slower at one thread on the
+    AVX-512 VM, and halving a batch's GEMMs cost 2-10% at every shape
+    measured but one. The exception is OpenBLAS's small-matrix kernels
+    (M N K <= 1e6 on its SkylakeX build): digits' 200 x 64 x 100 GEMM takes
+    53 us whole and 2 x 18 us in halves, and its epoch 1.2x less time
+    with the machine's blocks and tasks (DESIGN.md, Threads)."""
+    cdef const Cut* c = cut_for(s, limit)
+    cdef const Cut* m = &s.cuts[s.n_cuts - 1]
+    cdef Py_ssize_t B = row_blocks(m, batch)
+    if (B > row_blocks(c, batch) and largest_gemm(s, block_rows(batch, row_blocks(c, batch))) > SMALL_GEMM
+            and largest_gemm(s, block_rows(batch, B)) <= SMALL_GEMM):
+        return m
+    return c
+
+
+cdef Py_ssize_t block_rows(Py_ssize_t N, Py_ssize_t B) noexcept nogil:
+    """Rows of the largest of B row blocks of N rows."""
+    cdef Py_ssize_t j, most = 0
+    for j in range(B):
+        most = max(most, block_start(N, B, j + 1) - block_start(N, B, j))
+    return most
+
+
+cdef double largest_gemm(const NetSpec* s, Py_ssize_t rows) noexcept nogil:
+    """Multiply-adds of the largest layer GEMM over `rows` rows (forward,
+    deltas and weight gradient of a layer share rows n_{l-1} n_l)."""
+    cdef int l
+    cdef double most = 0.0
+    for l in range(s.n_layers):
+        most = max(most, <double>rows * s.sizes[l] * s.sizes[l + 1])
+    return most
+
+
 cdef double _train_batch(const NetSpec* s, const Batch* data, const Schedule* sc,
                          Optim* o, Py_ssize_t start, Py_ssize_t nb,
                          floating* theta, floating* s1, floating* s2,
@@ -276,11 +318,7 @@ cdef double _train_batch(const NetSpec* s, const Batch* data, const Schedule* sc
     update); returns the batch objective before the update (NaN or inf: no
     update)."""
     cdef Batch mb = _batch(s, data, sc, start, nb, w, lay)
-    # The machine's cut at every thread limit: a task's gradient range is
-    # updated while it is hot, and the finer tasks measured 19% faster at
-    # one thread on digits (64-100-10, batches of 200) and equal on
-    # workload b, where loss_grad gains from whole GEMMs instead.
-    cdef const Cut* c = &s.cuts[s.n_cuts - 1]
+    cdef const Cut* c = sc.cut
     cdef Pass p = make_pass(s, &mb, w, &lay.first, c)
     cdef floating* grad = w + lay.grad.off
     cdef Py_ssize_t B = row_blocks(c, nb), j, t, r0
@@ -379,6 +417,7 @@ def run_epoch(NetPlan plan, floating[::1] theta, X, Y, const floating[::1] sw,
     sc.order = NULL if order is None else &order[0]
     sc.batch = batch_size
     sc.Y8 = NULL
+    sc.cut = epoch_cut(&plan.spec, thread_limit(), min(batch_size, X.shape[0]))
     cdef floating* s2 = &state2[0] if o.adam else NULL
     cdef const floating[:, ::1] Yf
     cdef const unsigned char[:, ::1] Yu
@@ -413,3 +452,9 @@ def _csr_buffers(X, Py_ssize_t batch_size):
     cap = int(np.partition(counts, counts.shape[0] - b)[counts.shape[0] - b:].sum())
     return (np.empty(b + 1, X.indptr.dtype), np.empty(max(cap, 1), X.indices.dtype),
             np.empty(max(cap, 1), X.data.dtype))
+
+
+def epoch_blocks(NetPlan plan, int limit, Py_ssize_t batch):
+    """Row blocks of a batch of `batch` rows in an epoch at a thread limit
+    (epoch_cut)."""
+    return row_blocks(epoch_cut(&plan.spec, limit, batch), batch)
