@@ -107,6 +107,22 @@ def limit_threads(n=None):
     return threadpool_limits(limits=n)
 
 
+def repeated(fn, calls):
+    """fn called `calls` times in a row: one asv sample of a sub-millisecond
+    call. asv's runner re-runs a benchmark's setup before every sample and
+    then times a single call (number = 1 whenever there is a setup), so a
+    lone call would be timed cold: its caches flushed by setup, its thread
+    team asleep (LossGradSmall: 211 us against 168 us back to back). A
+    fixed count keeps commits comparable."""
+    if calls == 1:
+        return fn
+
+    def run():
+        for _ in range(calls):
+            fn()
+    return run
+
+
 # The thread counts every engine, curvature and estimator benchmark runs at
 # (an asv parameter; the machine's default is what users run).
 THREAD_COUNTS = [1, 2]

@@ -7,7 +7,7 @@ not installed. Report quantities in multiples of one gradient
 (``python benchmarks/report.py curvature``). Threads: limited with
 threadpoolctl to the ``threads`` parameter (1 and 2) for every library.
 """
-from ._common import limit_threads, threaded
+from ._common import limit_threads, repeated, threaded
 from ._curvature_workloads import (backpack_quantities, cbackprop_quantities, net_a,
                                    net_deep, torch_quantities)
 
@@ -22,7 +22,12 @@ QUANTITIES = ["loss_grad", "hvp", "ggn_vp", "hessian", "ggn", "diag_ggn",
 
 @threaded
 class NetACurvature:
-    """Each curvature quantity of net A, cbackprop vs torch.func."""
+    """Each curvature quantity of net A, cbackprop vs torch.func. A sample of
+    a sub-millisecond quantity is CALLS of them back to back (the same count
+    for every library, see `_common.repeated`)."""
+
+    CALLS = {"loss_grad": 20, "hvp": 20, "ggn_vp": 20, "diag_ggn": 10,
+             "diag_hessian": 10, "kfac": 10, "kfac_mc": 10}
 
     params = [QUANTITIES + ["kfac_mc"], ["cbackprop", "torch", "backpack"]]
     param_names = ["quantity", "library"]
@@ -38,10 +43,11 @@ class NetACurvature:
             fns = builders[library](*args)
         except ImportError as exc:
             raise SkipNotImplemented(f"{library} not installed: {exc}")
-        self.fn = fns.get(quantity)
-        if self.fn is None:
+        fn = fns.get(quantity)
+        if fn is None:
             raise SkipNotImplemented(f"{quantity} has no {library} counterpart here")
-        self.fn()
+        fn()
+        self.fn = repeated(fn, self.CALLS.get(quantity, 1))
 
     def teardown(self, quantity, library):
         self._limits.restore_original_limits()

@@ -18,6 +18,7 @@ from ._common import (
     GemmPeakWorkload,
     LossGradWorkload,
     limit_threads,
+    repeated,
 )
 
 try:
@@ -87,7 +88,10 @@ class LossGradLarge(_Threaded):
 
 @threaded
 class LossGradSmall(_Threaded):
-    """64-100-10 relu log_loss, batch 200, float64: per-call overhead."""
+    """64-100-10 relu log_loss, batch 200, float64: per-call overhead
+    (a sample is CALLS calls back to back, see `_common.repeated`)."""
+
+    CALLS = 50
 
     sample_time = 0.02
     repeat = (3, 7, 5.0)
@@ -97,7 +101,8 @@ class LossGradSmall(_Threaded):
     def setup(self):
         self._limit()
         wl = LossGradWorkload(**LOSS_GRAD_SMALL, dtype=np.float64)
-        self.fns = {impl: _build_or_skip(wl, impl) for impl in ("cbackprop", "numpy")}
+        self.fns = {impl: repeated(_build_or_skip(wl, impl), self.CALLS)
+                    for impl in ("cbackprop", "numpy")}
 
     def time_cbackprop(self):
         self.fns["cbackprop"]()

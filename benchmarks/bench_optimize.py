@@ -35,9 +35,9 @@ import scipy.linalg
 import scipy.linalg.blas as sblas
 
 try:
-    from ._common import cb, CBACKPROP_IMPORT_ERROR, limit_threads
+    from ._common import cb, CBACKPROP_IMPORT_ERROR, limit_threads, repeated
 except ImportError:  # python benchmarks/bench_optimize.py
-    from _common import cb, CBACKPROP_IMPORT_ERROR, limit_threads
+    from _common import cb, CBACKPROP_IMPORT_ERROR, limit_threads, repeated
 
 try:
     from asv_runner.benchmarks.mark import SkipNotImplemented
@@ -444,7 +444,10 @@ class QuasiHessianMemory(_Threaded):
 
 
 class HessianFreeIteration(_Threaded):
-    """Net A: one HF outer iteration with cg_iters CG steps, and one loss_grad."""
+    """Net A: one HF outer iteration with cg_iters CG steps, and LOSS_GRADS
+    loss_grads back to back (see `_common.repeated`)."""
+
+    LOSS_GRADS = 20
 
     params = [[10, 50]]
     param_names = ["cg_iters"]
@@ -455,6 +458,7 @@ class HessianFreeIteration(_Threaded):
     def setup(self, cg_iters):
         self._limit()
         self.fns = build_hessian_free(cg_iters)
+        self.fns["loss_grad"] = repeated(self.fns["loss_grad"], self.LOSS_GRADS)
 
     def time_hessian_free(self, cg_iters):
         self.fns["hessian_free"]()
