@@ -17,6 +17,7 @@ from cbackprop._activations cimport Activation, act_backward, act_backward_sum
 from cbackprop._losses cimport Loss
 
 cdef enum:
+    SMALL_GEMM = 1000000   # M N K of OpenBLAS's small-matrix kernels (cut_rows)
     MAX_BLOCKS = 16
     MAX_TASKS = 64
     MAX_CUTS = 5      # 1, 2, 4, 8, 16 row blocks
@@ -437,11 +438,12 @@ cdef inline void first_grad_rows(const NetSpec* s, const Batch* b,
 # W_l, the last one with b_l: parameter-parallel, each a sum over all N
 # rows, or with split_grad the sum of the blocks' own gradients: block_pass,
 # then task_grad). The cut follows the thread limit of the call
-# (threadpoolctl, the OMP / OpenBLAS variables: cut_for; the sgd/adam epoch
-# the machine's where it makes every GEMM small: _train.epoch_cut), never
-# the team that runs it, which the measured policy chooses: a fixed limit
-# gives the same bits whatever runs, and different limits agree to rounding (one thread keeps whole
-# GEMMs: one block, one task per layer).
+# (threadpoolctl, the OMP / OpenBLAS variables: cut_for; the first-order
+# kernels over N rows the machine's where it makes every GEMM small:
+# cut_rows), never the team that runs it, which the measured policy
+# chooses: a fixed limit gives the same bits whatever runs, and different
+# limits agree to rounding (one thread keeps whole GEMMs: one block, one
+# task per layer).
 cdef inline const Cut* cut_for(const NetSpec* s, int limit) noexcept nogil:
     """The cut for a thread limit: pieces for the next power of two of
     threads, at most the machine's (the processor count)."""
@@ -504,6 +506,7 @@ cdef double blocked_loss_grad(const NetSpec* s, const Batch* b,
                               const floating* theta, const Pass* p,
                               floating* grad) noexcept nogil
 cdef double work_flops(const NetSpec* s, Py_ssize_t N, double k) noexcept nogil
+cdef const Cut* cut_rows(const NetSpec* s, int limit, Py_ssize_t N) noexcept nogil
 cdef double batch_flops(const NetSpec* s, Py_ssize_t N, bint grad) noexcept nogil
 cdef Pass make_pass(const NetSpec* s, const Batch* b, floating* ws,
                     const FirstLayout* lay, const Cut* cut) noexcept nogil

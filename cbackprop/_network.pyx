@@ -88,11 +88,57 @@ cdef class NetPlan:
         cdef const Cut* c = cut_for(&self.spec, <int>threads)
         return c.max_blocks, self._tasks[c - &self.spec.cuts[0]]
 
+    def row_blocks(self, threads, Py_ssize_t rows):
+        """Row blocks of the first-order kernels over `rows` rows at a
+        thread limit (cut_rows)."""
+        return row_blocks(cut_rows(&self.spec, <int>threads, rows), rows)
+
     @property
     def offsets(self):
         """Read-only (sizes, w_off, b_off, h_off) intp arrays: layer widths,
         offsets of W_l and b_l in theta, and of layer l in stacked caches."""
         return self._arrays
+
+
+cdef const Cut* cut_rows(const NetSpec* s, int limit, Py_ssize_t N) noexcept nogil:
+    """The cut of the first-order kernels over N rows (loss, loss_grad,
+    raw_output, the sgd/adam epoch's batches): the thread limit's (one
+    thread: whole GEMMs), or the machine's where its finer row blocks bring
+    every GEMM under SMALL_GEMM multiply-adds while the limit's leave one
+    above it.
+
+    Each row block packs the weights again: with the processor count's two
+    blocks workload b's float32 epoch ran 7-15% slower at one thread on the
+    AVX-512 VM, and halving a batch's GEMMs cost 2-10% at every shape
+    measured but one. The exception is OpenBLAS's small-matrix kernels
+    (M N K <= 1e6 on its SkylakeX build): digits' 200 x 64 x 100 GEMM takes
+    53 us whole and 2 x 18 us in halves, and its epoch 1.2x less time
+    with the machine's blocks and tasks (DESIGN.md, Threads)."""
+    cdef const Cut* c = cut_for(s, limit)
+    cdef const Cut* m = &s.cuts[s.n_cuts - 1]
+    cdef Py_ssize_t B = row_blocks(m, N), b = row_blocks(c, N)
+    if (B > b and _largest_gemm(s, _block_rows(N, b)) > SMALL_GEMM
+            and _largest_gemm(s, _block_rows(N, B)) <= SMALL_GEMM):
+        return m
+    return c
+
+
+cdef Py_ssize_t _block_rows(Py_ssize_t N, Py_ssize_t B) noexcept nogil:
+    """Rows of the largest of B row blocks of N rows."""
+    cdef Py_ssize_t j, most = 0
+    for j in range(B):
+        most = max(most, block_start(N, B, j + 1) - block_start(N, B, j))
+    return most
+
+
+cdef double _largest_gemm(const NetSpec* s, Py_ssize_t rows) noexcept nogil:
+    """Multiply-adds of the largest layer GEMM over `rows` rows (forward,
+    deltas and weight gradient of a layer share rows n_{l-1} n_l)."""
+    cdef int l
+    cdef double most = 0.0
+    for l in range(s.n_layers):
+        most = max(most, <double>rows * s.sizes[l] * s.sizes[l + 1])
+    return most
 
 
 def _machine_pieces():
@@ -226,11 +272,11 @@ cdef double loss_value(const NetSpec* s, const Batch* b, const floating* Z,
     the output deltas (w_i / W) dl_i/dz_i.
 
     The one reduction a loss value comes from (objective, gradient, LM
-    trial steps): partial sums over the row blocks of the call's cut (the
-    thread limit's), added in block order, as the blocked kernels add them
+    trial steps): partial sums over the row blocks of the call's cut
+    (cut_rows), added in block order, as the blocked kernels add them
     whatever their team.
     """
-    return cut_loss(s, cut_for(s, thread_limit()), b, Z, D)
+    return cut_loss(s, cut_rows(s, thread_limit(), b.N), b, Z, D)
 
 
 cdef double cut_loss(const NetSpec* s, const Cut* c, const Batch* b,
@@ -466,7 +512,7 @@ cdef double loss_grad_kernel(const NetSpec* s, const Batch* b,
 
     ws laid out by first_layout for at least b.N rows and k = 1.
     """
-    cdef Pass p = make_pass(s, b, ws, lay, cut_for(s, thread_limit()))
+    cdef Pass p = make_pass(s, b, ws, lay, cut_rows(s, thread_limit(), b.N))
     return blocked_loss_grad(s, b, theta, &p, grad)
 
 
@@ -659,7 +705,7 @@ def raw_output(NetPlan plan, const floating[::1] theta, X,
     cdef floating* A = <floating*>ws.base + ws.lay.A.off
     cdef Team team
     with nogil:
-        B = row_blocks(cut_for(s, thread_limit()), N)
+        B = row_blocks(cut_rows(s, thread_limit(), N), N)
         team_open(&team, PREDICT, work_flops(s, N, 1.0), B)
         for j in prange(B, num_threads=team.n, schedule="dynamic"):
             _output_rows(s, &theta[0], &b, N, block_start(N, B, j),

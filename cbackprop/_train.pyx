@@ -17,14 +17,13 @@ from cbackprop._network cimport (NetPlan, NetSpec, Batch, Region, FirstLayout,
                                  Workspace, Pass, make_batch, make_pass, sub_batch,
                                  put, first_layout, row_blocks, block_start, Cut, task_range,
                                  task_sq, block_pass, task_grad, split_grad, batch_flops,
-                                 set_input, csr_index, cut_for, MAX_BLOCKS, MAX_TASKS)
+                                 set_input, csr_index, cut_rows, MAX_BLOCKS, MAX_TASKS)
 from cbackprop._interrupt cimport check_interrupt
 from cbackprop._threads cimport (Team, team_open, team_close, blas_open,
                                  thread_limit, LOSS_GRAD, EPOCH, PREDICT)
 
 cdef enum:
     INTERRUPT_EVERY = 8      # batches between two signal checks
-    SMALL_GEMM = 1000000     # M N K of OpenBLAS's small-matrix kernels (epoch_cut)
 
 cdef struct Optim:
     bint adam
@@ -268,46 +267,6 @@ cdef Batch _batch(const NetSpec* s, const Batch* data, const Schedule* sc,
     return mb
 
 
-cdef const Cut* epoch_cut(const NetSpec* s, int limit, Py_ssize_t batch) noexcept nogil:
-    """The epoch's cut: its thread limit's (one thread: whole GEMMs, as
-    loss_grad), or the machine's where the finer row blocks bring every
-    GEMM of a batch under SMALL_GEMM multiply-adds while the limit's leave
-    one above it.
-
-    Each row block packs the weights again: with the processor count's two
-    blocks workload b's float32 epoch ran 7-15% slower at one thread on the
-    AVX-512 VM, and halving a batch's GEMMs cost 2-10% at every shape
-    measured but one. The exception is OpenBLAS's small-matrix kernels
-    (M N K <= 1e6 on its SkylakeX build): digits' 200 x 64 x 100 GEMM takes
-    53 us whole and 2 x 18 us in halves, and its epoch 1.2x less time
-    with the machine's blocks and tasks (DESIGN.md, Threads)."""
-    cdef const Cut* c = cut_for(s, limit)
-    cdef const Cut* m = &s.cuts[s.n_cuts - 1]
-    cdef Py_ssize_t B = row_blocks(m, batch)
-    if (B > row_blocks(c, batch) and largest_gemm(s, block_rows(batch, row_blocks(c, batch))) > SMALL_GEMM
-            and largest_gemm(s, block_rows(batch, B)) <= SMALL_GEMM):
-        return m
-    return c
-
-
-cdef Py_ssize_t block_rows(Py_ssize_t N, Py_ssize_t B) noexcept nogil:
-    """Rows of the largest of B row blocks of N rows."""
-    cdef Py_ssize_t j, most = 0
-    for j in range(B):
-        most = max(most, block_start(N, B, j + 1) - block_start(N, B, j))
-    return most
-
-
-cdef double largest_gemm(const NetSpec* s, Py_ssize_t rows) noexcept nogil:
-    """Multiply-adds of the largest layer GEMM over `rows` rows (forward,
-    deltas and weight gradient of a layer share rows n_{l-1} n_l)."""
-    cdef int l
-    cdef double most = 0.0
-    for l in range(s.n_layers):
-        most = max(most, <double>rows * s.sizes[l] * s.sizes[l + 1])
-    return most
-
-
 cdef double _train_batch(const NetSpec* s, const Batch* data, const Schedule* sc,
                          Optim* o, Py_ssize_t start, Py_ssize_t nb,
                          floating* theta, floating* s1, floating* s2,
@@ -417,7 +376,7 @@ def run_epoch(NetPlan plan, floating[::1] theta, X, Y, const floating[::1] sw,
     sc.order = NULL if order is None else &order[0]
     sc.batch = batch_size
     sc.Y8 = NULL
-    sc.cut = epoch_cut(&plan.spec, thread_limit(), min(batch_size, X.shape[0]))
+    sc.cut = cut_rows(&plan.spec, thread_limit(), min(batch_size, X.shape[0]))
     cdef floating* s2 = &state2[0] if o.adam else NULL
     cdef const floating[:, ::1] Yf
     cdef const unsigned char[:, ::1] Yu
@@ -453,8 +412,3 @@ def _csr_buffers(X, Py_ssize_t batch_size):
     return (np.empty(b + 1, X.indptr.dtype), np.empty(max(cap, 1), X.indices.dtype),
             np.empty(max(cap, 1), X.data.dtype))
 
-
-def epoch_blocks(NetPlan plan, int limit, Py_ssize_t batch):
-    """Row blocks of a batch of `batch` rows in an epoch at a thread limit
-    (epoch_cut)."""
-    return row_blocks(epoch_cut(&plan.spec, limit, batch), batch)

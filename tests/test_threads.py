@@ -3,10 +3,10 @@ to rounding across limits, the ecosystem's thread controls honoured,
 concurrent callers safe.
 
 The blocked kernels cut batches into row blocks and gradients into
-parameter ranges by the call's thread limit (one thread: whole GEMMs; the
-sgd/adam epoch also by its GEMMs' size, epoch_cut), never by the team the measured
-policy picks, so results are compared for exact equality across team
-policies at one limit, and to rounding across limits.
+parameter ranges by the call's thread limit (one thread: whole GEMMs, or
+the machine's blocks where they make every GEMM small: cut_rows), never by
+the team the measured policy picks, so results are compared for exact
+equality across team policies at one limit, and to rounding across limits.
 """
 import os
 import subprocess
@@ -100,20 +100,18 @@ def test_the_cut_follows_the_thread_limit(threads):
     assert not tasks.flags.writeable
 
 
-@pytest.mark.parametrize("sizes, batch, one_thread", [
+@pytest.mark.parametrize("sizes, rows, one_thread", [
     pytest.param((64, 100, 10), 200, "machine", id="digits-halves-small"),
     pytest.param((784, 256, 256, 10), 256, "whole", id="wide-halves-large"),
     pytest.param((20, 64, 64, 1), 200, "whole", id="all-small-already"),
     pytest.param((64, 100, 10), 1347, "whole", id="full-batch")])
-def test_the_epoch_cut_keeps_whole_gemms_unless_blocks_make_them_small(sizes, batch, one_thread):
+def test_first_order_cut_keeps_whole_gemms_unless_blocks_make_them_small(sizes, rows, one_thread):
     # One thread: whole GEMMs (a row block packs the weights again), or the
     # machine's blocks where they bring every GEMM under 1e6 multiply-adds.
-    from cbackprop import _train
     plan = cb.Network(sizes)._plan
-    machine = _train.epoch_blocks(plan, 10**6, batch)
-    expected = machine if one_thread == "machine" else 1
-    assert _train.epoch_blocks(plan, 1, batch) == expected
-    assert _train.epoch_blocks(plan, 2, batch) == min(2, machine)
+    machine = plan.row_blocks(10**6, rows)
+    assert plan.row_blocks(1, rows) == (machine if one_thread == "machine" else 1)
+    assert plan.row_blocks(2, rows) == min(2, machine)
 
 
 def test_loss_equals_loss_grad_value_bitwise_on_a_team():
