@@ -183,7 +183,7 @@ cdef struct Schedule:
     const unsigned char* Y8       # 0/1 labels (N, n_L) as bytes, or NULL (Y floating)
     Py_ssize_t batch              # rows per update
     CsrBuffer csr                 # batch rows of CSR X
-    const Cut* cut                # the epoch's cut: its thread limit's
+    const Cut* cut                # the epoch's cut (cut_rows of a batch)
 
 
 cdef struct EpochLayout:
@@ -411,4 +411,3 @@ def _csr_buffers(X, Py_ssize_t batch_size):
     cap = int(np.partition(counts, counts.shape[0] - b)[counts.shape[0] - b:].sum())
     return (np.empty(b + 1, X.indptr.dtype), np.empty(max(cap, 1), X.indices.dtype),
             np.empty(max(cap, 1), X.data.dtype))
-
